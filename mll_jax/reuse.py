@@ -1,0 +1,218 @@
+"""Model reuse (MLL step 3, Eq. 12-13): entropy-weighted ensemble of the selected experts + VLM patch.
+
+For an image ``x``, every selected expert ``m`` gives its softmax output ``F_m(x)`` (``H_m``-vector).
+Its one-vs-rest score for class ``c`` is ``F_m(x)^T x_c^m`` with the column ``x_c^m`` from selection, and its
+confidence is ``a_m(x) = 1 - entropy(F_m(x)) / log H_m`` (in ``[0, 1]``; 1 = one-hot, 0 = uniform).  With
+``E_c`` the experts of class ``c``::
+
+    w_m^c(x) = a_m(x) / sum_{m' in E_c} a_m'(x)                      (Eq. 12, weights over E_c)
+    p_c(x)   = sum_{m in E_c} w_m^c(x) * F_m(x)^T x_c^m
+    y(x)     = argmax_c p_c(x)                                          (Eq. 13)
+
+Edge cases (our choices): if every expert of class ``c`` has zero confidence on ``x`` the weights fall back
+to uniform over ``E_c``; a one-head model (``H_m = 1``, ``log H_m = 0``) has confidence 0.
+
+Uncovered classes (no expert) take their score from the VLM patch.  The patch gives zero-shot logits over
+the ``C`` class prompts; we turn them into a distribution over *all* ``C`` classes (``patch_mode="all"``,
+default) and use ``p_c(x) = patch_c(x)`` for the uncovered ``c``.  Both the expert scores and this value are
+estimates of ``P(y = c | x)`` in ``[0, 1]`` (``F^T x_c <= max_h x_hc <= 1`` because the columns of
+``X`` have entries in ``[0, 1]``), so they are compared on the same scale; the patch's mass on covered classes
+is discarded, which makes it assign an uncovered class only when it is confident about it, in proportion
+to how confident the experts are.  ``patch_mode="uncovered"`` renormalises the patch over the uncovered
+classes only (a stronger patch).  ``patch_weight`` multiplies the patch scores (default 1).  Without a patch,
+uncovered classes score 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mll_jax.selection import Selection
+
+__all__ = ["expert_terms", "combine", "patch_scores", "Reuser"]
+
+
+@jax.jit
+def expert_terms(logits, X):
+    """One expert's one-vs-rest scores and confidence (pure, jit/vmap-able).
+
+    Args:
+      logits: ``(N, H)`` expert logits; ``X``: ``(H, C)`` predictor columns.
+    Returns:
+      ``scores (N, C) = softmax(logits) @ X`` and ``confidence (N,) = 1 - entropy / log H`` clipped to [0, 1].
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    X = jnp.asarray(X, jnp.float32)
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    p = jnp.exp(log_p)
+    scores = p @ X
+    H = logits.shape[-1]
+    entropy = -jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1)
+    if H > 1:
+        conf = jnp.clip(1.0 - entropy / jnp.log(jnp.float32(H)), 0.0, 1.0)
+    else:
+        conf = jnp.zeros(logits.shape[:-1], jnp.float32)
+    return scores, conf
+
+
+@jax.jit
+def combine(scores, confidence, mask, patch=None, covered=None):
+    """Eq. 12 ensemble plus the patch for uncovered classes (pure, jit-able).
+
+    Args:
+      scores: ``(M, N, C)`` per-expert one-vs-rest scores (:func:`expert_terms`).
+      confidence: ``(M, N)`` per-expert confidence.
+      mask: ``(M, C)`` bool, expert ``m`` selected for class ``c``.
+      patch: ``(N, C)`` patch scores for uncovered classes, or ``None`` (uncovered classes score 0).
+      covered: ``(C,)`` bool; default ``mask.any(0)``.
+    Returns:
+      ``(N, C)`` class scores ``p_c(x)``.
+    """
+    scores = jnp.asarray(scores, jnp.float32)
+    confidence = jnp.asarray(confidence, jnp.float32)
+    mask = jnp.asarray(mask, bool)
+    m = mask[:, None, :].astype(jnp.float32)  # (M, 1, C)
+    w = confidence[:, :, None] * m  # (M, N, C)
+    total = jnp.sum(w, axis=0)  # (N, C)
+    n_sel = jnp.sum(m, axis=0)  # (1, C)
+    uniform = m / jnp.maximum(n_sel, 1.0)
+    w = jnp.where(total[None] > 0, w / jnp.where(total > 0, total, 1.0)[None], uniform)
+    p = jnp.sum(w * scores, axis=0)
+    if covered is None:
+        covered = jnp.any(mask, axis=0)
+    fallback = jnp.zeros_like(p) if patch is None else jnp.asarray(patch, jnp.float32)
+    return jnp.where(jnp.asarray(covered, bool)[None, :], p, fallback)
+
+
+def patch_scores(logits, covered, mode: str = "all", weight: float = 1.0):
+    """Patch scores ``(N, C)`` from zero-shot logits (pure): softmax over all classes (``"all"``) or over the
+    uncovered ones (``"uncovered"``), times ``weight``.  Only the uncovered entries are used by :func:`combine`."""
+    logits = jnp.asarray(logits, jnp.float32)
+    covered = jnp.asarray(covered, bool)
+    if mode == "all":
+        probs = jax.nn.softmax(logits, axis=-1)
+    elif mode == "uncovered":
+        probs = jax.nn.softmax(jnp.where(covered[None, :], -jnp.inf, logits), axis=-1)
+        probs = jnp.where(covered[None, :], 0.0, probs)
+    else:
+        raise ValueError(f"patch mode must be 'all' or 'uncovered', got {mode!r}")
+    return weight * probs
+
+
+class Reuser:
+    """Zero-shot classifier from a :class:`~mll_jax.selection.Selection`, the experts and a VLM patch.
+
+    Args:
+      selection: experts per class with predictor columns for every used model.
+      experts: ``model_id -> expert`` mapping, or a hub with ``.load(model_id)`` (only used models are loaded).
+        An expert has ``num_heads`` and ``logits(images) -> (N, num_heads)``.
+      patch: object with ``logits(images, class_names) -> (N, C)`` zero-shot logits (e.g.
+        :class:`mll_jax.clip_patch.ClipZeroShot`), used for uncovered classes; ``None``: uncovered score 0.
+      class_names: prompts for the patch (default ``selection.class_names``).
+      batch_size: images per forward pass; progress: tqdm bar over batches.
+    """
+
+    def __init__(
+        self,
+        selection: Selection,
+        experts: Mapping[str, Any] | Any,
+        patch: Any | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        patch_mode: str = "all",
+        patch_weight: float = 1.0,
+        batch_size: int = 256,
+        progress: bool = True,
+    ):
+        if patch_mode not in ("all", "uncovered"):
+            raise ValueError(f"patch_mode must be 'all' or 'uncovered', got {patch_mode!r}")
+        missing = selection.missing_columns()
+        if missing:
+            raise ValueError(
+                f"selection has no predictor columns for models {missing[:5]}; call "
+                "mll_jax.selection.fill_columns(selection, labels) first"
+            )
+        self.selection = selection
+        self.model_ids = selection.used_model_ids
+        self.mask = selection.mask(self.model_ids)
+        self.covered = selection.covered
+        self.class_names = list(class_names if class_names is not None else (selection.class_names or []))
+        if patch is not None and len(self.class_names) != selection.num_classes:
+            raise ValueError(
+                f"the patch needs {selection.num_classes} class names, got {len(self.class_names)}"
+            )
+        if patch is None and not self.covered.all():
+            warnings.warn(
+                f"{int((~self.covered).sum())} uncovered classes and no patch: they will never be predicted",
+                RuntimeWarning, stacklevel=2,
+            )
+        self.patch = patch
+        self.patch_mode = patch_mode
+        self.patch_weight = float(patch_weight)
+        self.batch_size = int(batch_size)
+        self.progress = progress
+        self.experts = {}
+        for model_id in self.model_ids:
+            if isinstance(experts, Mapping):
+                if model_id not in experts:
+                    raise KeyError(f"selected model {model_id!r} is not among the given experts")
+                expert = experts[model_id]
+            elif hasattr(experts, "load"):
+                expert = experts.load(model_id)
+            else:
+                raise TypeError("experts must be a mapping model_id -> expert or a hub with .load(model_id)")
+            heads = selection.columns[model_id].shape[0]
+            if getattr(expert, "num_heads", heads) != heads:
+                raise ValueError(
+                    f"expert {model_id!r} has {expert.num_heads} heads but its predictor columns have {heads} rows"
+                )
+            self.experts[model_id] = expert
+        self._columns = [jnp.asarray(selection.columns[m], jnp.float32) for m in self.model_ids]
+
+    def _batch_scores(self, images: np.ndarray) -> np.ndarray:
+        n = len(images)
+        C = self.selection.num_classes
+        terms_s, terms_c = [], []
+        for model_id, X in zip(self.model_ids, self._columns):
+            logits = np.asarray(self.experts[model_id].logits(images))
+            if logits.shape != (n, X.shape[0]):
+                raise ValueError(
+                    f"expert {model_id!r} returned logits of shape {logits.shape}, expected ({n}, {X.shape[0]})"
+                )
+            s, a = expert_terms(logits, X)
+            terms_s.append(s)
+            terms_c.append(a)
+        if terms_s:
+            scores, conf = jnp.stack(terms_s), jnp.stack(terms_c)
+        else:
+            scores, conf = jnp.zeros((0, n, C)), jnp.zeros((0, n))
+        patch = None
+        if self.patch is not None and not self.covered.all():
+            z = np.asarray(self.patch.logits(images, self.class_names))
+            if z.shape != (n, C):
+                raise ValueError(f"patch returned logits of shape {z.shape}, expected ({n}, {C})")
+            patch = patch_scores(z, self.covered, self.patch_mode, self.patch_weight)
+        return np.asarray(combine(scores, conf, self.mask, patch, self.covered))
+
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """``(N, C)`` class scores ``p_c(x)`` for uint8 images ``(N, h, w[, 3])``."""
+        from tqdm.auto import tqdm
+
+        images = np.asarray(images)
+        if images.ndim not in (3, 4):
+            raise ValueError(f"images must be (N, h, w) or (N, h, w, 3), got shape {images.shape}")
+        out = np.zeros((len(images), self.selection.num_classes), np.float32)
+        starts = range(0, len(images), self.batch_size)
+        for start in tqdm(starts, desc="reuse", unit="batch", disable=not self.progress):
+            stop = min(start + self.batch_size, len(images))
+            out[start:stop] = self._batch_scores(images[start:stop])
+        return out
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """``(N,)`` predicted class indices (Eq. 13)."""
+        return np.argmax(self.scores(images), axis=1)
