@@ -258,3 +258,20 @@ def test_select_experts_with_real_chco():
         col = sel.columns["good"][:, c]
         assert col[h] > 0.99
         assert np.all(col[[g for g in head.values() if g != h]] < 0.01)
+
+
+def test_select_experts_reads_a_label_store(tmp_path):
+    labelling = pytest.importorskip("mll_jax.labelling")
+    rng = np.random.default_rng(3)
+    rows = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=(3, 2))}
+    store = labelling.LabelStore(tmp_path / "labels")
+    for m, r in rows.items():
+        store.commit(m, NODES, r)
+    wnids = ["n00000002", "n00000003", "n00000001"]
+    from_store = select_experts(store, wnids, k=1, solver=_stand_in_solver([]), progress=False)
+    from_dict = select_experts(rows, wnids, k=1, node_wnids=NODES, solver=_stand_in_solver([]), progress=False)
+    assert set(from_store.model_ids) == {"a", "b"}
+    order = [from_dict.model_ids.index(m) for m in from_store.model_ids]
+    np.testing.assert_allclose(from_store.loss, from_dict.loss[order], rtol=1e-6)
+    # stand-in loss = -(head 0 label of the class's node)
+    np.testing.assert_allclose(from_store.loss[from_store.model_ids.index("a")], -rows["a"][[1, 2, 0], 0], rtol=1e-6)
