@@ -139,6 +139,7 @@ class SDAG:
     def __init__(self, wn=None):
         self._wn = wn
         self._order: list[str] = []
+        self._order_view: tuple[str, ...] | None = None  # cached tuple of _order
         self._pos: dict[str, int] = {}
         self._parents: dict[str, list[str]] = {}
         self._children: dict[str, list[str]] = {}
@@ -161,7 +162,9 @@ class SDAG:
     @property
     def nodes(self) -> tuple[str, ...]:
         """Node ids in topological order (hypernym before hyponym)."""
-        return tuple(self._order)
+        if self._order_view is None:
+            self._order_view = tuple(self._order)
+        return self._order_view
 
     def __len__(self) -> int:
         return len(self._order)
@@ -170,7 +173,7 @@ class SDAG:
         return node in self._pos
 
     def __iter__(self):
-        return iter(tuple(self._order))
+        return iter(self.nodes)
 
     def __repr__(self) -> str:
         n_data = sum(1 for w in self._order if self._num_images.get(w, 0))
@@ -326,6 +329,7 @@ class SDAG:
             stuck = [w for w, d in indeg.items() if d > 0][:10]
             raise ValueError(f"the SDAG has a cycle through {stuck}")
         self._order = order
+        self._order_view = None
         self._pos = {w: i for i, w in enumerate(order)}
         for w in order:  # children listed in topological order too (deterministic)
             self._children[w].sort(key=self._pos.__getitem__)
@@ -334,6 +338,7 @@ class SDAG:
     def _insert_raw(self, node: str, name: str, desc: str) -> None:
         self._pos[node] = len(self._order)
         self._order.append(node)
+        self._order_view = None
         self._parents[node] = []
         self._children[node] = []
         self._name[node] = name
