@@ -1,0 +1,322 @@
+"""Tests of the offline benchmark: Fashion-MNIST loader, class map, splits, tasks, expert hub, pipeline, CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mll_jax.offline import data as fdata
+
+FMNIST_PRESENT = all((Path(fdata.FMNIST_DIR) / n).is_file() for n in fdata._FILES.values())
+needs_fmnist = pytest.mark.skipif(not FMNIST_PRESENT, reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def fm():
+    if not FMNIST_PRESENT:
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    return fdata.load_fashion_mnist()
+
+
+@pytest.fixture(scope="module")
+def wn():
+    from mll_jax.wordnet import get_wordnet
+
+    return get_wordnet()
+
+
+# ------------------------------------------------------------------------------------------------ idx reader
+
+def _write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> None:
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    blob = header + arr.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(blob)
+    else:
+        path.write_bytes(blob)
+
+
+def test_read_idx_roundtrip_and_errors(tmp_path):
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a.gz", a)
+    _write_idx(tmp_path / "a.idx", a, gz=False)
+    np.testing.assert_array_equal(fdata.read_idx(tmp_path / "a.gz"), a)
+    np.testing.assert_array_equal(fdata.read_idx(tmp_path / "a.idx"), a)
+    (tmp_path / "short.idx").write_bytes((tmp_path / "a.idx").read_bytes()[:-1])
+    with pytest.raises(ValueError, match="truncated"):
+        fdata.read_idx(tmp_path / "short.idx")
+    (tmp_path / "bad.idx").write_bytes(b"\x01\x02\x08\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="not an idx file"):
+        fdata.read_idx(tmp_path / "bad.idx")
+    (tmp_path / "f32.idx").write_bytes(bytes([0, 0, 0x0D, 1]) + struct.pack(">I", 1) + b"\x00" * 4)
+    with pytest.raises(ValueError, match="not uint8"):
+        fdata.read_idx(tmp_path / "f32.idx")
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path):
+    with pytest.raises(fdata.FashionMNISTNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fdata.load_fashion_mnist(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ real data
+
+@needs_fmnist
+def test_fashion_mnist_known_facts(fm):
+    assert fm.train_images.shape == (60000, 28, 28) and fm.train_images.dtype == np.uint8
+    assert fm.test_images.shape == (10000, 28, 28)
+    np.testing.assert_array_equal(np.bincount(fm.train_labels), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(fm.test_labels), [1000] * 10)
+    # First labels of the official files (train starts with an ankle boot, test too).
+    np.testing.assert_array_equal(fm.train_labels[:10], [9, 0, 0, 3, 0, 2, 7, 2, 5, 5])
+    np.testing.assert_array_equal(fm.test_labels[:10], [9, 2, 1, 1, 6, 1, 4, 6, 5, 7])
+    # The widely published normalisation constants of Fashion-MNIST (training set): mean 0.2860, std 0.3530.
+    x = fm.train_images.astype(np.float64) / 255.0
+    assert abs(x.mean() - 0.2860) < 5e-4
+    assert abs(x.std() - 0.3530) < 5e-4
+
+
+@needs_fmnist
+def test_splits_disjoint_deterministic(fm):
+    s = fdata.make_splits(fm.train_labels, per_class_sdag=50, seed=0)
+    assert len(s.sdag) == 500 and len(s.pool) == 59500
+    assert len(np.intersect1d(s.sdag, s.pool)) == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([s.sdag, s.pool])), np.arange(60000))
+    np.testing.assert_array_equal(np.bincount(fm.train_labels[s.sdag]), [50] * 10)
+    s2 = fdata.make_splits(fm.train_labels, per_class_sdag=50, seed=0)
+    np.testing.assert_array_equal(s.sdag, s2.sdag)
+    s3 = fdata.make_splits(fm.train_labels, per_class_sdag=50, seed=1)
+    assert not np.array_equal(s.sdag, s3.sdag)
+    nd = fdata.node_data(fm, s)
+    assert set(nd) == {c.wnid for c in fdata.CLASS_SYNSETS}
+    for cs in fdata.CLASS_SYNSETS:
+        assert nd[cs.wnid].shape == (50, 28, 28)
+        np.testing.assert_array_equal(nd[cs.wnid], fm.train_images[s.sdag_of_class(fm.train_labels, cs.label)])
+    with pytest.raises(ValueError, match="cannot reserve"):
+        fdata.make_splits(np.zeros(10, np.uint8), per_class_sdag=50)
+
+
+@needs_fmnist
+def test_task_test_sets(fm):
+    by = {t.name: t for t in fdata.TASKS}
+    idx, y = fdata.task_test_set(by["footwear-clothing"], fm.test_images, fm.test_labels)
+    np.testing.assert_array_equal(np.bincount(y), [3000, 6000])
+    assert set(fm.test_labels[idx[y == 0]]) == {5, 7, 9}
+    assert set(fm.test_labels[idx[y == 1]]) == {0, 1, 2, 3, 4, 6}
+    idx, y = fdata.task_test_set(by["fashion10"], fm.test_images, fm.test_labels)
+    np.testing.assert_array_equal(y, fm.test_labels)  # class order = label order
+    idx, y = fdata.task_test_set(by["shoe-boot"], fm.test_images, fm.test_labels, max_per_class=100)
+    np.testing.assert_array_equal(np.bincount(y), [100, 100])
+    assert np.all(np.diff(idx) > 0)
+
+
+def test_task_validation():
+    with pytest.raises(ValueError, match="two task classes"):
+        fdata.Task("t", (fdata.TaskClass("a", (1,)), fdata.TaskClass("b", (1, 2))))
+    with pytest.raises(ValueError, match="at least 2"):
+        fdata.Task("t", (fdata.TaskClass("a", (1,)),))
+    with pytest.raises(KeyError, match="unknown task"):
+        fdata.get_tasks(["nope"])
+    assert [t.name for t in fdata.get_tasks(["shoes", "fashion10"])] == ["shoes", "fashion10"]
+
+
+def test_tasks_file(tmp_path):
+    p = tmp_path / "t.json"
+    p.write_text(json.dumps({"tasks": [{"name": "pets", "classes": [{"name": "dog", "folders": ["n02084071"]},
+                                                                    {"name": "cat", "folders": ["n02121620"]}]}]}))
+    (t,) = fdata.load_tasks_file(p)
+    assert t["name"] == "pets" and [c["name"] for c in t["classes"]] == ["dog", "cat"]
+    p.write_text(json.dumps([{"name": "x", "classes": [{"name": "dog"}, {"name": "cat", "folders": ["a"]}]}]))
+    with pytest.raises(ValueError, match="folders"):
+        fdata.load_tasks_file(p)
+
+
+# ------------------------------------------------------------------------------------------------ WordNet map
+
+def test_class_synsets_resolve(wn):
+    roots = fdata.verify_class_synsets(wn)
+    assert len(roots) == 10
+    lemmas = {cs.fmnist_name: set(wn.synset(cs.synset).lemma_names()) for cs in fdata.CLASS_SYNSETS}
+    assert "sneaker" in lemmas["Sneaker"]
+    assert "T-shirt" in lemmas["T-shirt/top"]
+    assert "handbag" in lemmas["Bag"]
+    assert "pullover" in lemmas["Pullover"]
+    assert roots["n02872752"] == ["footwear.n.02"]  # boot
+    assert roots["n04489008"] == ["clothing.n.01"]  # trouser
+    assert roots["n02774152"] == ["bag.n.04"]
+    for cs in fdata.CLASS_SYNSETS:
+        s = wn.synset_from_pos_and_offset("n", int(cs.wnid[1:]))
+        assert s.name() == cs.synset
+
+
+# ------------------------------------------------------------------------------------------------ experts
+
+def test_expert_spec_validation():
+    from mll_jax.offline.train import HUB_SPECS, ExpertSpec
+
+    with pytest.raises(ValueError, match="two heads"):
+        ExpertSpec("x", "resnet", (("a", (1,)), ("b", (1, 2))))
+    with pytest.raises(ValueError, match="arch"):
+        ExpertSpec("x", "mlp", (("a", (1,)), ("b", (2,))))
+    with pytest.raises(ValueError, match="at least 2 heads"):
+        ExpertSpec("x", "resnet", (("a", (1,)),))
+    ids = [s.model_id for s in HUB_SPECS]
+    assert len(set(ids)) == len(ids)
+    sup = HUB_SPECS[0]
+    np.testing.assert_array_equal(sup.label_to_head(), [1, 2, 1, -1, 1, 0, 1, 0, -1, 0])
+    assert ExpertSpec.from_json(json.loads(json.dumps(sup.to_json()))) == sup
+
+
+@needs_fmnist
+def test_expert_training_set_uses_pool_only(fm):
+    from mll_jax.offline.train import HUB_SPECS, expert_training_set
+
+    s = fdata.make_splits(fm.train_labels)
+    for spec in HUB_SPECS:
+        idx, tgt = expert_training_set(spec, fm, s)
+        assert len(np.intersect1d(idx, s.sdag)) == 0
+        assert set(fm.train_labels[idx]) == set(spec.labels)
+        assert len(idx) == spec.per_class * len(spec.labels)
+        np.testing.assert_array_equal(tgt, spec.label_to_head()[fm.train_labels[idx]])
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_train_register_load_roundtrip(fm, tmp_path):
+    """A few training steps lower the loss; the hub-loaded expert gives the trained model's logits, for gray and RGB."""
+    import dataclasses
+
+    from mll_jax.hub import ModelHub
+    from mll_jax.offline import train
+
+    s = fdata.make_splits(fm.train_labels)
+    spec = dataclasses.replace(train.HUB_SPECS[1], steps=30)  # sandal / sneaker / ankle boot
+    res = train.train_expert(spec, fm, s, progress=False)
+    assert res.losses[-1][1] < res.losses[0][1]
+    assert res.test_accuracy > 0.6  # chance is 1/3
+    hub = ModelHub(tmp_path / "hub")
+    train.register_expert(hub, res)
+    assert train.is_current(hub, spec) and not train.is_current(hub, dataclasses.replace(spec, steps=31))
+    loaded = ModelHub(tmp_path / "hub").load(spec.model_id)
+    x = fm.test_images[:40]
+    np.testing.assert_allclose(loaded.logits(x), res.expert().logits(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded.logits(np.repeat(x[..., None], 3, -1)), loaded.logits(x), atol=1e-4)
+    cfg = json.loads((tmp_path / "hub" / "models" / spec.model_id / "config.json").read_text())
+    assert cfg["num_labels"] == 3
+
+
+# ------------------------------------------------------------------------------------------------ metrics, cache
+
+def test_evaluate_scores_hand_computed():
+    from mll_jax.offline.benchmark import evaluate_scores
+
+    scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.0], [0.6, 0.3, 0.0], [0.1, 0.8, 0.0], [0.5, 0.4, 0.0]])
+    y = np.array([0, 1, 1, 2, 2])  # class 2 uncovered
+    m = evaluate_scores(scores, y, np.array([True, True, False]), patched=False)
+    assert m["coverage"] == pytest.approx(3 / 5)
+    assert m["acc_covered"] == pytest.approx(2 / 3)
+    assert m["acc_all"] == pytest.approx(2 / 5)
+    np.testing.assert_allclose(m["per_class_accuracy"], [1.0, 0.5, 0.0])
+    # With a patch the uncovered class can be predicted and counts.
+    scores[3, 2] = 0.95
+    m = evaluate_scores(scores, y, np.array([True, True, False]), patched=True)
+    assert m["acc_all"] == pytest.approx(3 / 5) and m["acc_covered"] == pytest.approx(2 / 3)
+
+
+def test_logit_cache_memoises(tmp_path):
+    from mll_jax.offline.benchmark import CachedExpert, LogitCache
+
+    class Fake:
+        model_id = "fake/1"
+        num_heads = 2
+        head_names = None
+        calls = 0
+
+        def logits(self, images):
+            Fake.calls += 1
+            return np.stack([images.reshape(len(images), -1).mean(1), -np.ones(len(images))], 1).astype(np.float32)
+
+    cache = LogitCache(tmp_path)
+    e = CachedExpert(Fake(), cache)
+    x = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
+    z1 = e.logits(x)
+    z2 = CachedExpert(Fake(), LogitCache(tmp_path)).logits(x.copy())
+    np.testing.assert_array_equal(z1, z2)
+    assert Fake.calls == 1
+    e.logits(x[:1])
+    assert Fake.calls == 2
+    cache.clear("fake/1")
+    e.logits(x)
+    assert Fake.calls == 3
+
+
+def test_cli_parsers():
+    from absl import app
+
+    from mll_jax import run
+
+    assert run.parse_beta("none") is None and run.parse_beta("0.8") == 0.8
+    with pytest.raises(app.UsageError):
+        run.parse_beta("abc")
+    assert run.parse_methods(["all"]) == ["chco", "random", "heu", "logme", "leep"]
+    with pytest.raises(app.UsageError):
+        run.parse_methods(["chco", "bogus"])
+    assert run._resolution("auto", folder=False) == 128 and run._resolution("auto", folder=True) is None
+    assert run._resolution("native", folder=False) is None and run._resolution("96", folder=False) == 96
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+@pytest.mark.slow
+@needs_fmnist
+def test_pipeline_end_to_end(fm, tmp_path):
+    """Two experts trained for a handful of steps, SDAG, labels, matching, CHCO, reuse, metrics; cached rerun."""
+    from mll_jax.offline import train
+    from mll_jax.offline.benchmark import BenchmarkConfig, OfflineBenchmark
+    from mll_jax.reuse import Reuser
+
+    by = {t.name: t for t in fdata.TASKS}
+    cfg = BenchmarkConfig(home=str(tmp_path), train_steps=15, test_per_class=30, per_class_sdag=20,
+                          imagenet_experts=(), cifar10_expert=False, progress=False)
+    specs = train.HUB_SPECS[:2]  # footwear/top/trousers superclass expert + shoes expert
+    b = OfflineBenchmark(cfg, data=fm, specs=specs, task_list=[by["shoes"], by["footwear-clothing"]])
+    b.build()
+    assert b.model_ids == [s.model_id for s in specs]
+    assert len(b.sdag.nodes_with_images()) == 10
+    cand = b.candidate_nodes()
+    # Labelled nodes: the 10 class nodes and their ancestors inside the three subtrees.
+    assert "n03380867" in cand and "n03051540" in cand and len(cand) == 17
+    results = b.run(methods=("chco", "heu", "random"))
+    assert [(r.task, r.method) for r in results] == [(t, m) for t in ("shoes", "footwear-clothing")
+                                                      for m in ("chco", "heu", "random")]
+    shoes = results[0]
+    assert shoes.node_names == ["gym shoe", "sandal", "boot"]
+    assert shoes.n_test == 90
+    for r in results:
+        assert 0.0 <= r.coverage <= 1.0
+        assert r.acc_all == pytest.approx((r.acc_covered if r.coverage > 0 else 0.0) * r.coverage)
+        assert all(len(e) <= cfg.k for e in r.experts)
+        assert r.n_models == len({m for e in r.experts for m in e})
+    # The cached-logit ensemble equals mll_jax.reuse.Reuser run on the images themselves.
+    task = by["shoes"]
+    matches = b.match(task.class_names)
+    sel = b.select(task.class_names, [m.wnid for m in matches])
+    y, logits_fn, images_fn = b.task_test(task)
+    ours, patched = b.reuse_scores(sel, logits_fn, images_fn)
+    ref = Reuser(sel, {m: b.hub.load(m) for m in sel.used_model_ids}, progress=False).scores(images_fn())
+    assert not patched
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+    # A second benchmark on the same home reuses everything (training would raise here).
+    orig = train.train_expert
+    train.train_expert = lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained a cached expert"))
+    try:
+        b2 = OfflineBenchmark(cfg, data=fm, specs=specs, task_list=[by["shoes"]])
+        r2 = b2.run(methods=("chco",))
+    finally:
+        train.train_expert = orig
+    assert r2[0].acc_all == pytest.approx(results[0].acc_all)
