@@ -127,7 +127,9 @@ def main(argv) -> None:
     from mll_jax import text as T  # noqa: PLC0415
 
     F = flags.FLAGS
-    wn = T._wordnet()
+    from mll_jax.wordnet import get_wordnet  # noqa: PLC0415
+
+    wn = get_wordnet()
     wnids, clean, first = imagenet_classes()
     nodes = node_wnids(F.nodes, wnids, wn)
     index = {w: i for i, w in enumerate(nodes)}

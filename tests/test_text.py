@@ -31,7 +31,9 @@ def encoder():
 
 @pytest.fixture(scope="module")
 def wn():
-    return T._wordnet()
+    from mll_jax.wordnet import get_wordnet
+
+    return get_wordnet()
 
 
 def _experiment():
