@@ -207,7 +207,7 @@ def test_train_register_load_roundtrip(fm, tmp_path):
     np.testing.assert_allclose(loaded.logits(x), res.expert().logits(x), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(loaded.logits(np.repeat(x[..., None], 3, -1)), loaded.logits(x), atol=1e-4)
     cfg = json.loads((tmp_path / "hub" / "models" / spec.model_id / "config.json").read_text())
-    assert cfg["num_labels"] == 3
+    assert cfg["id2label"] == {"0": "sandal", "1": "sneaker", "2": "ankle boot"}
 
 
 # ------------------------------------------------------------------------------------------------ metrics, cache

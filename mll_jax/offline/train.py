@@ -223,7 +223,7 @@ def make_model(spec: ExpertSpec, seed: int | None = None):
     config = hf_config(spec)
     module = GrayHFClassifier(spec.arch, json.loads(config.to_json_string()))
     x = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
-    variables = module.init(jax.random.PRNGKey(spec.seed if seed is None else seed), x)
+    variables = jax.jit(module.init)(jax.random.PRNGKey(spec.seed if seed is None else seed), x)
     return module, dict(variables), config
 
 
