@@ -320,3 +320,64 @@ def test_pipeline_end_to_end(fm, tmp_path):
     finally:
         train.train_expert = orig
     assert r2[0].acc_all == pytest.approx(results[0].acc_all)
+
+
+# ------------------------------------------------------------------------------------------------ paper setting
+
+def _foolbox_cifar_samples():
+    import importlib.util
+
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    d = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return sorted(d.glob("cifar10_*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _foolbox_cifar_samples(), reason="pip install --no-deps foolbox (ships CIFAR-10 samples)")
+def test_folder_benchmark_on_real_cifar_samples(tmp_path):
+    """The paper's path (ImageNet-style folders, tasks file, HF Flax model from a local dir) on real images: the 20
+    CIFAR-10 test samples shipped by foolbox, with the real CIFAR-10 CNN expert and a tiny random HF ResNet."""
+    import shutil
+    import warnings
+
+    from mll_jax.models import CIFAR10_CLASSES, CIFAR10_WNIDS
+    from mll_jax.offline.benchmark import BenchmarkConfig, FolderBenchmark
+
+    by_class: dict[int, list[Path]] = {}
+    for p in _foolbox_cifar_samples():
+        by_class.setdefault(int(p.stem.split("_")[-1]), []).append(p)
+    sdag_dir, test_dir = tmp_path / "imagenet", tmp_path / "val"
+    for c, files in by_class.items():
+        for i, p in enumerate(files):
+            d = (sdag_dir if i == 0 else test_dir) / CIFAR10_WNIDS[c]
+            d.mkdir(parents=True, exist_ok=True)
+            shutil.copy(p, d / p.name)
+    names = ["cat", "frog", "ship", "truck"]
+    tasks = [{"name": "cifar4", "classes": [{"name": n, "folders": [CIFAR10_WNIDS[CIFAR10_CLASSES.index(n)]]}
+                                            for n in names]}]
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import FlaxResNetForImageClassification, ResNetConfig
+
+        tiny = FlaxResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                                             num_labels=4, layer_type="basic"), seed=0)
+    tiny.save_pretrained(tmp_path / "tiny-resnet")
+    cfg = BenchmarkConfig(home=str(tmp_path / "home"), imagenet_dir=str(sdag_dir), test_dir=str(test_dir),
+                          tasks_file=str(tmp_path / "tasks.json"), hf_models=(str(tmp_path / "tiny-resnet"),),
+                          imagenet_experts=(), cifar10_expert=True, per_class_sdag=1, image_size=32,
+                          test_per_class=None, beta=None, k=1, progress=False)
+    b = FolderBenchmark(cfg)
+    assert len(b.model_ids) == 2 and "cifar10-cnn" in b.model_ids
+    assert set(b.sdag.nodes_with_images()) == {CIFAR10_WNIDS[c] for c in by_class}
+    (r,) = b.run(methods=("chco",))
+    assert r.wnids == [CIFAR10_WNIDS[CIFAR10_CLASSES.index(n)] for n in names]
+    expected_n = sum(len(by_class[CIFAR10_CLASSES.index(n)]) - 1 for n in names)
+    assert r.n_test == expected_n and r.coverage == 1.0
+    # The CIFAR-10 expert is the one that separates these classes, and it classifies real CIFAR images well.
+    assert all(e == ["cifar10-cnn"] for e in r.experts)
+    assert r.acc_all >= 0.75
+    with pytest.raises(ValueError, match="--tasks_file"):
+        FolderBenchmark(BenchmarkConfig(imagenet_dir=str(sdag_dir), test_dir=str(test_dir)))
