@@ -27,14 +27,17 @@ from mll_jax.offline.benchmark import TaskResult, summarize  # noqa: E402
 
 FLAGS = flags.FLAGS
 if "out_dir" not in FLAGS:
-    flags.DEFINE_string("out_dir", "runs/experiments", "where tables (JSON, Markdown) and figures (PNG) go")
+    flags.DEFINE_string("out_dir", None, "where tables (JSON, Markdown) and figures (PNG) go "
+                        "(default: <home>/experiments, home = --home or $MLL_JAX_HOME or ~/.cache/mll_jax)")
 
 __all__ = ["FLAGS", "make_benchmark", "tasks_from_flags", "run_grid", "write_json", "write_text",
            "markdown_table", "fmt", "mean_row", "out_dir", "Timer"]
 
 
 def out_dir() -> Path:
-    d = Path(FLAGS.out_dir)
+    from mll_jax.offline.benchmark import _home
+
+    d = Path(FLAGS.out_dir) if FLAGS.out_dir else _home(FLAGS.home) / "experiments"
     d.mkdir(parents=True, exist_ok=True)
     return d
 

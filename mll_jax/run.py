@@ -23,9 +23,6 @@ Examples::
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -50,7 +47,8 @@ def _define_flags() -> None:
     flags.DEFINE_enum("node_text", "lemmas", ["lemmas", "sdag"],
                       "node text for matching: all synonyms ('lemmas') or the SDAG text (first lemma)")
     flags.DEFINE_integer("per_class_sdag", 50, "SDAG images per node / Fashion-MNIST class", lower_bound=1)
-    flags.DEFINE_string("test_per_class", "300", "test images per class ('all': every one)")
+    flags.DEFINE_string("test_per_class", "all",
+                        "test images per class ('all': every one, i.e. the official 10k Fashion-MNIST test split)")
     flags.DEFINE_integer("train_steps", None, "override the training steps of every offline expert")
     flags.DEFINE_list("experts", [], "offline experts to train and use (default: all)")
     flags.DEFINE_list("imagenet_experts", ["lite0"], "EfficientNet-Lite variants in the hub (lite0,lite1,lite2)")
