@@ -381,3 +381,77 @@ def test_folder_benchmark_on_real_cifar_samples(tmp_path):
     assert r.acc_all >= 0.75
     with pytest.raises(ValueError, match="--tasks_file"):
         FolderBenchmark(BenchmarkConfig(imagenet_dir=str(sdag_dir), test_dir=str(test_dir)))
+
+
+@pytest.mark.slow
+@needs_fmnist
+def test_main_command_small(tmp_path):
+    """`python -m mll_jax.run` end to end with a tiny configuration: prints the table and writes the JSON."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "res.json"
+    cmd = [sys.executable, "-m", "mll_jax.run", f"--home={tmp_path}", "--experts=fm-shoes,fm-dress-coat",
+           "--train_steps=5", "--imagenet_experts=", "--nocifar10_expert", "--tasks=shoes,dress-coat-shirt",
+           "--test_per_class=20", "--per_class_sdag=10", "--methods=chco,heu", "--k=2", "--beta=none",
+           "--progress=false", f"--output_json={out}"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "MEAN" in p.stdout and "shoes" in p.stdout and "timings (s)" in p.stdout
+    res = json.loads(out.read_text())
+    assert res["config"]["k"] == 2 and res["config"]["beta"] is None
+    assert [(r["task"], r["method"]) for r in res["results"]] == [
+        ("shoes", "chco"), ("shoes", "heu"), ("dress-coat-shirt", "chco"), ("dress-coat-shirt", "heu")]
+    assert res["results"][0]["n_test"] == 60
+    # beta=none and two experts: every matched class is covered, by at most k=2 experts.
+    for r in res["results"]:
+        assert all(1 <= len(e) <= 2 for e in r["experts"])
+    bad = subprocess.run(cmd[:3] + ["--tasks=nope", f"--home={tmp_path}", "--imagenet_experts=",
+                                    "--nocifar10_expert", "--experts=fm-shoes", "--progress=false"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode != 0 and "unknown" in (bad.stderr + bad.stdout)
+
+
+def test_reuse_scores_with_patch_match_reuser(tmp_path):
+    """The cached-logit ensemble (+ patch for an uncovered class) equals mll_jax.reuse.Reuser on the same experts."""
+    from mll_jax.offline.benchmark import BenchmarkConfig, OfflineBenchmark, evaluate_scores
+    from mll_jax.reuse import Reuser
+    from mll_jax.selection import ModelScores, select
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 6, 6), dtype=np.uint8)
+
+    class Lin:
+        def __init__(self, mid, h, seed):
+            self.model_id, self.num_heads, self.head_names = mid, h, None
+            self.w = np.random.default_rng(seed).normal(size=(36, h)).astype(np.float32) / 20
+
+        def logits(self, x):
+            return (np.asarray(x, np.float32).reshape(len(x), -1) / 255.0) @ self.w * 10
+
+    class Patch:
+        calls = 0
+
+        def logits(self, x, class_names):
+            Patch.calls += 1
+            return (np.asarray(x, np.float32).reshape(len(x), -1)[:, :len(class_names)] / 40.0).astype(np.float32)
+
+    experts = {"a": Lin("a", 3, 1), "b": Lin("b", 4, 2)}
+    loss = np.array([[0.1, 0.5, np.inf], [0.3, 0.2, np.inf]])
+    cols = (rng.uniform(size=(3, 3)).astype(np.float32), rng.uniform(size=(4, 3)).astype(np.float32))
+    sel = select(ModelScores("chco", ("a", "b"), loss, cols), k=2, beta=None, class_names=["x", "y", "z"],
+                 wnids=["n1", "n2", None])
+    assert list(sel.covered) == [True, True, False]
+    b = OfflineBenchmark(BenchmarkConfig(home=str(tmp_path), clip_model="fake/clip", progress=False))
+    b._patch = Patch()
+    ours, patched = b.reuse_scores(sel, lambda m: experts[m].logits(images), lambda: images)
+    ref = Reuser(sel, experts, patch=Patch(), progress=False).scores(images)
+    assert patched
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    calls = Patch.calls
+    b.reuse_scores(sel, lambda m: experts[m].logits(images), lambda: images)  # patch logits are cached
+    assert Patch.calls == calls
+    m = evaluate_scores(ours, np.array([0, 1, 2] * 4), sel.covered, patched=True)
+    assert m["coverage"] == pytest.approx(8 / 12)
