@@ -24,12 +24,18 @@ Numerics:
 
 Algorithms (``method=``):
 
-* ``"fista"`` (default): accelerated projected gradient (FISTA) with backtracking, function-value
-  restart and, by default, a diagonal preconditioner -- the diagonal of the Hessian,
+* ``"pgd"`` (default) and ``"fista"``: projected gradient with backtracking and, by default, a
+  diagonal preconditioner -- the diagonal of the Hessian,
   ``D[h, c] = sum_c' P[h, c']^2 d^2L_c/dQ[c', c]^2`` -- with the projection taken in the same metric
   (:func:`mll_jax.projection.projection_capped_simplex` with weights). Without the preconditioner
   (``precondition=False``) this is textbook FISTA in the Euclidean metric, which needs one to two
   orders of magnitude more iterations on peaked logits.
+  ``"fista"`` adds Nesterov momentum with function-value restart (O'Donoghue & Candes), also restarting
+  when the extrapolated point leaves the loss's domain or its line search fails. With the diagonal
+  metric momentum buys little: ``"pgd"`` needs about as many iterations at half the evaluations per
+  iteration, and in float32 FISTA occasionally creeps along the round-off floor for hundreds of
+  iterations (measured: 128 models, H = 1000, C = 10: pgd 8.6 s, max 26 iterations; fista 152 s, one
+  model to the 500 cap), so ``"pgd"`` is the default.
 * ``"head"``: the paper's head-by-head scheme: sweep over heads; for head ``h`` take a (diagonally
   scaled, backtracked) gradient step on row ``x_h`` and project it onto the capped simplex, updating
   ``Q`` by a rank-one correction. One sweep costs about one full gradient; sweeps repeat until the
@@ -66,7 +72,8 @@ __all__ = [
     "METHODS",
 ]
 
-METHODS = ("fista", "head")
+METHODS = ("fista", "pgd", "head")
+_MAX_BACKTRACK = 30
 
 
 class CHCOInputError(ValueError):
@@ -99,9 +106,8 @@ def head_softmax(S, head_mask=None):
 
 def _qr(P, X):
     """``Q = P^T X`` and ``R = 1 - Q`` computed as ``P^T (1 - X)`` (accurate near Q = 1)."""
-    QR = P.T @ jnp.concatenate([X, 1 - X], axis=1)
-    C = X.shape[1]
-    return QR[:, :C], QR[:, C:]
+    # Two products rather than one on [X, 1 - X]: the concatenation costs more than it saves on CPU.
+    return P.T @ X, P.T @ (1 - X)
 
 
 def _clamp(v):
@@ -203,7 +209,7 @@ def solve(
     S,
     head_mask=None,
     *,
-    method: str = "fista",
+    method: str = "pgd",
     tol: float = 1e-5,
     atol: float | None = None,
     max_iter: int | None = None,
@@ -215,7 +221,8 @@ def solve(
     Args:
       S: (H, C) float label sub-matrix (heads x target classes). Its dtype is the working precision.
       head_mask: optional (H,) bool; ``False`` marks padded heads, which are excluded exactly.
-      method: ``"fista"`` (accelerated projected gradient) or ``"head"`` (head-by-head sweeps).
+      method: ``"pgd"`` (preconditioned projected gradient, default), ``"fista"`` (the same steps with
+        momentum and restart) or ``"head"`` (head-by-head sweeps).
       tol: relative duality-gap tolerance (see module docstring); may be a traced value.
       atol: absolute gap tolerance; ``None`` means 0 in float64 and ``2 * C * eps`` (2.4e-6 for C = 10)
         in float32, below which the float32 gap is round-off.
@@ -240,8 +247,9 @@ def solve(
     atol = jnp.asarray(atol, S.dtype)
     P = head_softmax(S, head_mask)
     X = _initial_point(H, C, S.dtype, head_mask, X0)
-    if method == "fista":
-        return _fista(P, X, head_mask, tol, atol, 500 if max_iter is None else max_iter, precondition)
+    if method in ("fista", "pgd"):
+        return _fista(P, X, head_mask, tol, atol, 500 if max_iter is None else max_iter, precondition,
+                      accelerate=method == "fista")
     return _head_by_head(P, X, head_mask, tol, atol, 200 if max_iter is None else max_iter, precondition)
 
 
@@ -254,16 +262,23 @@ def _metric(D, precondition, dtype):
 
 
 def _delta_loss(Q, R, dQ):
-    """``L(Q + dQ) - L(Q)`` per class, evaluated with log1p so small decreases are resolved in float32."""
+    """``L(Q + dQ) - L(Q)`` per class, evaluated with log1p so small decreases are resolved in float32.
+
+    A step that would make any ``Q[c, c]`` or ``1 - Q[c', c]`` non-positive has an infinite increase
+    (the loss leaves its domain), so a line search rejects it.
+    """
     C = Q.shape[0]
     off = ~jnp.eye(C, dtype=bool)
-    lo = jnp.asarray(-1, Q.dtype) + jnp.finfo(Q.dtype).eps
-    diag = -jnp.log1p(jnp.maximum(jnp.diagonal(dQ) / _clamp(jnp.diagonal(Q)), lo))
-    offd = -jnp.sum(jnp.where(off, jnp.log1p(jnp.maximum(-dQ / _clamp(R), lo)), 0), axis=0) / (C - 1)
+
+    def nlog1p(v):  # -log1p(v), +inf where 1 + v <= 0
+        return jnp.where(v > -1, -jnp.log1p(jnp.maximum(v, -1 + jnp.finfo(v.dtype).epsneg)), jnp.inf)
+
+    diag = nlog1p(jnp.diagonal(dQ) / _clamp(jnp.diagonal(Q)))
+    offd = jnp.sum(jnp.where(off, nlog1p(-dQ / _clamp(R)), 0), axis=0) / (C - 1)
     return diag + offd
 
 
-def _fista(P, X0, head_mask, tol, atol, max_iter, precondition):
+def _fista(P, X0, head_mask, tol, atol, max_iter, precondition, accelerate=True):
     dtype = P.dtype
     one = jnp.asarray(1.0, dtype)
     row_mask = None if head_mask is None else head_mask[:, None]
@@ -277,12 +292,23 @@ def _fista(P, X0, head_mask, tol, atol, max_iter, precondition):
     Q0, R0, l0, g0, d0 = evaluate(X0)
     f0 = jnp.sum(l0)
     gap0 = duality_gap(g0, X0, head_mask)
-    # a: step length (a multiple of the diagonal metric when preconditioned).
-    a0 = one if precondition else one / jnp.maximum(jnp.max(jnp.abs(g0)), one)
+    # a: step length (a multiple of the diagonal metric when preconditioned). The first trial is the
+    # exact minimiser of the quadratic model along the first (scaled) steepest-descent ray,
+    # a = -<g, d> / d^T H d with d = -scale * g: d^T H d = sum_{c', c} d2L/dQ2[c', c] (P^T d)[c', c]^2
+    # costs one (C, H) x (H, C) product and saves the 4-8 halvings a blind start needs.
+    scale0 = _metric(d0, precondition, dtype)
+    dir0 = -(g0 if scale0 is None else scale0 * g0)
+    if row_mask is not None:
+        dir0 = jnp.where(row_mask, dir0, 0)
+    _, W2_0 = _w_qr(Q0, R0, True)
+    curv = jnp.sum(W2_0 * jnp.square(P.T @ dir0))
+    ray = -jnp.sum(g0 * dir0) / jnp.maximum(curv, jnp.finfo(dtype).tiny)
+    a0 = jnp.clip(ray, jnp.finfo(dtype).eps, one if precondition else jnp.inf)
+    a0 = jnp.where(jnp.isfinite(a0), a0, one)
     state = dict(
         X=X0, f=f0, loss=l0, Y=X0, QY=Q0, RY=R0, lY=l0, gY=g0, dY=d0,
         a=a0, t=one, k=jnp.zeros((), jnp.int32), gap=gap0,
-        done=gap0 <= tol * jnp.abs(f0) + atol,
+        done=gap0 <= tol * jnp.abs(f0) + atol, flat=jnp.zeros((), jnp.int32),
     )
 
     def cond(s):
@@ -304,39 +330,56 @@ def _fista(P, X0, head_mask, tol, atol, max_iter, precondition):
             bad = ~(jnp.sum(dl) <= jnp.sum(gY * Dx) + 0.5 / a * quad)
             return a, Xn, dl, bad, it + 1
 
-        a, Xn, dl, _, _ = jax.lax.while_loop(
-            lambda b: b[3] & (b[4] < 60), bt_body, (s["a"] * 2, Y, jnp.zeros_like(s["lY"]), jnp.asarray(True), 0)
+        a, Xn, dl, bad, _ = jax.lax.while_loop(
+            lambda b: b[3] & (b[4] < _MAX_BACKTRACK), bt_body,
+            (s["a"] * 2, Y, jnp.zeros_like(s["lY"]), jnp.asarray(True), 0),
         )
+        # No sufficient decrease even with a step 2^-30 times the last one. From an extrapolated point
+        # that means a bad extrapolation: keep X and restart the momentum. From X itself (t == 1) the
+        # model sits at the working precision's floor: stop it (under vmap a stuck model would
+        # otherwise make every iteration of its whole chunk pay the full backtracking loop).
+        stalled = bad & (s["t"] <= 1)
+        # Also stop after 5 consecutive iterations whose decrease is at round-off level: the iterate
+        # cannot improve in this precision, though its certificate may not (yet) hold.
+        tiny_step = -jnp.sum(dl) <= 4 * jnp.finfo(dtype).eps * jnp.abs(s["f"])
+        flat = jnp.where(tiny_step & ~bad, s["flat"] + 1, 0)
+        stalled = stalled | (flat >= 5)
+        Xn = jnp.where(bad, s["X"], Xn)
+        dl = jnp.where(bad, s["loss"] - s["lY"], dl)
         ln = s["lY"] + dl
         fn = jnp.sum(ln)
         t = s["t"]
         t_next = (1 + jnp.sqrt(1 + 4 * t * t)) / 2
-        restart = fn > s["f"]
-        Yn = jnp.where(restart, Xn, Xn + ((t - 1) / t_next) * (Xn - s["X"]))
+        Yn = Xn + ((t - 1) / t_next) * (Xn - s["X"])
         if row_mask is not None:
             Yn = jnp.where(row_mask, Yn, 0)
-        t_next = jnp.where(restart, one, t_next)
-        QY, RY, lY, gYn, dYn = evaluate(Yn)
-        # Gradient at Xn for the certificate; equal to gYn after a restart (Yn == Xn).
-        gX = jax.lax.cond(restart, lambda: gYn, lambda: gradient_from_p(P, Xn))
+        # Both points are evaluated: Xn's gradient gives the certificate, and Xn replaces Y on a restart.
+        QX, RX, lX, gX, dX = evaluate(Xn)
+        if accelerate:
+            QY, RY, lY, gYn, dYn = evaluate(Yn)
+            # Restart (O'Donoghue & Candes) when the objective went up, or when the extrapolated point
+            # left the domain of the loss (some Q[c, c] <= 0 or 1 - Q <= 0): not a valid anchor.
+            y_ok = (jnp.min(jnp.diagonal(QY)) > 0) & (jnp.min(RY) > 0) & jnp.all(jnp.isfinite(lY))
+            restart = (fn > s["f"]) | ~y_ok | bad
+        else:  # plain projected gradient: Y = X, one evaluation per iteration
+            QY, RY, lY, gYn, dYn = QX, RX, lX, gX, dX
+            restart = jnp.asarray(True)
+        pick = lambda x, y: jnp.where(restart, x, y)  # noqa: E731
         gap = duality_gap(gX, Xn, head_mask)
         return dict(
-            X=Xn, f=fn, loss=ln, Y=Yn, QY=QY, RY=RY, lY=lY, gY=gYn, dY=dYn,
-            a=jnp.minimum(a * 2, one) if precondition else a * 1.25, t=t_next, k=s["k"] + 1, gap=gap,
-            done=gap <= tol * jnp.abs(fn) + atol,
+            X=Xn, f=fn, loss=ln, Y=pick(Xn, Yn), QY=pick(QX, QY), RY=pick(RX, RY), lY=pick(lX, lY),
+            gY=pick(gX, gYn), dY=pick(dX, dYn),
+            a=jnp.where(bad, one, jnp.minimum(a * 2, one)) if precondition else jnp.where(bad, s["a"], a * 1.25),
+            t=pick(one, t_next), k=s["k"] + 1,
+            gap=gap, done=(gap <= tol * jnp.abs(fn) + atol) | stalled, flat=flat,
         )
 
     s = jax.lax.while_loop(cond, body, state)
     # Report the loss recomputed from scratch at the final X (the running value is only used for control).
     loss = _loss_qr(*_qr(P, s["X"]))
     f = jnp.sum(loss)
-    return CHCOResult(s["X"], loss, f, s["k"], s["done"] & jnp.isfinite(f), s["gap"])
-
-
-def gradient_from_p(P, X):
-    """Gradient of the objective at ``X`` given the head-softmax matrix ``P``."""
-    W, _ = _w_qr(*_qr(P, X), second=False)
-    return P @ W
+    converged = (s["gap"] <= tol * jnp.abs(f) + atol) & jnp.isfinite(f)
+    return CHCOResult(s["X"], loss, f, s["k"], converged, s["gap"])
 
 
 def _head_by_head(P, X0, head_mask, tol, atol, max_sweeps, precondition):
@@ -494,7 +537,7 @@ def _solve_chunk(S, mask, X0, tol, atol, *, method, max_iter, precondition):
 def solve_batch(
     S_list: Sequence[Any],
     *,
-    method: str = "fista",
+    method: str = "pgd",
     tol: float = 1e-5,
     atol: float | None = None,
     max_iter: int | None = None,
@@ -533,9 +576,9 @@ def solve_batch(
     if dtype not in (jnp.float32, jnp.float64):
         raise CHCOInputError(f"dtype must be float32 or float64, got {dtype}")
     if max_iter is None:
-        max_iter = 500 if method == "fista" else 200
+        max_iter = 200 if method == "head" else 500
     if round_iter is None:
-        round_iter = 25 if method == "fista" else 8
+        round_iter = 8 if method == "head" else 25
     round_iter = max(1, min(round_iter, max_iter))
     M = len(arrays)
     X_cur = [np.full(A.shape, 1.0 / C, dtype) for A in arrays]
@@ -587,9 +630,9 @@ def solve_batch(
                         iters[i] += int(res.iterations[j])
                         conv[i] = bool(res.converged[j])
                         gap[i] = res.gap[j]
-                        # A round that ends without progress (0 iterations) on an unconverged model
-                        # means the solver cannot improve it further: give up on it.
-                        stuck = int(res.iterations[j]) == 0
+                        # A round that ends early without convergence means the solver stopped the
+                        # model (no descent possible in this precision): do not re-queue it.
+                        stuck = int(res.iterations[j]) < round_iter
                         if conv[i] or iters[i] >= max_iter or stuck or not np.isfinite(obj[i]):
                             finished += 1
                         else:
