@@ -104,6 +104,19 @@ def head_softmax(S, head_mask=None):
     return jax.nn.softmax(S, axis=0)
 
 
+def _vary_like(tree, ref):
+    """Return ``tree`` unchanged in value but computed from ``ref``.
+
+    Under ``shard_map`` (with its default ``check_vma``), loop carries must keep their
+    varying-manual-axes type; a constant initial value (a zero counter, ``True``, a default ``X0``) is
+    not varying while the value the loop body returns is. Selecting between two copies of the
+    constant on a predicate read from ``ref`` gives the constant ``ref``'s type; elsewhere it is a no-op.
+    """
+    token = jnp.ravel(ref)[0]
+    pred = token == token
+    return jax.tree.map(lambda x: jnp.where(pred, jnp.asarray(x), jnp.asarray(x)), tree)
+
+
 def _qr(P, X):
     """``Q = P^T X`` and ``R = 1 - Q`` computed as ``P^T (1 - X)`` (accurate near Q = 1)."""
     # Two products rather than one on [X, 1 - X]: the concatenation costs more than it saves on CPU.
@@ -332,7 +345,7 @@ def _fista(P, X0, head_mask, tol, atol, max_iter, precondition, accelerate=True)
 
         a, Xn, dl, bad, _ = jax.lax.while_loop(
             lambda b: b[3] & (b[4] < _MAX_BACKTRACK), bt_body,
-            (s["a"] * 2, Y, jnp.zeros_like(s["lY"]), jnp.asarray(True), 0),
+            _vary_like((s["a"] * 2, Y, jnp.zeros_like(s["lY"]), jnp.asarray(True), jnp.int32(0)), P),
         )
         # No sufficient decrease even with a step 2^-30 times the last one. From an extrapolated point
         # that means a bad extrapolation: keep X and restart the momentum. From X itself (t == 1) the
@@ -374,7 +387,7 @@ def _fista(P, X0, head_mask, tol, atol, max_iter, precondition, accelerate=True)
             gap=gap, done=(gap <= tol * jnp.abs(fn) + atol) | stalled, flat=flat,
         )
 
-    s = jax.lax.while_loop(cond, body, state)
+    s = jax.lax.while_loop(cond, body, _vary_like(state, P))
     # Report the loss recomputed from scratch at the final X (the running value is only used for control).
     loss = _loss_qr(*_qr(P, s["X"]))
     f = jnp.sum(loss)
@@ -422,7 +435,8 @@ def _head_by_head(P, X0, head_mask, tol, atol, max_sweeps, precondition):
             return a, xn, Qn, Rn, fn, it + 1
 
         xn, Qn, Rn, fn = trial(jnp.asarray(1.0, dtype))
-        _, xn, Qn, Rn, fn, _ = jax.lax.while_loop(bt_cond, bt_body, (jnp.asarray(1.0, dtype), xn, Qn, Rn, fn, 0))
+        _, xn, Qn, Rn, fn, _ = jax.lax.while_loop(
+            bt_cond, bt_body, _vary_like((jnp.asarray(1.0, dtype), xn, Qn, Rn, fn, jnp.int32(0)), P))
         ok = fn <= base
         if head_mask is not None:
             ok = ok & head_mask[h]
@@ -445,7 +459,7 @@ def _head_by_head(P, X0, head_mask, tol, atol, max_sweeps, precondition):
         return (s["k"] < max_sweeps) & ~s["done"]
 
     def body(s):
-        X, _, _ = jax.lax.fori_loop(0, H, head_step, (s["X"], s["Q"], s["R"]))
+        X, _, _ = jax.lax.fori_loop(0, H, head_step, _vary_like((s["X"], s["Q"], s["R"]), P))
         # Recompute Q, R exactly once per sweep so rank-one round-off cannot accumulate.
         Q, R, ln, gap = sweep_state(X)
         f = jnp.sum(ln)
@@ -453,7 +467,7 @@ def _head_by_head(P, X0, head_mask, tol, atol, max_sweeps, precondition):
 
     f0 = jnp.sum(l0)
     state = dict(X=X0, Q=Q0, R=R0, loss=l0, gap=gap0, k=jnp.zeros((), jnp.int32), done=gap0 <= tol * jnp.abs(f0) + atol)
-    s = jax.lax.while_loop(cond, body, state)
+    s = jax.lax.while_loop(cond, body, _vary_like(state, P))
     f = jnp.sum(s["loss"])
     return CHCOResult(s["X"], s["loss"], f, s["k"], s["done"] & jnp.isfinite(f), s["gap"])
 

@@ -79,9 +79,11 @@ def test_matches_cvxpy_on_54_random_instances(reference_instances, method):
         assert ref >= f - gap - 1e-9 * abs(ref), (name, f, gap, ref)
 
 
+# The reference bounds the sizes: cvxpy + Clarabel needs ~45 s at H=120, C=50 but over 6 min at
+# H=300, C=50 (and over 7 GB at H=1000), because every entry of Q couples all H heads.
 @pytest.mark.slow
-@pytest.mark.parametrize("H,C,kind", [(1000, 10, "peaked"), (1000, 10, "normal"), (1000, 50, "peaked"),
-                                      (500, 50, "scaled"), (1000, 2, "peaked")])
+@pytest.mark.parametrize("H,C,kind", [(1000, 10, "peaked"), (1000, 10, "normal"), (1000, 2, "peaked"),
+                                      (500, 20, "scaled"), (120, 50, "peaked")])
 def test_matches_cvxpy_large(H, C, kind):
     rng = np.random.default_rng(H * 100 + C)
     S = make_instance(rng, H, C, kind)
@@ -214,9 +216,11 @@ def test_jit_vmap_and_shard_map_in_user_pipelines():
     direct = np.array([float(chco.solve(s, tol=1e-9).objective) for s in S])
     np.testing.assert_allclose(np.asarray(pipeline(S)), direct, rtol=1e-9)
     mesh = Mesh(np.array(jax.devices()[:1]), ("m",))
-    sharded = shard_map(lambda s: jax.vmap(lambda x: chco.solve(x, tol=1e-9).objective)(s),
-                        mesh=mesh, in_specs=Pspec("m"), out_specs=Pspec("m"))
-    np.testing.assert_allclose(np.asarray(jax.jit(sharded)(S)), direct, rtol=1e-9)
+    for method in ("pgd", "fista", "head"):
+        sharded = shard_map(lambda s: jax.vmap(lambda x: chco.solve(x, method=method, tol=1e-9).objective)(s),
+                            mesh=mesh, in_specs=Pspec("m"), out_specs=Pspec("m"))
+        # Each method is certified within 1e-9 relative of the optimum, so they agree to ~2e-9.
+        np.testing.assert_allclose(np.asarray(jax.jit(sharded)(S)), direct, rtol=3e-9, err_msg=method)
     # The tolerance may be a traced value.
     f = jax.jit(lambda s, t: chco.solve(s, tol=t).objective)
     assert float(f(S[0], 1e-9)) == pytest.approx(direct[0], rel=1e-9)
