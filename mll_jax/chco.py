@@ -352,11 +352,11 @@ def _fista(P, X0, head_mask, tol, atol, max_iter, precondition, accelerate=True)
         # model sits at the working precision's floor: stop it (under vmap a stuck model would
         # otherwise make every iteration of its whole chunk pay the full backtracking loop).
         stalled = bad & (s["t"] <= 1)
-        # Also stop after 5 consecutive iterations whose decrease is at round-off level: the iterate
+        # Also stop after 10 consecutive iterations whose decrease is at round-off level: the iterate
         # cannot improve in this precision, though its certificate may not (yet) hold.
         tiny_step = -jnp.sum(dl) <= 4 * jnp.finfo(dtype).eps * jnp.abs(s["f"])
         flat = jnp.where(tiny_step & ~bad, s["flat"] + 1, 0)
-        stalled = stalled | (flat >= 5)
+        stalled = stalled | (flat >= 10)
         Xn = jnp.where(bad, s["X"], Xn)
         dl = jnp.where(bad, s["loss"] - s["lY"], dl)
         ln = s["lY"] + dl
