@@ -14,7 +14,7 @@ With ``--imagenet_dir``, ``--test_dir`` and ``--tasks_file`` it runs the paper's
 
 Examples::
 
-    python -m mll_jax.run                                  # offline benchmark, CHCO, k=3
+    python -m mll_jax.run                                  # offline benchmark, MLL + all baselines, k=3
     python -m mll_jax.run --methods=chco,heu,random --k=2 --tasks=shoes,fashion10
     python -m mll_jax.run --imagenet_dir=/data/imagenet/train --test_dir=/data/imagenet/val \\
         --tasks_file=tasks.json --hf_models=google/vit-base-patch16-224,microsoft/resnet-50 \\
@@ -41,7 +41,8 @@ def _define_flags() -> None:
     flags.DEFINE_string("beta", str(DEFAULT_BETA), "CHCO loss threshold ('none': no threshold)")
     flags.DEFINE_float("delta", 0.5, "label smoothing discount delta (Eq. 2), in [0, 1]")
     flags.DEFINE_list("tasks", [], "tasks to run (default: all)")
-    flags.DEFINE_list("methods", ["chco"], f"selection methods, any of {','.join(METHODS)} (or 'all')")
+    flags.DEFINE_list("methods", ["all"], f"selection methods, any of {','.join(METHODS)}, "
+                      "or 'all' (the default: MLL and every baseline, as in Table 1)")
     flags.DEFINE_bool("rebuild", False, "rebuild experts, SDAG and labels even if cached")
     flags.DEFINE_float("match_threshold", None, "text similarity floor for class -> node matching")
     flags.DEFINE_enum("node_text", "lemmas", ["lemmas", "sdag"],
