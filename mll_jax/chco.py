@@ -70,9 +70,11 @@ __all__ = [
     "solve",
     "solve_batch",
     "METHODS",
+    "DEFAULT_METHOD",
 ]
 
 METHODS = ("fista", "pgd", "head")
+DEFAULT_METHOD = "pgd"
 _MAX_BACKTRACK = 30
 
 
@@ -222,7 +224,7 @@ def solve(
     S,
     head_mask=None,
     *,
-    method: str = "pgd",
+    method: str = DEFAULT_METHOD,
     tol: float = 1e-5,
     atol: float | None = None,
     max_iter: int | None = None,
@@ -551,7 +553,7 @@ def _solve_chunk(S, mask, X0, tol, atol, *, method, max_iter, precondition):
 def solve_batch(
     S_list: Sequence[Any],
     *,
-    method: str = "pgd",
+    method: str = DEFAULT_METHOD,
     tol: float = 1e-5,
     atol: float | None = None,
     max_iter: int | None = None,

@@ -431,7 +431,7 @@ def chco_scores(
     S_list: Sequence[np.ndarray],
     model_ids: Sequence[str],
     *,
-    method: str = "pgd",
+    method: str | None = None,
     tol: float = 1e-5,
     chunk_size: int | None = None,
     progress: bool = True,
@@ -440,6 +440,7 @@ def chco_scores(
 ) -> ModelScores:
     """Score every model on every class with CHCO (``mll_jax.chco.solve_batch``).
 
+    ``method``: the CHCO algorithm (``None``: ``chco.DEFAULT_METHOD``, the default of ``chco.solve_batch``).
     ``solver`` replaces ``chco.solve_batch`` (same signature and result fields); it is meant for tests
     and experiments with other solvers.  Extra keyword arguments (``max_iter``, ``atol``, ``dtype``, ...)
     go to the solver.
@@ -451,9 +452,11 @@ def chco_scores(
     num_classes = {np.shape(S)[1] for S in S_list}
     if len(num_classes) != 1:
         raise ValueError(f"label sub-matrices disagree on the number of classes: {sorted(num_classes)}")
-    if solver is None:
-        from mll_jax import chco
+    from mll_jax import chco
 
+    if method is None:
+        method = chco.DEFAULT_METHOD
+    if solver is None:
         solver = chco.solve_batch
     res = solver(
         list(S_list), method=method, tol=tol, chunk_size=chunk_size, model_ids=list(model_ids), progress=progress,
@@ -528,7 +531,7 @@ def select_experts(
     model_ids: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     node_wnids: Sequence[str] | None = None,
-    method: str = "pgd",
+    method: str | None = None,
     tol: float = 1e-5,
     chunk_size: int | None = None,
     progress: bool = True,
