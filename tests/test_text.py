@@ -370,6 +370,14 @@ def test_match_classes_bad_input(encoder):
 # ---------------------------------------------------------------------------------------------
 # ImageNet-1k class names -> WordNet synsets (real data; floors a little below measured values)
 # ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def persistent_text_cache():
+    """The library's persistent node-embedding cache (keyed by the encoder's weight fingerprint and a
+    hash of the texts), so a machine encodes the large node sets once; MLL_JAX_TEST_TEXT_CACHE
+    overrides the directory."""
+    return Path(os.environ.get("MLL_JAX_TEST_TEXT_CACHE") or (T.mll_jax_home() / "text_cache"))
+
+
 def _imagenet_eval(encoder, wn, cache_dir, node_kind, step):
     exp = _experiment()
     wnids, clean, _ = exp.imagenet_classes()
@@ -402,13 +410,10 @@ def test_imagenet_against_imagenet_synsets_and_hypernyms(encoder, wn, tmp_path):
 
 
 @pytest.mark.slow
-def test_imagenet_against_hard_distractors(encoder, wn, tmp_path):
+def test_imagenet_against_hard_distractors(encoder, wn, persistent_text_cache):
     # 1,000 clean names vs 5,542 nodes holding the distractors behind most errors against all of
-    # WordNet (hyponyms of the true synset, homonyms of the name's words). The node embeddings go
-    # through the library's persistent cache (keyed by the encoder's weight fingerprint and a hash of
-    # the texts); MLL_JAX_TEST_TEXT_CACHE overrides the directory.
-    cache = Path(os.environ.get("MLL_JAX_TEST_TEXT_CACHE") or (T.mll_jax_home() / "text_cache"))
-    r, (_, _, nodes, _) = _imagenet_eval(encoder, wn, cache, "hard", 1)
+    # WordNet (hyponyms of the true synset, homonyms of the name's words).
+    r, (_, _, nodes, _) = _imagenet_eval(encoder, wn, persistent_text_cache, "hard", 1)
     assert r["num_nodes"] == len(nodes) == 5542
     assert r["top1"] >= HARD_TOP1_FLOOR and r["top5"] >= HARD_TOP5_FLOOR and r["mutual_top1"] >= HARD_MUTUAL_FLOOR
     # The distractors make it harder than the 1,860 ImageNet nodes alone (measured 0.902 top-1).
@@ -416,12 +421,10 @@ def test_imagenet_against_hard_distractors(encoder, wn, tmp_path):
 
 
 @pytest.mark.slow
-def test_imagenet_against_all_wordnet_nouns(encoder, wn, tmp_path):
+def test_imagenet_against_all_wordnet_nouns(encoder, wn, persistent_text_cache):
     # 1,000 clean names vs all 82,115 noun synsets: encoding the node texts takes about 6.5 min on an
-    # idle 2-core CPU (much longer on a busy one). Same persistent cache as above, so a machine pays
-    # the encoding once.
-    cache = Path(os.environ.get("MLL_JAX_TEST_TEXT_CACHE") or (T.mll_jax_home() / "text_cache"))
-    r, _ = _imagenet_eval(encoder, wn, cache, "all", 1)
+    # idle 2-core CPU (much longer on a busy one), once per machine thanks to the persistent cache.
+    r, _ = _imagenet_eval(encoder, wn, persistent_text_cache, "all", 1)
     assert r["num_nodes"] == 82115
     assert r["top1"] >= ALL_TOP1_FLOOR and r["top5"] >= ALL_TOP5_FLOOR and r["mutual_top1"] >= ALL_MUTUAL_FLOOR
     # Harder than the hard set, which holds a subset of these nodes.
