@@ -64,7 +64,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mll_jax.selection import ModelScores, Selection, expand_classes, fill_columns, label_submatrices, select
+from mll_jax.selection import ModelScores, Selection, label_submatrices, register_scorer, select_models
 
 __all__ = [
     "random_scores",
@@ -418,6 +418,39 @@ def leep_scores(outputs: Sequence[np.ndarray], labels, model_ids: Sequence[str],
     return _per_class_scores(outputs, labels, model_ids, c, fn, "leep")
 
 
+def _random_scorer(task) -> ModelScores:
+    return random_scores(task.model_ids, len(task.wnids), seed=int(task.options.get("seed", 0)))
+
+
+def _heu_scorer(task) -> ModelScores:
+    S_list = label_submatrices(task.labels, task.model_ids, task.wnids)
+    return heu_scores(S_list, task.model_ids, link=task.options.get("link", "softmax"))
+
+
+def _node_data_scorer(method):
+    def fn(task) -> ModelScores:
+        if task.node_data is None:
+            raise ValueError(f"{method} needs target data: the logits of every candidate model on the matched "
+                             "nodes' images (give node_data, or use the MLL system, which reads them from the SDAG)")
+        outputs, labels = task.node_data(task.model_ids, task.wnids)
+        labels = np.asarray(labels, np.int64)
+        if len(labels) == 0:
+            return ModelScores(method, task.model_ids, np.full((len(task.model_ids), len(task.wnids)), np.inf))
+        if method == "logme":
+            return logme_scores(outputs, labels, task.model_ids, num_classes=len(task.wnids),
+                                features=task.options.get("features", "logits"),
+                                logdet=task.options.get("logdet", "full"))
+        return leep_scores(outputs, labels, task.model_ids, num_classes=len(task.wnids))
+
+    return fn
+
+
+register_scorer("random", _random_scorer)
+register_scorer("heu", _heu_scorer, uses_beta=True, min_classes=2)
+register_scorer("logme", _node_data_scorer("logme"))
+register_scorer("leep", _node_data_scorer("leep"))
+
+
 def baseline_selection(
     method: str,
     labels: Any,
@@ -436,35 +469,28 @@ def baseline_selection(
     progress: bool = False,
     **solver_kwargs,
 ) -> Selection:
-    """Run a baseline in the selection slot and give the used models predictor columns.
+    """A baseline in the selection slot: :func:`mll_jax.selection.select_models` with ``scorer=method``.
 
     ``method``: ``"random"``, ``"heu"`` (labels only), ``"logme"`` or ``"leep"`` (need ``outputs``: per
-    candidate model its logits on the target node images, and ``output_labels``, their class ids; see
-    :func:`target_node_data` and :func:`expert_outputs`).  Unmatched classes (``wnid is None``) are never
-    covered.  ``columns``: how Random / LogME / LEEP get their one-vs-rest columns (``"chco"`` or
-    ``"argmax"``, see :func:`mll_jax.selection.fill_columns`); HEU uses its own one-hot head.
+    candidate model its logits on the target node images, and ``output_labels``, their class ids over ALL
+    classes; see :func:`target_node_data` and :func:`expert_outputs`).  ``beta`` applies to HEU only.
     """
-    from mll_jax.selection import as_label_reader
-
-    reader = as_label_reader(labels, node_wnids)
-    model_ids = list(reader.model_ids() if model_ids is None else model_ids)
-    wnids = list(wnids)
-    C = len(wnids)
-    matched = [c for c, w in enumerate(wnids) if w is not None]
-    if method == "random":
-        scores = random_scores(model_ids, len(matched), seed=seed)
-        scores = expand_classes(scores, matched, C)
-    elif method == "heu":
-        S_list = label_submatrices(reader, model_ids, [wnids[c] for c in matched])
-        scores = expand_classes(heu_scores(S_list, model_ids, link=link), matched, C)
-    elif method in ("logme", "leep"):
+    if method not in ("random", "heu", "logme", "leep"):
+        raise ValueError(f"unknown baseline {method!r}; expected random, heu, logme or leep")
+    node_data = None
+    if method in ("logme", "leep"):
         if outputs is None or output_labels is None:
             raise ValueError(f"{method} needs outputs (model logits on the target node images) and output_labels")
-        fn = logme_scores if method == "logme" else leep_scores
-        scores = fn(outputs, output_labels, model_ids, num_classes=C)
-        unmatched = [c for c in range(C) if wnids[c] is None]
-        scores.loss[:, unmatched] = np.inf
-    else:
-        raise ValueError(f"unknown baseline {method!r}; expected random, heu, logme or leep")
-    sel = select(scores, k=k, beta=beta, class_names=class_names, wnids=wnids)
-    return fill_columns(sel, reader, how=columns, progress=progress, **solver_kwargs)
+        wnids = list(wnids)
+        matched = [c for c, w in enumerate(wnids) if w is not None]
+        remap = np.full(len(wnids), -1, np.int64)
+        remap[matched] = np.arange(len(matched))
+        lab = remap[np.asarray(output_labels, np.int64)]
+        keep = lab >= 0
+
+        def node_data(_model_ids, _wnids):
+            return [np.asarray(z)[keep] for z in outputs], lab[keep]
+
+    return select_models(labels, wnids, scorer=method, k=k, beta=beta, model_ids=model_ids,
+                         class_names=class_names, node_wnids=node_wnids, node_data=node_data, columns=columns,
+                         progress=progress, seed=seed, link=link, **solver_kwargs)

@@ -7,9 +7,9 @@ classifier, the patch) takes a *batch*:
   and read as grayscale;
 * ``N >= 0``, ``h, w >= 1``.
 
-A single image is a batch of one: ``image[None]``.  A 3-D array whose last axis has length 1, 3 or 4 is
-refused, because it reads as one ``(h, w, c)`` image as easily as ``h`` grayscale images: the error says
-what to pass.  RGBA (4 channels) and float arrays are refused with a hint (drop alpha; scale to 0-255 and
+A single image is a batch of one: ``image[None]``.  A 3-D array whose last axis has length 1, 3 or 4 and is
+shorter than its second axis is refused, because it reads as one ``(h, w, c)`` image as easily as ``h``
+grayscale images ``w`` pixels high and ``c`` wide: the error says what to pass.  RGBA (4 channels) and float arrays are refused with a hint (drop alpha; scale to 0-255 and
 cast to uint8).  :func:`as_image_batch` enforces this; call it at every public entry point.
 
 **Decoding files** (:func:`load_image`, :func:`load_images`, :func:`load_folder`): PIL, converted to RGB; with
@@ -70,7 +70,7 @@ def as_image_batch(images, what: str = "images", *, copy: bool = False) -> np.nd
         elif np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool:
             hint = " (cast with .astype(np.uint8) if the values are 0-255)"
         raise ImageBatchError(f"{what}: images must be uint8, got {arr.dtype}{hint}")
-    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4):
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3, 4) and arr.shape[-1] < arr.shape[1]:
         raise ImageBatchError(
             f"{what}: shape {arr.shape} is ambiguous: one (h, w, {arr.shape[-1]}) image or {arr.shape[0]} grayscale "
             f"images of {arr.shape[1]}x{arr.shape[2]}? Pass a batch: images[None] for one image, or (N, h, w) / "

@@ -32,9 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mll_jax.images import as_image_batch
 from mll_jax.selection import Selection
 
-__all__ = ["expert_terms", "combine", "patch_scores", "Reuser"]
+__all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "Reuser"]
+
+
+class NonFiniteOutputError(FloatingPointError, ValueError):
+    """An expert or the patch returned NaN/inf for some images (the message names the model)."""
 
 
 @jax.jit
@@ -115,6 +120,9 @@ class Reuser:
         :class:`mll_jax.clip_patch.ClipZeroShot`), used for uncovered classes; ``None``: uncovered score 0.
       class_names: prompts for the patch (default ``selection.class_names``).
       batch_size: images per forward pass; progress: tqdm bar over batches.
+      on_nonfinite: ``"raise"`` (default): NaN/inf outputs of an expert or the patch raise
+        :class:`NonFiniteOutputError` naming the model; ``"abstain"``: those images get prediction ``-1`` and
+        scores NaN.  Images no class can be predicted for (nothing covered and no patch) are predicted ``-1``.
     """
 
     def __init__(
@@ -128,7 +136,13 @@ class Reuser:
         patch_weight: float = 1.0,
         batch_size: int = 256,
         progress: bool = True,
+        on_nonfinite: str = "raise",
     ):
+        if on_nonfinite not in ("raise", "abstain"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'abstain', got {on_nonfinite!r}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.on_nonfinite = on_nonfinite
         if patch_mode not in ("all", "uncovered"):
             raise ValueError(f"patch_mode must be 'all' or 'uncovered', got {patch_mode!r}")
         missing = selection.missing_columns()
@@ -177,6 +191,7 @@ class Reuser:
     def _batch_scores(self, images: np.ndarray) -> np.ndarray:
         n = len(images)
         C = self.selection.num_classes
+        abstain = np.zeros(n, bool)
         terms_s, terms_c = [], []
         for model_id, X in zip(self.model_ids, self._columns):
             logits = np.asarray(self.experts[model_id].logits(images))
@@ -184,6 +199,13 @@ class Reuser:
                 raise ValueError(
                     f"expert {model_id!r} returned logits of shape {logits.shape}, expected ({n}, {X.shape[0]})"
                 )
+            bad = ~np.isfinite(logits).all(axis=1)
+            if bad.any():
+                if self.on_nonfinite == "raise":
+                    raise NonFiniteOutputError(
+                        f"expert {model_id!r} returned NaN/inf logits for {int(bad.sum())} of {n} images (first: "
+                        f"#{int(np.argmax(bad))} of this batch); set on_nonfinite='abstain' to skip such images")
+                abstain |= bad
             s, a = expert_terms(logits, X)
             terms_s.append(s)
             terms_c.append(a)
@@ -196,16 +218,23 @@ class Reuser:
             z = np.asarray(self.patch.logits(images, self.class_names))
             if z.shape != (n, C):
                 raise ValueError(f"patch returned logits of shape {z.shape}, expected ({n}, {C})")
+            bad = ~np.isfinite(z).all(axis=1)
+            if bad.any():
+                if self.on_nonfinite == "raise":
+                    raise NonFiniteOutputError(
+                        f"the patch ({type(self.patch).__name__}) returned NaN/inf logits for {int(bad.sum())} of "
+                        f"{n} images; set on_nonfinite='abstain' to skip such images")
+                abstain |= bad
             patch = patch_scores(z, self.covered, self.patch_mode, self.patch_weight)
-        return np.asarray(combine(scores, conf, self.mask, patch, self.covered))
+        out = np.array(combine(scores, conf, self.mask, patch, self.covered))
+        out[abstain] = np.nan
+        return out
 
     def scores(self, images: np.ndarray) -> np.ndarray:
         """``(N, C)`` class scores ``p_c(x)`` for uint8 images ``(N, h, w[, 3])``."""
         from tqdm.auto import tqdm
 
-        images = np.asarray(images)
-        if images.ndim not in (3, 4):
-            raise ValueError(f"images must be (N, h, w) or (N, h, w, 3), got shape {images.shape}")
+        images = as_image_batch(images, "images to classify")
         out = np.zeros((len(images), self.selection.num_classes), np.float32)
         starts = range(0, len(images), self.batch_size)
         for start in tqdm(starts, desc="reuse", unit="batch", disable=not self.progress):
@@ -214,5 +243,11 @@ class Reuser:
         return out
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """``(N,)`` predicted class indices (Eq. 13)."""
-        return np.argmax(self.scores(images), axis=1)
+        """``(N,)`` predicted class indices (Eq. 13); ``-1`` where the classifier abstains (non-finite outputs with
+        ``on_nonfinite="abstain"``, or no class can be predicted: nothing covered and no patch)."""
+        s = self.scores(images)
+        pred = np.argmax(np.nan_to_num(s, nan=-np.inf), axis=1)
+        can = np.isfinite(s).all(axis=1)
+        if self.patch is None:
+            can &= bool(self.covered.any())
+        return np.where(can, pred, -1)

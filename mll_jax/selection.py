@@ -30,14 +30,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mll_jax.utils import atomic_write
 
 __all__ = [
     "DictLabels",
@@ -51,6 +53,12 @@ __all__ = [
     "argmax_columns",
     "fill_columns",
     "select",
+    "ScoringTask",
+    "Scorer",
+    "register_scorer",
+    "get_scorer",
+    "scorers",
+    "select_models",
     "select_experts",
 ]
 
@@ -214,6 +222,9 @@ class Selection:
         (may be empty until :func:`fill_columns` is applied).
       k, beta: the reuse budget and the loss threshold (``None``: no threshold).
       class_names, wnids: the target classes (``wnids[c] is None``: matched no SDAG node).
+      similarities: per class, the text similarity of its matched node (of the best node when unmatched).
+      match_threshold: the similarity floor the matching used (for the explanation of uncovered classes).
+      info: scorer diagnostics (e.g. CHCO iterations / convergence), JSON-able values only after save/load.
     """
 
     method: str
@@ -225,10 +236,59 @@ class Selection:
     beta: float | None
     class_names: tuple[str, ...] | None = None
     wnids: tuple[str | None, ...] | None = None
+    similarities: tuple[float, ...] | None = None
+    match_threshold: float | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.experts)
+
+    def uncovered_reason(self, c: int) -> str | None:
+        """Why class ``c`` has no expert (``None`` when it is covered)."""
+        if self.experts[c]:
+            return None
+        sim = None if self.similarities is None else self.similarities[c]
+        if self.wnids is not None and self.wnids[c] is None:
+            thr = "" if self.match_threshold is None else f" < threshold {self.match_threshold:.2f}"
+            best = "" if sim is None or not np.isfinite(sim) else f" (best similarity {sim:.2f}{thr})"
+            return f"no SDAG node matched the class name{best}"
+        if self.wnids is not None and sum(w is not None for w in self.wnids) < 2 and self.method in ("chco", "heu"):
+            return "fewer than 2 classes matched an SDAG node: a one-vs-rest score needs at least 2"
+        col = self.loss[:, c] if len(self.model_ids) else np.zeros(0)
+        finite = np.isfinite(col)
+        if not finite.any():
+            return "no model has a usable score for the matched node"
+        m = int(np.argmin(np.where(finite, col, np.inf)))
+        if self.beta is not None:
+            return (f"no model under the loss threshold beta={self.beta:g} (best: {self.model_ids[m]!r} with "
+                    f"loss {col[m]:.3f})")
+        return "no eligible model"  # pragma: no cover - every finite loss is eligible without a threshold
+
+    def explain(self) -> list[dict]:
+        """Per class: matched node, similarity, experts (id, loss, top heads of its predictor column)
+        or the reason it is uncovered."""
+        out = []
+        for c in range(self.num_classes):
+            row = {
+                "class": self.class_names[c] if self.class_names else str(c),
+                "node": None if self.wnids is None else self.wnids[c],
+                "similarity": None if self.similarities is None else float(self.similarities[c]),
+                "experts": [],
+                "uncovered": self.uncovered_reason(c),
+            }
+            for m in self.experts[c]:
+                mid = self.model_ids[m]
+                e = {"model": mid, "loss": float(self.loss[m, c]), "heads": []}
+                x = self.columns.get(mid)
+                if x is not None:
+                    col = np.asarray(x)[:, c]
+                    for h in np.argsort(-col, kind="stable")[:5]:
+                        if col[h] > 1e-3:
+                            e["heads"].append({"head": int(h), "weight": float(col[h])})
+                row["experts"].append(e)
+            out.append(row)
+        return out
 
     @property
     def covered(self) -> np.ndarray:
@@ -271,14 +331,15 @@ class Selection:
         ]
         for c, experts in enumerate(self.experts):
             name = self.class_names[c] if self.class_names else str(c)
-            picks = ", ".join(f"{self.model_ids[m]} ({self.loss[m, c]:.4g})" for m in experts) or "-- (patch)"
+            picks = (", ".join(f"{self.model_ids[m]} ({self.loss[m, c]:.4g})" for m in experts)
+                     or f"-- (patch: {self.uncovered_reason(c)})")
             lines.append(f"  {name}: {picks}")
         return "\n".join(lines)
 
     # --- persistence (atomic: temp file + rename) ---------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write to an ``.npz`` file atomically."""
+    def save(self, path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None) -> None:
+        """Write to an ``.npz`` file atomically (``extra``: JSON-able metadata kept alongside)."""
         path = os.fspath(path)
         meta = {
             "method": self.method,
@@ -289,28 +350,37 @@ class Selection:
             "beta": self.beta,
             "class_names": None if self.class_names is None else list(self.class_names),
             "wnids": None if self.wnids is None else list(self.wnids),
+            "similarities": None if self.similarities is None else [float(x) for x in self.similarities],
+            "match_threshold": self.match_threshold,
+            "extra": dict(extra or {}),
         }
         arrays = {"loss": self.loss, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
         for i, model_id in enumerate(self.columns):
             arrays[f"col{i}"] = np.asarray(self.columns[model_id])
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp.npz")
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
+
+    @staticmethod
+    def read_extra(path: str | os.PathLike) -> dict:
+        """The ``extra`` metadata written by :meth:`save`."""
+        return Selection._read(path)[0].get("extra") or {}
+
+    @staticmethod
+    def _read(path):
+        path = os.fspath(path)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode())
+                columns = {m: np.array(data[f"col{i}"]) for i, m in enumerate(meta["column_ids"])}
+                loss = np.array(data["loss"])
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no saved selection at {path}") from None
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path} is not a readable saved selection ({type(e).__name__}: {e})") from e
+        return meta, columns, loss
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Selection":
-        with np.load(os.fspath(path)) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-            columns = {m: data[f"col{i}"] for i, m in enumerate(meta["column_ids"])}
-            loss = data["loss"]
+        meta, columns, loss = cls._read(path)
         return cls(
             method=meta["method"],
             model_ids=tuple(meta["model_ids"]),
@@ -321,6 +391,8 @@ class Selection:
             beta=meta["beta"],
             class_names=None if meta["class_names"] is None else tuple(meta["class_names"]),
             wnids=None if meta["wnids"] is None else tuple(meta["wnids"]),
+            similarities=None if meta.get("similarities") is None else tuple(meta["similarities"]),
+            match_threshold=meta.get("match_threshold"),
         )
 
 
@@ -391,10 +463,12 @@ def select(
     beta: float | None = None,
     class_names: Sequence[str] | None = None,
     wnids: Sequence[str | None] | None = None,
+    similarities: Sequence[float] | None = None,
+    match_threshold: float | None = None,
 ) -> Selection:
     """Apply the selection rule (:func:`select_top_k`) to any scorer's :class:`ModelScores`."""
     num_classes = scores.num_classes
-    for name, seq in (("class_names", class_names), ("wnids", wnids)):
+    for name, seq in (("class_names", class_names), ("wnids", wnids), ("similarities", similarities)):
         if seq is not None and len(seq) != num_classes:
             raise ValueError(f"{name} has {len(seq)} entries but the scores cover {num_classes} classes")
     if beta is not None and not np.isscalar(beta):
@@ -419,6 +493,9 @@ def select(
         beta=None if beta is None else float(beta),
         class_names=None if class_names is None else tuple(class_names),
         wnids=None if wnids is None else tuple(wnids),
+        similarities=None if similarities is None else tuple(float(x) for x in similarities),
+        match_threshold=None if match_threshold is None else float(match_threshold),
+        info=dict(scores.info),
     )
 
 
@@ -522,6 +599,137 @@ def fill_columns(
     return replace(selection, columns=columns)
 
 
+# --------------------------------------------------------------------------------------------------
+# Scorers and the one selection entry point
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoringTask:
+    """What a scorer sees: the label reader, the candidate models and the matched classes' nodes.
+
+    ``wnids`` holds only the matched classes (no ``None``); a scorer returns :class:`ModelScores` with one column
+    per entry of ``wnids``.  ``node_data(model_ids, wnids) -> (outputs, labels)`` gives, for scorers that need
+    target data (LogME, LEEP), every model's logits on the nodes' representative images and their class ids
+    (``None`` when no image source is available).  ``options`` carries scorer options (``seed``, ``link``, the
+    CHCO ``method`` / ``tol`` / solver keyword arguments).
+    """
+
+    labels: Any
+    model_ids: tuple[str, ...]
+    wnids: tuple[str, ...]
+    node_data: Callable[[Sequence[str], Sequence[str]], tuple[list, np.ndarray]] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A named scorer: ``fn(task: ScoringTask) -> ModelScores`` (lower is better).
+
+    ``uses_beta``: the loss threshold applies to its scores (CHCO and HEU share CHCO's loss scale);
+    ``min_classes``: classes that must be matched for it to score at all (one-vs-rest scores need 2).
+    """
+
+    name: str
+    fn: Callable[[ScoringTask], ModelScores]
+    uses_beta: bool = False
+    min_classes: int = 1
+
+
+_SCORERS: dict[str, Scorer] = {}
+#: Options meant for the baseline scorers, never passed on to the CHCO solver.
+_SCORER_ONLY_OPTIONS = ("seed", "link", "features", "logdet")
+
+
+def register_scorer(name: str, fn: Callable[[ScoringTask], ModelScores], *, uses_beta: bool = False,
+                    min_classes: int = 1, overwrite: bool = False) -> Scorer:
+    """Make ``fn`` available to :func:`select_models` (and the system / CLI) as ``scorer=name``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a scorer needs a non-empty name")
+    if not callable(fn):
+        raise TypeError(f"scorer {name!r}: fn must be callable")
+    if name in _SCORERS and not overwrite:
+        raise ValueError(f"scorer {name!r} is already registered (pass overwrite=True to replace it)")
+    _SCORERS[name] = Scorer(name, fn, bool(uses_beta), int(min_classes))
+    return _SCORERS[name]
+
+
+def get_scorer(name: str) -> Scorer:
+    import mll_jax.baselines  # noqa: F401  (registers random, heu, logme, leep)
+
+    if isinstance(name, Scorer):
+        return name
+    if name not in _SCORERS:
+        raise ValueError(f"unknown scorer {name!r}; available: {sorted(_SCORERS)}")
+    return _SCORERS[name]
+
+
+def scorers() -> list[str]:
+    """Names of the registered scorers."""
+    get_scorer("chco")
+    return sorted(_SCORERS)
+
+
+def _chco_scorer(task: ScoringTask) -> ModelScores:
+    opts = dict(task.options)
+    S_list = label_submatrices(task.labels, task.model_ids, task.wnids)
+    return chco_scores(S_list, task.model_ids, method=opts.pop("method", None), tol=opts.pop("tol", 1e-5),
+                       progress=task.progress, **{k: v for k, v in opts.items() if k not in _SCORER_ONLY_OPTIONS})
+
+
+register_scorer("chco", _chco_scorer, uses_beta=True, min_classes=2)
+
+
+def select_models(
+    labels: Any,
+    wnids: Sequence[str | None],
+    *,
+    scorer: str | Scorer = "chco",
+    k: int,
+    beta: float | None = None,
+    model_ids: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    similarities: Sequence[float] | None = None,
+    match_threshold: float | None = None,
+    node_wnids: Sequence[str] | None = None,
+    node_data: Callable | None = None,
+    columns: str = "chco",
+    progress: bool = False,
+    **options,
+) -> Selection:
+    """The selection entry point: score every candidate model per class, keep the top ``k`` (under ``beta``
+    for scorers whose losses have CHCO's scale), and give every used model its predictor columns.
+
+    ``scorer``: ``"chco"`` (the MLL method), ``"random"``, ``"heu"``, ``"logme"``, ``"leep"`` or any name given
+    to :func:`register_scorer`.  Unmatched classes (``wnids[c] is None``) are uncovered; with fewer matched
+    classes than the scorer needs, every class is uncovered (``Selection.uncovered_reason`` says why).
+    ``columns``: how models get predictor columns when the scorer gives none (``"chco"`` or ``"argmax"``).
+    ``options`` go to the scorer (CHCO: ``method``, ``tol``, ``solver`` and solver keywords; Random: ``seed``).
+    """
+    sc = get_scorer(scorer)
+    reader = as_label_reader(labels, node_wnids)
+    model_ids = tuple(reader.model_ids() if model_ids is None else model_ids)
+    wnids = list(wnids)
+    C = len(wnids)
+    matched = [c for c, w in enumerate(wnids) if w is not None]
+    meta = dict(class_names=class_names, wnids=wnids, similarities=similarities, match_threshold=match_threshold)
+    beta = beta if sc.uses_beta else None
+    if not model_ids or len(matched) < sc.min_classes:
+        scores = ModelScores(sc.name, model_ids, np.full((len(model_ids), C), np.inf))
+        return select(scores, k=k, beta=beta, **meta)
+    task = ScoringTask(reader, model_ids, tuple(wnids[c] for c in matched), node_data, dict(options), progress)
+    scores = sc.fn(task)
+    if not isinstance(scores, ModelScores) or scores.loss.shape != (len(model_ids), len(matched)):
+        raise ValueError(f"scorer {sc.name!r} returned {type(scores).__name__} with loss shape "
+                         f"{getattr(getattr(scores, 'loss', None), 'shape', None)}; expected ModelScores with "
+                         f"({len(model_ids)}, {len(matched)})")
+    scores = expand_classes(scores, matched, C)
+    sel = select(scores, k=k, beta=beta, **meta)
+    chco_opts = {k_: v for k_, v in options.items() if k_ not in _SCORER_ONLY_OPTIONS}
+    return fill_columns(sel, reader, how=columns, progress=progress, **chco_opts)
+
+
 def select_experts(
     labels: Any,
     wnids: Sequence[str | None],
@@ -538,35 +746,21 @@ def select_experts(
     solver: Callable | None = None,
     **solver_kwargs,
 ) -> Selection:
-    """CHCO model selection for a target task (the MLL method).
+    """CHCO selection (the MLL method): :func:`select_models` with ``scorer="chco"``.
 
-    Args:
-      labels: a ``LabelStore`` or a mapping (see :class:`DictLabels`; ``node_wnids`` for bare arrays).
-      wnids: the SDAG node matched to each target class (``None``: unmatched, hence uncovered).
-      k: reuse budget; beta: loss threshold (inclusive; ``None`` = no threshold).
-      model_ids: candidate models (default: every model of the label source).
-      method, tol, chunk_size, progress, solver, **solver_kwargs: see :func:`chco_scores`.
-
-    CHCO needs at least two matched classes (its loss contrasts a class with the others); with fewer, every
-    class is left uncovered (a ``RuntimeWarning`` says so) and the reuse step falls back to the patch.
+    ``method``, ``tol``, ``chunk_size``, ``solver`` and ``**solver_kwargs`` go to :func:`chco_scores`.  CHCO
+    needs at least two matched classes (its loss contrasts a class with the others); with fewer, every class
+    is left uncovered (a ``RuntimeWarning`` says so) and the reuse step falls back to the patch.
     """
     reader = as_label_reader(labels, node_wnids)
-    model_ids = list(reader.model_ids() if model_ids is None else model_ids)
-    if not model_ids:
+    if model_ids is None and not reader.model_ids():
         raise ValueError("no candidate models: the label source is empty and no model_ids were given")
-    wnids = list(wnids)
-    matched = [c for c, w in enumerate(wnids) if w is not None]
-    if len(matched) < 2:
+    n_matched = sum(w is not None for w in wnids)
+    if n_matched < 2:
         warnings.warn(
-            f"only {len(matched)} of {len(wnids)} target classes matched an SDAG node; CHCO needs at least 2, "
+            f"only {n_matched} of {len(wnids)} target classes matched an SDAG node; CHCO needs at least 2, "
             "so every class is left to the patch", RuntimeWarning, stacklevel=2,
         )
-        scores = ModelScores("chco", tuple(model_ids), np.full((len(model_ids), len(wnids)), np.inf))
-        return select(scores, k=k, beta=beta, class_names=class_names, wnids=wnids)
-    S_list = label_submatrices(reader, model_ids, [wnids[c] for c in matched])
-    scores = chco_scores(
-        S_list, model_ids, method=method, tol=tol, chunk_size=chunk_size, progress=progress, solver=solver,
-        **solver_kwargs,
-    )
-    scores = expand_classes(scores, matched, len(wnids))
-    return select(scores, k=k, beta=beta, class_names=class_names, wnids=wnids)
+    return select_models(reader, wnids, scorer="chco", k=k, beta=beta, model_ids=model_ids,
+                         class_names=class_names, progress=progress, method=method, tol=tol,
+                         chunk_size=chunk_size, solver=solver, **solver_kwargs)

@@ -100,7 +100,7 @@ def test_select_builds_selection():
     assert sel.expert_ids(0) == ["m1"]
     np.testing.assert_array_equal(sel.mask(), [[1, 0, 0, 0], [0, 1, 1, 0]])
     np.testing.assert_array_equal(sel.mask(["m3", "m0"]), [[0, 1, 1, 0], [0, 0, 0, 0]])
-    assert "d: -- (patch)" in sel.summary() and "1/4" not in sel.summary() and "3/4 classes" in sel.summary()
+    assert "d: -- (patch: no SDAG node matched the class name)" in sel.summary() and "1/4" not in sel.summary() and "3/4 classes" in sel.summary()
     assert sel.missing_columns() == []
     with pytest.raises(ValueError, match="class_names has 2"):
         select(_scores(), k=1, class_names=["a", "b"])

@@ -1,0 +1,161 @@
+"""The one configuration object of the MLL system: every pipeline default lives here, once.
+
+:class:`MLLConfig` is a frozen dataclass (flat, like big_vision's configs): build one, override fields with
+:meth:`MLLConfig.replace` or keyword arguments to the system's methods, save it as JSON with the system.  The
+module constants below are the defaults; library functions that take the same hyperparameter as an argument
+(``label_models(delta=...)``, ``match_classes(threshold=...)``) use these constants as their defaults.
+
+Solver internals (the CHCO algorithm, its tolerances and chunking) are hyperparameters of
+:mod:`mll_jax.chco` and are passed through ``chco_method`` / ``chco_tol`` / ``chco_options``; ``None`` means
+"the solver's own default".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "DEFAULT_DELTA",
+    "DEFAULT_K",
+    "DEFAULT_BETA",
+    "DEFAULT_MATCH_THRESHOLD",
+    "DEFAULT_NODE_TEXT",
+    "SCORERS",
+    "ConfigError",
+    "MLLConfig",
+]
+
+#: Label smoothing discount of Eq. 2: a node's own images and its hyponyms weigh equally.
+DEFAULT_DELTA = 0.5
+#: Reuse budget: experts per class.
+DEFAULT_K = 3
+#: CHCO loss threshold.  L_c = 0 for a perfect one-vs-rest predictor and 2 log 2 ~ 1.386 for an uninformative
+#: one; 0.8 keeps experts clearly better than chance (offline benchmark: coverage 98.9% at 0.8, 100% at 1.0).
+DEFAULT_BETA = 0.8
+#: Cosine-similarity floor of class-name -> SDAG-node matching (MiniLM embeddings).
+DEFAULT_MATCH_THRESHOLD = 0.35
+#: Node text for matching: "lemmas" (all synonyms + definition) or "sdag" (SDAG.text: first lemma + definition).
+DEFAULT_NODE_TEXT = "lemmas"
+#: Built-in scorers (see mll_jax.selection.select_models).
+SCORERS = ("chco", "random", "heu", "logme", "leep")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class MLLConfig:
+    """Every default of the MLL pipeline.
+
+    Labelling: ``delta`` (Eq. 2 discount, in [0, 1]), ``label_batch_size`` (images per forward pass).
+    Matching: ``match_threshold`` (similarity floor; a class below it is uncovered), ``node_text``.
+    Selection: ``scorer`` (``"chco"`` or a baseline: random, heu, logme, leep), ``k`` (experts per class),
+    ``beta`` (loss threshold for CHCO and HEU, whose losses share a scale; ``None``: no threshold; Random,
+    LogME and LEEP rank without one), ``columns`` (how scorers without predictor columns get them:
+    ``"chco"`` or ``"argmax"``), ``node_images`` (images per matched node for LogME / LEEP), ``seed``
+    (Random), ``chco_method`` / ``chco_tol`` / ``chco_options`` (passed to :func:`mll_jax.chco.solve_batch`;
+    ``None``: the solver's default).
+    Reuse: ``reuse_batch_size``, ``patch_mode`` (``"all"`` / ``"uncovered"``), ``patch_weight``,
+    ``on_nonfinite`` (``"raise"``: an expert or patch output that is NaN/inf raises, naming the model;
+    ``"abstain"``: that image's prediction is -1).
+    Everything: ``progress`` (tqdm bars).
+    """
+
+    delta: float = DEFAULT_DELTA
+    k: int = DEFAULT_K
+    beta: float | None = DEFAULT_BETA
+    match_threshold: float = DEFAULT_MATCH_THRESHOLD
+    node_text: str = DEFAULT_NODE_TEXT
+    scorer: str = "chco"
+    columns: str = "chco"
+    node_images: int = 50
+    seed: int = 0
+    chco_method: str | None = None
+    chco_tol: float = 1e-5
+    chco_options: Mapping[str, Any] = field(default_factory=dict)
+    label_batch_size: int = 64
+    reuse_batch_size: int = 256
+    patch_mode: str = "all"
+    patch_weight: float = 1.0
+    on_nonfinite: str = "raise"
+    progress: bool = True
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ConfigError(f"MLLConfig.{name}={getattr(self, name)!r}: {why}")
+
+        def real(name, lo=None, hi=None, allow_none=False):
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                bad(name, "must be a finite number" + (" or None" if allow_none else ""))
+            if lo is not None and v < lo:
+                bad(name, f"must be >= {lo}")
+            if hi is not None and v > hi:
+                bad(name, f"must be <= {hi}")
+
+        def pos_int(name):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                bad(name, "must be a positive integer")
+
+        real("delta", 0.0, 1.0)
+        pos_int("k")
+        real("beta", allow_none=True)
+        real("match_threshold", -1.0, 1.0)
+        if self.node_text not in ("lemmas", "sdag"):
+            bad("node_text", "must be 'lemmas' or 'sdag'")
+        if not isinstance(self.scorer, str) or not self.scorer:
+            bad("scorer", f"must be a scorer name, e.g. one of {SCORERS}")
+        if self.columns not in ("chco", "argmax"):
+            bad("columns", "must be 'chco' or 'argmax'")
+        pos_int("node_images")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            bad("seed", "must be an integer")
+        real("chco_tol", 0.0)
+        if not self.chco_tol > 0:
+            bad("chco_tol", "must be > 0")
+        if not isinstance(self.chco_options, Mapping):
+            bad("chco_options", "must be a mapping of keyword arguments for chco.solve_batch")
+        object.__setattr__(self, "chco_options", dict(self.chco_options))
+        pos_int("label_batch_size")
+        pos_int("reuse_batch_size")
+        if self.patch_mode not in ("all", "uncovered"):
+            bad("patch_mode", "must be 'all' or 'uncovered'")
+        real("patch_weight", 0.0)
+        if self.on_nonfinite not in ("raise", "abstain"):
+            bad("on_nonfinite", "must be 'raise' or 'abstain'")
+        if not isinstance(self.progress, bool):
+            bad("progress", "must be True or False")
+
+    def replace(self, **changes) -> "MLLConfig":
+        """A copy with some fields changed (validated; unknown names raise :class:`ConfigError`)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ConfigError(f"unknown MLLConfig fields {unknown}; known: {sorted(names)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MLLConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown MLLConfig fields {unknown}")
+        return cls(**dict(d))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MLLConfig":
+        return cls.from_dict(json.loads(text))
