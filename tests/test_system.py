@@ -1,0 +1,248 @@
+"""The MLL system API: configuration, class-name validation, the classifier (selection -> reuse), its
+persistence with label / weight fingerprints, and the acceptance test of issue 7 on real experts and images."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from mll_jax.config import ConfigError, MLLConfig
+from mll_jax.reuse import NonFiniteOutputError, Reuser
+from mll_jax.selection import ModelScores, select
+from mll_jax.system import (
+    MLL,
+    Classifier,
+    ClassNamesError,
+    StaleClassifierError,
+    UnknownModelError,
+    check_class_names,
+)
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def test_config_defaults_live_once():
+    from mll_jax import config, labelling, text
+
+    c = MLLConfig()
+    assert (c.delta, c.k, c.beta, c.match_threshold) == (0.5, 3, 0.8, 0.35)
+    # the library functions' defaults are the config's constants, not copies that could drift
+    assert labelling.DEFAULT_DELTA == config.DEFAULT_DELTA and text.DEFAULT_THRESHOLD == config.DEFAULT_MATCH_THRESHOLD
+    from mll_jax.offline.benchmark import BenchmarkConfig
+
+    b = BenchmarkConfig()
+    assert b.mll_config() == c
+
+
+@pytest.mark.parametrize("field,value", [("delta", 1.5), ("delta", float("nan")), ("k", 0), ("k", 2.5),
+                                         ("beta", float("inf")), ("node_text", "x"), ("chco_tol", 0.0),
+                                         ("label_batch_size", 0), ("reuse_batch_size", -1), ("patch_mode", "some"),
+                                         ("on_nonfinite", "ignore"), ("columns", "best")])
+def test_config_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ConfigError, match=f"MLLConfig.{field}="):
+        MLLConfig(**{field: value})
+
+
+def test_config_replace_and_json_roundtrip():
+    c = MLLConfig().replace(k=2, beta=None)
+    assert c.k == 2 and c.beta is None
+    assert MLLConfig.from_json(c.to_json()) == c
+    with pytest.raises(ConfigError, match="unknown MLLConfig fields \\['kk'\\]"):
+        c.replace(kk=1)
+
+
+# ------------------------------------------------------------------------------------------------ class names
+
+
+def test_class_names_validation():
+    assert check_class_names([" tabby  cat", "golden retriever"]) == ["tabby cat", "golden retriever"]
+    with pytest.raises(ClassNamesError, match="got the string 'cat,dog'.*\\['cat', 'dog'\\]"):
+        check_class_names("cat,dog")
+    with pytest.raises(ClassNamesError, match="no class names"):
+        check_class_names([])
+    with pytest.raises(ClassNamesError, match="class name 1 is empty"):
+        check_class_names(["cat", "  "])
+    with pytest.raises(ClassNamesError, match="duplicate class names: 'cat' \\(#0\\) and ' Cat ' \\(#1\\)"):
+        check_class_names(["cat", " Cat "])
+    with pytest.raises(ClassNamesError, match="must be strings"):
+        check_class_names(["cat", 3])
+
+
+# ------------------------------------------------------------------------------------------------ reuse guards
+
+
+class _Lin:
+    def __init__(self, mid, h, seed, nan_rows=()):
+        self.model_id, self.num_heads, self.head_names = mid, h, [f"h{i}" for i in range(h)]
+        self.w = np.random.default_rng(seed).normal(size=(16, h)).astype(np.float32)
+        self.nan_rows = list(nan_rows)
+
+    def logits(self, x):
+        z = (np.asarray(x, np.float32).reshape(len(x), -1)[:, :16] / 255.0) @ self.w * 5
+        z[[i for i in self.nan_rows if i < len(z)]] = np.nan
+        return z
+
+
+def _selection(C=3):
+    rng = np.random.default_rng(0)
+    loss = np.array([[0.1, 0.5, np.inf], [0.3, 0.2, np.inf]])[:, :C]
+    cols = (rng.uniform(size=(3, C)).astype(np.float32), rng.uniform(size=(4, C)).astype(np.float32))
+    return select(ModelScores("chco", ("a", "b"), loss, cols), k=2, beta=None, class_names=list("xyz")[:C],
+                  wnids=["n1", "n2", None][:C], similarities=[0.9, 0.8, 0.1][:C], match_threshold=0.35)
+
+
+def test_reuse_raises_on_nonfinite_expert_outputs_naming_the_model_or_abstains():
+    imgs = np.random.default_rng(1).integers(0, 256, (5, 4, 4), dtype=np.uint8)
+    sel = _selection()
+    experts = {"a": _Lin("a", 3, 1), "b": _Lin("b", 4, 2, nan_rows=[2])}
+    with pytest.raises(NonFiniteOutputError, match="expert 'b' returned NaN/inf outputs for 1 of 5 images"):
+        Reuser(sel, experts, progress=False).predict(imgs)
+    pred = Reuser(sel, experts, progress=False, on_nonfinite="abstain").predict(imgs)
+    clean = Reuser(sel, {"a": experts["a"], "b": _Lin("b", 4, 2)}, progress=False).predict(imgs)
+    assert pred[2] == -1 and np.array_equal(np.delete(pred, 2), np.delete(clean, 2))
+
+
+def test_reuse_with_nothing_covered_and_no_patch_never_says_class_0():
+    imgs = np.zeros((4, 4, 4), np.uint8)
+    sel = select(ModelScores("chco", ("a",), np.full((1, 2), np.inf), (np.zeros((3, 2), np.float32),)), k=1,
+                 class_names=["x", "y"], wnids=[None, None])
+    with pytest.warns(RuntimeWarning, match="never be predicted"):
+        r = Reuser(sel, {"a": _Lin("a", 3, 1)}, progress=False)
+    assert list(r.predict(imgs)) == [-1] * 4
+
+
+def test_reuse_rejects_ambiguous_single_image():
+    sel = _selection()
+    r = Reuser(sel, {"a": _Lin("a", 3, 1), "b": _Lin("b", 4, 2)}, progress=False)
+    with pytest.raises(ValueError, match="ambiguous.*images\\[None\\]"):
+        r.predict(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_selection_explains_uncovered_classes():
+    sel = _selection()
+    assert sel.uncovered_reason(0) is None
+    assert sel.uncovered_reason(2) == "no SDAG node matched the class name (best similarity 0.10 < threshold 0.35)"
+    s2 = select(ModelScores("chco", ("a", "b"), np.array([[0.9, 0.1], [1.2, 0.3]])), k=1, beta=0.8,
+                class_names=["x", "y"], wnids=["n1", "n2"])
+    assert s2.uncovered_reason(0) == "no model under the loss threshold beta=0.8 (best: 'a' with loss 0.900)"
+
+
+# ------------------------------------------------------------------------------------------------ the system
+
+
+@pytest.fixture(scope="module")
+def small_system(tmp_path_factory, wn):
+    """A system over a WordNet subtree with the real CIFAR-10 CNN labelled on real CIFAR-10 sample images."""
+    from mll_jax import SDAG
+    from mll_jax.models import CIFAR10_WNIDS
+    from mll_jax.samples import SampleImagesNotFound, sample_images
+
+    try:
+        imgs, y, _ = sample_images("cifar10")
+    except SampleImagesNotFound as e:
+        pytest.skip(str(e))
+    root = tmp_path_factory.mktemp("mll") / "sys"
+    sdag = SDAG.from_wnids(list(CIFAR10_WNIDS), close_hypernyms=True, wn=wn)
+    mll = MLL.open(root, sdag=sdag, config=MLLConfig(progress=False))
+    for c in sorted(set(y.tolist())):
+        mll.add_images(CIFAR10_WNIDS[c], imgs[y == c][:1])  # one image per class as node data
+    assert mll.add_model("cifar10-cnn") == "cifar10-cnn"
+    summary = mll.label()
+    assert summary["cifar10-cnn"]["computed"] == len(set(y.tolist()))
+    return mll, imgs, y
+
+
+def test_system_labels_once_and_only_what_is_new(small_system):
+    mll, imgs, y = small_system
+    assert mll.label() == {}  # nothing stale
+    assert mll.stale_models() == []
+    with pytest.raises(UnknownModelError, match="unknown model id 'nope'; the hub has \\['cifar10-cnn'\\]"):
+        mll.label(["nope"])
+    with pytest.raises(Exception, match="unknown model 'lite9'"):
+        mll.add_model("lite9")
+
+
+def test_classifier_explain_save_load_and_stale_detection(small_system, tmp_path):
+    mll, imgs, y = small_system
+    with pytest.raises(ClassNamesError):
+        mll.classifier("ship,truck")
+    clf = mll.classifier(["ship", "truck", "airplane"], k=1)
+    ex = clf.explain()
+    assert [r["class"] for r in ex] == ["ship", "truck", "airplane"]
+    assert all(r["experts"][0]["model"] == "cifar10-cnn" for r in ex if not r["uncovered"])
+    text = clf.explain_text()
+    assert "cifar10-cnn" in text
+    pred = clf.predict(imgs)
+    assert pred.shape == (len(imgs),) and set(pred.tolist()) <= {-1, 0, 1, 2}
+    p = clf.save(tmp_path / "clf.npz")
+    again = Classifier.load(p, mll)
+    np.testing.assert_array_equal(again.predict(imgs), pred)
+    assert again.selection.similarities == clf.selection.similarities
+    # new node data for a matched node: relabelled, the saved classifier no longer matches the labels
+    w = clf.selection.wnids[0]
+    old = mll.sdag.images(w)
+    mll.add_images(w, imgs[y == 1][:1])
+    assert mll.stale_models() == ["cifar10-cnn"]
+    with pytest.warns(RuntimeWarning, match="stale"):
+        mll.select(["ship", "truck"])
+    assert mll.label()["cifar10-cnn"]["computed"] == 1  # only the changed node runs through the expert
+    try:
+        with pytest.raises(StaleClassifierError, match="labels changed"):
+            Classifier.load(p, mll)
+    finally:
+        mll.add_images(w, old)
+        mll.label()
+    np.testing.assert_array_equal(Classifier.load(p, mll).predict(imgs), pred)
+
+
+# ------------------------------------------------------------------------------------------------ acceptance
+
+
+@pytest.mark.slow
+def test_system_from_scratch_two_real_experts_reload_in_new_process(tmp_path, wn):
+    """Issue 7: build through the API, label two real experts, classify real images, save, reload the classifier in
+    a new process, identical predictions."""
+    from mll_jax import SDAG, sample_images
+    from mll_jax.models import imagenet_wnids
+
+    try:
+        images, labels, _ = sample_images("imagenet", size=96)
+        test, y, _ = sample_images("cifar10")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    wnids = [imagenet_wnids()[c] for c in labels]
+    sdag = SDAG.from_wnids(sorted(set(wnids)), close_hypernyms=True, wn=wn)
+    root = tmp_path / "sys"
+    mll = MLL.open(root, sdag=sdag, config=MLLConfig(progress=False))
+    for w in sorted(set(wnids)):
+        mll.add_images(w, images[[x == w for x in wnids]])
+    ids = [mll.add_model("efficientnet-lite0", resolution=64), mll.add_model("cifar10-cnn")]
+    assert ids == ["efficientnet-lite0-r64", "cifar10-cnn"]
+    summary = mll.label()
+    assert set(summary) == set(ids) and all(s["computed"] == len(set(wnids)) for s in summary.values())
+    clf = mll.classifier(["dog", "car", "bird"])
+    assert clf.selection.covered.all()
+    pred = clf.predict(test)
+    assert pred.shape == (20,) and (pred >= 0).all()
+    # every class is served by both experts (the CIFAR CNN's heads include dog, automobile and bird)
+    assert all(len(e) == 2 for e in clf.selection.experts)
+    cifar_heads = {r["class"]: [h["name"] for h in r["experts"][[e["model"] for e in r["experts"]].index("cifar10-cnn")]
+                                ["heads"]] for r in clf.explain()}
+    assert "automobile" in cifar_heads["car"] and "dog" in cifar_heads["dog"] and "bird" in cifar_heads["bird"]
+    clf.save(tmp_path / "clf.npz")
+    script = textwrap.dedent(f"""
+        import json
+        from mll_jax import MLL, Classifier, sample_images
+        mll = MLL.open({str(root)!r})
+        clf = Classifier.load({str(tmp_path / 'clf.npz')!r}, mll)
+        test, _, _ = sample_images("cifar10")
+        print(json.dumps(clf.predict(test).tolist()))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == pred.tolist()
