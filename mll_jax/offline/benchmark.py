@@ -670,18 +670,6 @@ class FolderTask:
     folders: tuple[tuple[str, ...], ...]  # per class: sub-folders of the test dir
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), np.uint8)
-
 
 class FolderBenchmark(ZeroShotBenchmark):
     """The paper's benchmark for users with the data (needs ``imagenet_dir``, ``test_dir``, ``tasks_file``).
@@ -749,7 +737,7 @@ class FolderBenchmark(ZeroShotBenchmark):
         return list(self._tasks)
 
     def _task_images(self, task: FolderTask) -> tuple[np.ndarray, np.ndarray]:
-        from mll_jax.sdag import IMAGE_EXTENSIONS
+        from mll_jax.images import IMAGE_EXTENSIONS, load_images
 
         if task.name in self._test_cache:
             return self._test_cache[task.name]
@@ -765,9 +753,9 @@ class FolderBenchmark(ZeroShotBenchmark):
                 files = files[: self.config.test_per_class]
             if not files:
                 raise ValueError(f"task {task.name!r}: class {task.class_names[c]!r} has no test images")
-            imgs += [_decode(p, self.config.image_size) for p in files]
+            imgs.append(load_images(files, self.config.image_size)[0])
             ys += [c] * len(files)
-        out = (np.stack(imgs), np.asarray(ys, np.int32))
+        out = (np.concatenate(imgs), np.asarray(ys, np.int32))
         self._test_cache[task.name] = out
         return out
 
