@@ -56,7 +56,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Iterable, NamedTuple, Sequence
@@ -567,16 +566,12 @@ def match_classes(class_names: Sequence[str], wnids: Sequence[str], node_texts: 
     ``encoder``: a :class:`TextEncoder` (None: the default all-MiniLM-L6-v2).
     ``cache_dir``: where node embeddings are cached (None: not cached).
     """
-    class_names = list(class_names)
-    wnids = list(wnids)
-    if not class_names:
+    from mll_jax.system import check_class_names
+
+    if not isinstance(class_names, str) and len(class_names) == 0:
         return []
-    for i, c in enumerate(class_names):
-        if not isinstance(c, str) or not c.strip():
-            raise ValueError(f"class name {i} is {c!r}; class names must be non-empty strings")
-    dup = sorted(c for c, k in Counter(class_names).items() if k > 1)
-    if dup:
-        raise ValueError(f"duplicate class names {dup}: each class needs its own node")
+    class_names = check_class_names(class_names)  # a bare string, empty or duplicate names raise ClassNamesError
+    wnids = list(wnids)
     if len(set(wnids)) != len(wnids):
         raise ValueError("wnids contain duplicates")
     if node_texts is None:

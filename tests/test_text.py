@@ -359,8 +359,10 @@ def test_match_classes_bad_input(encoder):
         T.match_classes(["dog"], ["n02084071", "n02084071"], ["x", "y"], encoder)
     with pytest.raises(ValueError, match="class name 1"):
         T.match_classes(["dog", ""], ["n02084071"], ["x"], encoder)
-    with pytest.raises(ValueError, match="duplicate class names \\['dog'\\]"):
-        T.match_classes(["dog", "cat", "dog"], ["n02084071"], ["x"], encoder)
+    with pytest.raises(ValueError, match="duplicate class names: 'dog' \\(#0\\) and ' Dog' \\(#2\\)"):
+        T.match_classes(["dog", "cat", " Dog"], ["n02084071"], ["x"], encoder)
+    with pytest.raises(ValueError, match="got the string 'dog'"):
+        T.match_classes("dog", ["n02084071"], ["x"], encoder)
     with pytest.raises(ValueError, match="same D"):
         T.match_embeddings(jnp.ones((2, 3)), jnp.ones((4, 5)))
     assert T.match_classes([], ["n02084071"], ["x"], encoder) == []
