@@ -126,3 +126,20 @@ def test_baselines():
     assert all(len(set(row)) == 3 for row in r)
     draws = np.asarray(core.random_topk(jax.random.PRNGKey(1), 4, 2000, 1))[:, 0]
     assert np.all(np.abs(np.bincount(draws, minlength=4) / 2000 - 0.25) < 0.05)  # uniform, not constant
+
+
+def test_clip_hub_manifest():
+    from mll_jax.vlm.models import clip_hub_manifest, imagenet_accuracy
+
+    doc = clip_hub_manifest()
+    names = [m["name"] for m in doc["models"]]
+    assert len(names) == len(set(names)) >= 10
+    for m in doc["models"]:
+        acc = m["imagenet_zero_shot_top1"]
+        assert acc is None or 0.0 < acc < 1.0, m
+        assert (acc is None) == (m["open_clip"] is None), m
+        assert m["pretraining_data"]
+    # values as in the open_clip results table (ViT-B-32 openai: 0.6332; ViT-L-14 openai: 0.7554)
+    assert imagenet_accuracy("openai/clip-vit-base-patch32") == 0.6332
+    assert imagenet_accuracy("openai/clip-vit-large-patch14") == 0.7554
+    assert imagenet_accuracy("patrickjohncyh/fashion-clip") is None and imagenet_accuracy("nope") is None

@@ -27,7 +27,7 @@ import numpy as np
 from mll_jax.images import as_image_batch
 from mll_jax.utils import file_hash, texts_hash
 
-__all__ = ["VLM", "ClipVLM", "zero_shot_logits", "node_text", "check_vlm"]
+__all__ = ["VLM", "ClipVLM", "zero_shot_logits", "node_text", "check_vlm", "clip_hub_manifest", "imagenet_accuracy"]
 
 
 @runtime_checkable
@@ -118,3 +118,19 @@ class ClipVLM:
 
     def __repr__(self) -> str:
         return f"ClipVLM({self.model_id!r})"
+
+
+def clip_hub_manifest() -> dict:
+    """The shipped manifest of public HF CLIP checkpoints (``mll_jax/vlm/clip_hub.json``): name, pretraining
+    data, open_clip row and ImageNet zero-shot top-1 (``None`` where unknown)."""
+    import json
+
+    return json.loads((Path(__file__).with_name("clip_hub.json")).read_text(encoding="utf-8"))
+
+
+def imagenet_accuracy(name: str) -> float | None:
+    """ImageNet zero-shot top-1 of a checkpoint from :func:`clip_hub_manifest` (``None`` if unknown / absent)."""
+    for m in clip_hub_manifest()["models"]:
+        if m["name"] == name:
+            return m["imagenet_zero_shot_top1"]
+    return None
