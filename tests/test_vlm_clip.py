@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from test_clip_patch import SIZE, tiny_clip_dir  # noqa: E402,F401  (fixture reused, not duplicated)
 
 from mll_jax.vlm import core  # noqa: E402
-from mll_jax.vlm.labels import LabelsMissingError, VLMLabelStore, label_vlm, sdag_node_texts  # noqa: E402
+from mll_jax.vlm.labels import LabelsMissingError, VLMLabelStore, label_vlm, node_logits, sdag_node_texts  # noqa: E402
 from mll_jax.vlm.models import ClipVLM, VLM  # noqa: E402
 from mll_jax.vlm.select import predict, reuse_scores, select_vlms, task_logits  # noqa: E402
 
@@ -76,6 +76,19 @@ def test_clip_labels_select_reuse_end_to_end(vlms, tmp_path):
     idx, w, _ = core.match_weights(class_emb, node_emb)
     np.testing.assert_allclose(sel.f1, core.f1_score(core.class_counts(counts, idx, w)), rtol=1e-6)
     assert set(sel.explain()) == set(classes)
+    # task scope: counts recomputed from the stored embeddings, prediction among the matched nodes only
+    nl = {m: node_logits(store, labs[m]) for m in labs}
+    lg, lab_idx = nl["clip-a"]
+    np.testing.assert_array_equal(np.asarray(core.node_counts(lg, lab_idx)), hand)  # same argmax as the labels
+    sel_t = select_vlms(classes, labs, nodes, node_emb=node_emb, class_emb=class_emb, k=1, top=2, scope="task",
+                        node_logits=nl)
+    active = np.zeros(4, bool)
+    active[sel_t.match_idx[sel_t.match_weights > 0]] = True
+    cnt = np.stack([core.restricted_node_counts(nl[m][0], nl[m][1], active) for m in sel_t.model_ids])
+    np.testing.assert_allclose(sel_t.f1, core.f1_score(core.class_counts(cnt, sel_t.match_idx, sel_t.match_weights)),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="node_logits"):
+        select_vlms(classes, labs, nodes, node_emb=node_emb, class_emb=class_emb, scope="task")
 
     images = rng.integers(0, 256, size=(5, SIZE, SIZE, 3), dtype=np.uint8)
     logits = {m: task_logits(v, images, classes) for m, v in zip(sel.model_ids, vlms)}

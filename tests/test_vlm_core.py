@@ -42,6 +42,18 @@ def test_node_counts_hand():
     np.testing.assert_array_equal(np.asarray(c), np.array(HAND_COUNTS["B"], np.float32))
 
 
+def test_restricted_node_counts_hand():
+    active = jnp.asarray([True, True, False, False])
+    c = np.asarray(core.restricted_node_counts(jnp.asarray(_logits(PREDS["B"])), jnp.asarray(LABELS), active))
+    np.testing.assert_array_equal(c, [(1, 1, 0), (2, 0, 1), (0, 0, 0), (0, 0, 0)])
+    # model A sends node-0 images to node 2; restricted to {0, 1} the next best logit (node 0) wins
+    c = np.asarray(core.restricted_node_counts(jnp.asarray(_logits(PREDS["A"])), jnp.asarray(LABELS), active))
+    np.testing.assert_array_equal(c, [(2, 0, 0), (2, 0, 0), (0, 0, 0), (0, 0, 0)])
+    # all nodes active: the plain counts
+    c = core.restricted_node_counts(jnp.asarray(_logits(PREDS["C"])), jnp.asarray(LABELS), jnp.ones(4, bool))
+    np.testing.assert_array_equal(np.asarray(c), np.array(HAND_COUNTS["C"], np.float32))
+
+
 def test_match_weights_hand():
     idx, w, sims = core.match_weights(jnp.asarray(CLASS_EMB), jnp.asarray(NODE_EMB * 3.0), top=2)
     np.testing.assert_array_equal(np.asarray(idx), [[1, 0], [2, 1]])

@@ -12,7 +12,9 @@ Notation: ``M`` VLMs, ``V`` SDAG nodes (those with images), ``C`` target classes
 * ``fn[v]`` -- images of ``v`` predicted as another node;
 * ``fp[v]`` -- images of other nodes predicted as ``v``.
 
-Stored as ``counts[..., v, :] = (tp, fn, fp)`` (:data:`COUNT_FIELDS`).
+Stored as ``counts[..., v, :] = (tp, fn, fp)`` (:data:`COUNT_FIELDS`).  :func:`restricted_node_counts` gives the
+same counts with the prediction restricted to a subset of nodes (the nodes a task matched: the authors' rule,
+which needs the node logits, not only the counts).
 
 **Matching** (:func:`match_weights`).  A target class is matched to its ``top`` (5) most similar nodes by text
 cosine similarity; the weights are the similarities, clipped at 0 (a node less similar than an orthogonal one
@@ -53,6 +55,7 @@ __all__ = [
     "DEFAULT_TOP_NODES",
     "MIN_ENTROPY_BITS",
     "node_counts",
+    "restricted_node_counts",
     "match_weights",
     "class_counts",
     "f1_score",
@@ -91,6 +94,16 @@ def node_counts(logits: jax.Array, labels: jax.Array) -> jax.Array:
     conf = truth.T @ guess  # conf[i, j]: images of node i predicted as node j
     tp = jnp.diagonal(conf)
     return jnp.stack([tp, conf.sum(1) - tp, conf.sum(0) - tp], axis=-1)
+
+
+@jax.jit
+def restricted_node_counts(logits: jax.Array, labels: jax.Array, active: jax.Array) -> jax.Array:
+    """:func:`node_counts` with prediction restricted to the ``active`` nodes (``(V,)`` bool) and only the images
+    of active nodes counted; rows of inactive nodes are all zero.  This is the authors' task-scoped rule (their
+    selection masks the node logits to the nodes matched by the task before the argmax)."""
+    masked = jnp.where(active[None, :], logits, -jnp.inf)
+    keep = (labels >= 0) & active[jnp.clip(labels, 0, logits.shape[-1] - 1)]
+    return node_counts(masked, jnp.where(keep, labels, -1))
 
 
 @partial(jax.jit, static_argnames=("top",))

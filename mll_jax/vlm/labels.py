@@ -32,7 +32,8 @@ from mll_jax.utils import atomic_save_npy, atomic_write_json, next_pow2, texts_h
 from mll_jax.vlm import core
 from mll_jax.vlm.models import check_vlm, node_text
 
-__all__ = ["VLMLabels", "VLMLabelStore", "LabelsMissingError", "sdag_node_texts", "label_vlm", "label_vlms"]
+__all__ = ["VLMLabels", "VLMLabelStore", "LabelsMissingError", "sdag_node_texts", "label_vlm", "label_vlms",
+           "node_logits"]
 
 
 class LabelsMissingError(KeyError):
@@ -178,8 +179,22 @@ def label_vlm(store: VLMLabelStore, sdag, vlm, *, nodes: Sequence[str] | None = 
         lab = np.full(rows, -1, np.int32)
         lab[:n] = i
         counts += np.asarray(core.node_counts(jnp.asarray(pad) @ txt_j.T, jnp.asarray(lab)))
-    atomic_write_json(d / "labels.json", {"key": key, "nodes": nodes, "counts": counts.tolist()})
+    atomic_write_json(d / "labels.json", {"key": key, "nodes": nodes, "counts": counts.tolist(),
+                                          "img_files": [f.name for f in ifiles], "txt_files": [f.name for f in tfiles]})
     return VLMLabels(vlm.model_id, tuple(nodes), counts, key)
+
+
+def node_logits(store: VLMLabelStore, labels: VLMLabels) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits (N, V), node index (N,))`` of every node image against every node text (cosine; the argmax is
+    what labels count), read from the stored embeddings of ``labels`` (for task-scoped selection)."""
+    d = store.model_dir(labels.model_id)
+    doc = json.loads((d / "labels.json").read_text())
+    if doc["key"] != labels.key:
+        raise LabelsMissingError(f"VLM {labels.model_id!r}: stored labels changed since these were read; reload them")
+    txt = np.concatenate([np.load(d / "txt" / f) for f in doc["txt_files"]])
+    imgs = [np.load(d / "img" / f) for f in doc["img_files"]]
+    lab = np.concatenate([np.full(len(x), i, np.int32) for i, x in enumerate(imgs)])
+    return (np.concatenate(imgs) @ txt.T).astype(np.float32), lab
 
 
 def label_vlms(store: VLMLabelStore, sdag, vlms: Iterable, **kw) -> dict[str, VLMLabels]:

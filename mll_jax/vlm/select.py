@@ -130,7 +130,8 @@ def select_vlms(class_names: Sequence[str], labels: Mapping[str, VLMLabels] | Se
                 nodes: Sequence[str], node_texts: Sequence[str] | None = None, encoder=None, *,
                 node_emb: np.ndarray | None = None, class_emb: np.ndarray | None = None,
                 descriptions: Mapping[str, str] | None = None, k: int = 1, alpha: float = core.DEFAULT_ALPHA,
-                top: int = core.DEFAULT_TOP_NODES) -> VLMSelection:
+                top: int = core.DEFAULT_TOP_NODES, scope: str = "all",
+                node_logits: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> VLMSelection:
     """Per class, the top-``k`` VLMs by the score ``r`` computed from their labels alone.
 
     Args:
@@ -140,6 +141,9 @@ def select_vlms(class_names: Sequence[str], labels: Mapping[str, VLMLabels] | Se
       node_texts, encoder: node texts for matching (``SDAG.text``) and the text encoder embedding them and the
         class queries; or precomputed ``node_emb`` / ``class_emb`` (unit rows).
       descriptions: optional class name -> description (appended to the query text).
+      scope: ``"all"`` -- the stored counts (prediction among all labelled nodes); ``"task"`` -- counts recomputed
+        with the prediction restricted to the nodes the task matched (with positive weight) and only their images
+        counted (the authors' rule); needs ``node_logits`` (:func:`mll_jax.vlm.labels.node_logits` per model).
     """
     names = _check_classes(class_names)
     if isinstance(labels, Mapping):
@@ -167,6 +171,24 @@ def select_vlms(class_names: Sequence[str], labels: Mapping[str, VLMLabels] | Se
         raise ValueError(f"embedding rows ({len(class_emb)} classes, {len(node_emb)} nodes) do not match "
                          f"{len(names)} classes / {len(nodes)} nodes")
     idx, w, sims = core.match_weights(jnp.asarray(class_emb), jnp.asarray(node_emb), top=top)
+    if scope == "task":
+        if node_logits is None:
+            raise ValueError("scope='task' needs node_logits (mll_jax.vlm.labels.node_logits) for every VLM")
+        missing = [lab.model_id for lab in labels if lab.model_id not in node_logits]
+        if missing:
+            raise KeyError(f"node_logits missing for VLMs {missing}")
+        active = np.zeros(len(nodes), bool)
+        active[np.asarray(idx)[np.asarray(w) > 0]] = True
+        rows = []
+        for lab in labels:
+            lg, nl = node_logits[lab.model_id]
+            order = [list(lab.nodes).index(n) for n in nodes]  # node_logits columns follow lab.nodes
+            inv = np.argsort(order)
+            rows.append(core.restricted_node_counts(jnp.asarray(np.asarray(lg)[:, order]),
+                                                    jnp.asarray(inv[np.asarray(nl)]), jnp.asarray(active)))
+        counts = np.stack([np.asarray(r) for r in rows])
+    elif scope != "all":
+        raise ValueError(f"scope must be 'all' or 'task', got {scope!r}")
     f1 = core.f1_score(core.class_counts(jnp.asarray(counts), idx, w))
     r = core.selection_scores(f1, alpha)
     chosen = core.select_topk(r, k)
