@@ -36,6 +36,9 @@ __all__ = ["VLMLabels", "VLMLabelStore", "LabelsMissingError", "sdag_node_texts"
            "node_logits"]
 
 
+LABELS_FORMAT = "mll-jax-vlm-labels/2"
+
+
 class LabelsMissingError(KeyError):
     """No (current) labels for a model in the store."""
 
@@ -119,6 +122,9 @@ class VLMLabelStore:
         if not f.is_file():
             raise LabelsMissingError(f"VLM {model_id!r} is not labelled in {self.root}")
         doc = json.loads(f.read_text())
+        if doc.get("format") != LABELS_FORMAT:
+            raise LabelsMissingError(f"VLM {model_id!r}: stored labels have format {doc.get('format')!r}, expected "
+                                     f"{LABELS_FORMAT!r}; relabel it")
         if key is not None and doc["key"] != key:
             raise LabelsMissingError(f"VLM {model_id!r}: stored labels are for another node set; relabel it")
         return VLMLabels(model_id, tuple(doc["nodes"]), np.asarray(doc["counts"], np.float32), doc["key"])
@@ -179,7 +185,7 @@ def label_vlm(store: VLMLabelStore, sdag, vlm, *, nodes: Sequence[str] | None = 
         lab = np.full(rows, -1, np.int32)
         lab[:n] = i
         counts += np.asarray(core.node_counts(jnp.asarray(pad) @ txt_j.T, jnp.asarray(lab)))
-    atomic_write_json(d / "labels.json", {"key": key, "nodes": nodes, "counts": counts.tolist(),
+    atomic_write_json(d / "labels.json", {"format": LABELS_FORMAT, "key": key, "nodes": nodes, "counts": counts.tolist(),
                                           "img_files": [f.name for f in ifiles], "txt_files": [f.name for f in tfiles]})
     return VLMLabels(vlm.model_id, tuple(nodes), counts, key)
 
