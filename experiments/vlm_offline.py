@@ -8,7 +8,8 @@
    (:func:`mll_jax.vlm.labels.label_vlm`, resumable store ``<home>/vlm_offline/labels``).
 3. For every task (``mll_jax.offline.data.TASKS`` + :data:`EXTRA_TASKS`, natural names, the official test split):
    top-1 accuracy of MLL-VLM (k = 1..max_k; selection from the labels only; with the stored labels among all
-   nodes, and task-scoped: prediction among the nodes the task matched, the authors' rule), Random (k VLMs drawn per class,
+   nodes, and task-scoped: prediction among the nodes the task matched, the authors' rule), Random (k VLMs drawn
+   per class,
    mean over ``--random_draws`` draws, same reuse), INB (single VLM with the best ImageNet accuracy from metadata;
    the offline hub has none, so the best zero-shot accuracy on the SDAG images), the mean single VLM (= expected
    accuracy of a uniformly random single VLM), the oracle single best VLM on the task, and the entropy-weighted
@@ -131,10 +132,11 @@ def main(argv):
         class_emb = tf.encoder.encode(class_query_texts(names, desc))
         row = {"task": task.name, "classes": names, "n_test": int(len(y)), "single": dict(zip(ids, single.tolist())),
                "inb_model": ids[inb], "inb": float(single[inb]), "oracle_model": ids[int(single.argmax())],
-               "oracle": float(single.max()), "mean_single": float(single.mean()), "mll": {}, "mll_task": {}, "random": {},
-               "selection": {}}
+               "oracle": float(single.max()), "mean_single": float(single.mean()), "mll": {}, "mll_task": {},
+               "random": {}, "selection": {}}
         for k in range(1, min(FLAGS.max_k, len(ids)) + 1):
-            sel = select_vlms(names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=k, alpha=FLAGS.alpha, top=FLAGS.top)
+            sel = select_vlms(names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=k, alpha=FLAGS.alpha,
+                              top=FLAGS.top)
             row["mll"][k] = float(np.mean(reuse_scores(sel, logits).argmax(1) == y))
             sel_t = select_vlms(names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=k, alpha=FLAGS.alpha,
                                 top=FLAGS.top, scope="task", node_logits=nlogits)
@@ -154,17 +156,20 @@ def main(argv):
         allsel = sel.with_chosen(np.tile(np.arange(len(ids)), (len(names), 1)))
         row["all_ensemble"] = float(np.mean(reuse_scores(allsel, logits).argmax(1) == y))
         results.append(row)
-        print(f"{task.name:28s} MLL k=1 {row['mll'][1]:.3f} task-scope {row['mll_task'][1]:.3f}  INB {row['inb']:.3f}  oracle {row['oracle']:.3f} "
+        print(f"{task.name:28s} MLL k=1 {row['mll'][1]:.3f} task-scope {row['mll_task'][1]:.3f}  "
+              f"INB {row['inb']:.3f}  oracle {row['oracle']:.3f} "
               f"({row['oracle_model']})  sel {row['selection']}", flush=True)
     timings["total_s"] = time.perf_counter() - t_all
 
     ks = sorted(results[0]["mll"])
     mean = lambda f: float(np.mean([f(r) for r in results]))  # noqa: E731
     summary = {"mll": {k: mean(lambda r: r["mll"][k]) for k in ks},
-               "mll_task": {k: mean(lambda r: r["mll_task"][k]) for k in ks}, "random": {k: mean(lambda r: r["random"][k]) for k in ks},
+               "mll_task": {k: mean(lambda r: r["mll_task"][k]) for k in ks},
+               "random": {k: mean(lambda r: r["random"][k]) for k in ks},
                "inb": mean(lambda r: r["inb"]), "oracle": mean(lambda r: r["oracle"]),
                "mean_single": mean(lambda r: r["mean_single"]), "all_ensemble": mean(lambda r: r["all_ensemble"])}
-    hub_info = [{"model_id": v.model_id, "arch": v.spec.arch, "classes": [fdata.FMNIST_CLASSES[c] for c in v.spec.classes],
+    hub_info = [{"model_id": v.model_id, "arch": v.spec.arch,
+                 "classes": [fdata.FMNIST_CLASSES[c] for c in v.spec.classes],
                  "per_class": v.spec.per_class, "steps": v.spec.steps, "width": v.spec.width, "dim": v.spec.dim,
                  "sdag_accuracy": float(a), "logit_scale": v.logit_scale} for v, a in zip(vlms, sdag_acc)]
     doc = {"config": {"alpha": FLAGS.alpha, "top": FLAGS.top, "max_k": FLAGS.max_k, "random_draws": FLAGS.random_draws,
@@ -185,7 +190,8 @@ def main(argv):
                 [pct(r["random"][k]) for k in ks] + \
                 [pct(r["inb"]), pct(r["mean_single"]), pct(r["oracle"]), pct(r["all_ensemble"])]
         lines.append("| " + " | ".join(cells) + " |")
-    sel_lines = [f"- **{r['task']}**: all-node scope: " + "; ".join(f"{c} -> {', '.join(m)}" for c, m in r["selection"].items())
+    sel_lines = [f"- **{r['task']}**: all-node scope: "
+                 + "; ".join(f"{c} -> {', '.join(m)}" for c, m in r["selection"].items())
                  + ". Task scope: " + "; ".join(f"{c} -> {', '.join(m)}" for c, m in r["selection_task"].items())
                  + f". (INB: {r['inb_model']}, oracle: {r['oracle_model']})" for r in results]
     hub_lines = ["| model | arch | trained classes | imgs/class | steps | width | dim | SDAG acc |", "|" + "---|" * 8]

@@ -185,8 +185,9 @@ def label_vlm(store: VLMLabelStore, sdag, vlm, *, nodes: Sequence[str] | None = 
         lab = np.full(rows, -1, np.int32)
         lab[:n] = i
         counts += np.asarray(core.node_counts(jnp.asarray(pad) @ txt_j.T, jnp.asarray(lab)))
-    atomic_write_json(d / "labels.json", {"format": LABELS_FORMAT, "key": key, "nodes": nodes, "counts": counts.tolist(),
-                                          "img_files": [f.name for f in ifiles], "txt_files": [f.name for f in tfiles]})
+    atomic_write_json(d / "labels.json", {"format": LABELS_FORMAT, "key": key, "nodes": nodes,
+                                          "counts": counts.tolist(), "img_files": [f.name for f in ifiles],
+                                          "txt_files": [f.name for f in tfiles]})
     return VLMLabels(vlm.model_id, tuple(nodes), counts, key)
 
 

@@ -111,7 +111,8 @@ def anchor_texts(exclude_labels: Sequence[int] = (), wn=None) -> list[str]:
     for r in SUBTREE_ROOTS:
         for s in [wn.synset(r)] + list(wn.synset(r).closure(lambda x: x.hyponyms())):
             if s not in excluded:
-                out += [n.replace("_", " ") for n in s.lemma_names() if n.replace("_", " ").lower() not in excluded_names]
+                names = [n.replace("_", " ") for n in s.lemma_names()]
+                out += [n for n in names if n.lower() not in excluded_names]
     return sorted(set(out))
 
 
