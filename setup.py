@@ -8,6 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["mll_jax", "mll_jax.*"]),
+    package_data={"mll_jax.vlm": ["clip_hub.json"]},
     install_requires=[
         "jax>=0.4.30",
         "jaxlib>=0.4.30",

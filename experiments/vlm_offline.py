@@ -61,16 +61,6 @@ def extra_tasks():
     )
 
 
-def lemma_node_text(sdag, wn, v: str) -> str:
-    """Matching text of a node: all its WordNet lemmas as the name, plus the definition (the offline
-    benchmark's default ``node_text="lemmas"``)."""
-    from mll_jax.wordnet import synset_from_wnid
-
-    s = synset_from_wnid(v, wn)
-    names = ", ".join(dict.fromkeys(n.replace("_", " ") for n in s.lemma_names()))
-    return f"Name: {names}\nDescription: {s.definition()}"
-
-
 def main(argv):
     del argv
     import jax
@@ -79,6 +69,7 @@ def main(argv):
     from mll_jax.hub import ModelHub
     from mll_jax.offline import data as fdata
     from mll_jax.sdag import SDAG
+    from mll_jax.text import lemma_node_text
     from mll_jax.utils import atomic_write_json, atomic_write_text, home
     from mll_jax.vlm import core
     from mll_jax.vlm.labels import VLMLabelStore, label_vlms, node_logits
@@ -111,7 +102,7 @@ def main(argv):
     nlogits = {m: node_logits(store, labels[m]) for m in ids}
     timings["label_s"] = time.perf_counter() - t0
     nodes = list(labels[ids[0]].nodes)
-    node_emb = tf.encoder.encode([lemma_node_text(g, wn, v) for v in nodes])
+    node_emb = tf.encoder.encode([lemma_node_text(v, wn) for v in nodes])
     sdag_acc = np.array([labels[m].sdag_accuracy for m in ids])
     inb = int(core.inb_choice(np.full(len(ids), np.nan), sdag_acc))
 

@@ -433,11 +433,9 @@ class MLL:
             if self.config.node_text == "sdag" or self.sdag.is_custom(node):
                 t = self.sdag.text(node)
             else:
-                from mll_jax.wordnet import synset_from_wnid
+                from mll_jax.text import lemma_node_text
 
-                s = synset_from_wnid(node, self.sdag.wn)
-                names = ", ".join(dict.fromkeys(n.replace("_", " ") for n in s.lemma_names()))
-                t = f"Name: {names}\nDescription: {s.definition()}"
+                t = lemma_node_text(node, self.sdag.wn)
             self._node_text_cache[node] = t
         return self._node_text_cache[node]
 

@@ -78,6 +78,7 @@ __all__ = [
     "l2_normalize",
     "pool",
     "node_text",
+    "lemma_node_text",
     "wordnet_node_texts",
     "query_texts",
     "encode_cached",
@@ -381,6 +382,15 @@ class TextEncoder:
 def node_text(name: str, definition: str) -> str:
     """The SDAG node text: ``"Name: <name>\\nDescription: <definition>"``."""
     return f"Name: {name}\nDescription: {definition}"
+
+
+def lemma_node_text(wnid: str, wn=None) -> str:
+    """A WordNet node's matching text with ALL its lemmas as the name (``MLLConfig.node_text="lemmas"``):
+    ``"Name: dog, domestic dog, Canis familiaris\\nDescription: <definition>"``."""
+    from mll_jax.wordnet import synset_from_wnid
+
+    s = synset_from_wnid(wnid, wn if wn is not None else _wordnet())
+    return node_text(", ".join(dict.fromkeys(n.replace("_", " ") for n in s.lemma_names())), s.definition())
 
 
 def query_texts(class_names: Sequence[str], query_format: str = DEFAULT_QUERY_FORMAT) -> list[str]:
