@@ -31,18 +31,9 @@ __all__ = ["VLMSelection", "class_query_texts", "class_descriptions", "select_vl
 
 
 def _check_classes(class_names: Sequence[str]) -> list[str]:
-    if isinstance(class_names, str):
-        raise TypeError("class_names must be a list of names, not one string")
-    names = list(class_names)
-    if not names:
-        raise ValueError("no class names given")
-    for n in names:
-        if not isinstance(n, str) or not n.strip():
-            raise ValueError(f"empty or non-string class name {n!r}")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"duplicate class names {dup}")
-    return names
+    from mll_jax.system import check_class_names  # the one validator (ClassNamesError, a ValueError)
+
+    return check_class_names(class_names)
 
 
 def class_query_texts(class_names: Sequence[str], descriptions: Mapping[str, str] | None = None) -> list[str]:
