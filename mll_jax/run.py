@@ -190,9 +190,9 @@ def main(argv) -> int:
                "methods": methods, "timings": timings, "total_seconds": total,
                "summary": {m: summarize([r for r in results if r.method == m]) for m in methods},
                "results": [r.to_json() for r in results]}
-    from mll_jax.offline.benchmark import _atomic_write_json
+    from mll_jax.utils import atomic_write_json
 
-    _atomic_write_json(out, payload)
+    atomic_write_json(out, payload)
     print(f"results written to {out}")
     return 0
 
