@@ -94,11 +94,13 @@ def test_cli_whole_job(tmp_path):
     images, files = load_images(cifar, None)
     want_pred = clf.predict(images)
     want_scores = clf.scores(images)
+    want_names = [CLASSES[i] for i in want_pred]  # every image is covered here (asserted below)
+    assert (want_pred >= 0).all()
     assert got["classes"] == CLASSES and got["models"] == list(clf.selection.used_model_ids)
     rows = got["predictions"]
     assert [r["file"] for r in rows] == [str(f) for f in files]
     assert [r["index"] for r in rows] == want_pred.tolist()
-    assert [r["class"] for r in rows] == clf.predict_names(images)
+    assert [r["class"] for r in rows] == want_names
     np.testing.assert_allclose(np.array([r["scores"] for r in rows], np.float64), want_scores, rtol=1e-5, atol=1e-6)
     from mll_jax.cli import _json_default
 
@@ -106,7 +108,7 @@ def test_cli_whole_job(tmp_path):
     # stdout: the explanation, then one "file<TAB>class" line per image.
     assert p.stdout.startswith(clf.explain_text())
     lines = [ln.split("\t") for ln in p.stdout.splitlines() if "\t" in ln]
-    assert lines == [[str(f), n] for f, n in zip(files, clf.predict_names(images))]
+    assert lines == [[str(f), n] for f, n in zip(files, want_names)]
     assert any(ln.startswith("    cifar10-cnn: loss") for ln in p.stdout.splitlines())
 
     # A saved classifier predicts the same without re-selection; CSV output.
