@@ -7,6 +7,7 @@ configuration (see :mod:`mll_jax.system`).  The commands::
                        [--images=FOLDER --per_node=50 --image_size=224]
     mll-jax hub add    --root=DIR MODEL [--model_id=ID] [--resolution=PX]   # MODEL: a shipped expert or hf:<name|dir>
     mll-jax hub list   --root=DIR
+    mll-jax hub remove --root=DIR ID...
     mll-jax label      --root=DIR [--models=ID,...] [--recompute]
     mll-jax classify   --root=DIR --classes="tabby cat,golden retriever" PATH... [--output=FILE.csv|.json]
                        [--explain] [--save_classifier=FILE | --classifier=FILE] [--k --beta --scorer --image_size]
@@ -158,6 +159,12 @@ def _no_args(argv: Sequence[str]) -> None:
         raise _Usage(f"unexpected arguments {list(argv[1:])} (flags are written --name=value)")
 
 
+def _status(msg: str) -> None:
+    """A progress line on stderr (with --progress)."""
+    if FLAGS.progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
 def _parse_beta(value):
     if value is None or str(value).strip().lower() in ("none", "inf"):
         return None
@@ -253,11 +260,36 @@ def cmd_hub_add(argv) -> int:
                          "hf:<name or directory>")
     mll = _open()
     for m in models:
+        model_id = FLAGS.model_id
+        if m.startswith("hf:") and Path(m[3:]).expanduser().is_dir():  # a local model directory: store it absolute
+            local = Path(m[3:]).expanduser().absolute()
+            if not (local / "config.json").is_file():
+                raise _Usage(f"{local} is not a Hugging Face model directory (no config.json)")
+            m, model_id = f"hf:{local}", model_id or local.name
         had = set(mll.model_ids())
-        mid = mll.add_model(m, model_id=FLAGS.model_id, resolution=FLAGS.resolution, batch_size=FLAGS.batch_size,
+        mid = mll.add_model(m, model_id=model_id, resolution=FLAGS.resolution, batch_size=FLAGS.batch_size,
                             overwrite=FLAGS.overwrite)
         what = "already in the hub" if mid in had and not FLAGS.overwrite else "added"
         print(f"{mid}: {what} (run `mll-jax label --root={FLAGS.root}` to label it)")
+    return 0
+
+
+def define_hub_remove_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = None) -> None:
+    _define_root(_definer(fv, module_name or __name__))
+
+
+def cmd_hub_remove(argv) -> int:
+    ids = list(argv[1:])
+    if not ids:
+        raise _Usage("hub remove needs model ids (see mll-jax hub list)")
+    mll = _open()
+    known = set(mll.model_ids())
+    unknown = [m for m in ids if m not in known]
+    if unknown:  # nothing is removed
+        raise _Usage(f"unknown model ids {unknown}; the hub has {sorted(known)}")
+    for m in ids:
+        mll.remove_model(m)
+        print(f"{m}: removed (and its labels)")
     return 0
 
 
@@ -387,9 +419,13 @@ def cmd_classify(argv) -> int:
             raise _Usage(f"{p} does not exist")
     from mll_jax.images import load_images
 
+    images, files = load_images(paths, FLAGS.image_size or None)  # bad image files fail before any model work
+    _status(f"{len(images)} images decoded")
     mll = _open()
     if FLAGS.classifier:
         clf = mll.load_classifier(FLAGS.classifier)
+        if hasattr(clf, "_reuser"):  # the saved config's progress setting is not this run's (no API for it yet)
+            clf._reuser.progress = bool(FLAGS.progress)
         if names is not None and [n.casefold() for n in names] != [n.casefold() for n in clf.class_names]:
             raise _Usage(f"--classes {names} differ from the saved classifier's {clf.class_names}")
     else:
@@ -398,14 +434,15 @@ def cmd_classify(argv) -> int:
             overrides["k"] = FLAGS.k
         if beta != "config":
             overrides["beta"] = beta
+        _status(f"building the classifier: matching {len(names)} classes to SDAG nodes, selecting experts")
         clf = mll.classifier(names, scorer=FLAGS.scorer, **overrides)
+        _status(repr(clf))
     if FLAGS.save_classifier:
         clf.save(FLAGS.save_classifier)
         print(f"classifier saved to {FLAGS.save_classifier}", file=sys.stderr)
     if FLAGS.explain:
         print(clf.explain_text())
         print()
-    images, files = load_images(paths, FLAGS.image_size or None)
     rows, names = _prediction_rows(clf, images, files)
     for r in rows:
         print(f"{r['file']}\t{'(abstained)' if r['class'] is None else r['class']}")
@@ -428,6 +465,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
             define_hub_add_flags, cmd_hub_add),
     Command("hub list", "list the hub's models (id, kind, heads, labelled / stale / unlabelled)", "",
             define_hub_list_flags, cmd_hub_list),
+    Command("hub remove", "unregister models and delete their labels", "ID...", define_hub_remove_flags,
+            cmd_hub_remove),
     Command("label", "label every unlabelled or stale model (only new node data is run; resumable)", "",
             define_label_flags, cmd_label),
     Command("classify", "zero-shot classify images for a task given by class names", "PATH...",

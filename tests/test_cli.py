@@ -155,6 +155,10 @@ def test_cli_errors_and_help(tmp_path):
         "unknown command": (["frobnicate"], ["unknown command 'frobnicate'", "classify"]),
         "no command": ([], ["no command given"]),
         "bare group": (["hub"], ["hub add", "hub list"]),
+        "remove unknown": (["hub", "remove", "--root=sys", "nope"], ["unknown model ids ['nope']"]),
+        "hf dir without config": (["hub", "add", "--root=sys", "hf:."], ["not a Hugging Face model directory"]),
+        "missing image": (["classify", "--root=sys", "--classes=cat,dog", "missing.png"], ["missing.png",
+                                                                                          "does not exist"]),
         "resolution on cifar": (["hub", "add", "--root=sys", "cifar10-cnn", "--resolution=64"], ["--resolution"]),
         "bench lite9": (["bench", "--imagenet_experts=lite0,lite9", "--progress=false"],
                         ["--imagenet_experts", "lite0,lite1,lite2"]),
@@ -182,7 +186,7 @@ def test_cli_errors_and_help(tmp_path):
 
     top = helps["top"].result
     assert top.returncode == 0, top.stderr
-    for cmd in ("sdag build", "hub add", "hub list", "label", "classify", "bench"):
+    for cmd in ("sdag build", "hub add", "hub list", "hub remove", "label", "classify", "bench"):
         assert f"mll-jax {cmd}" in top.stdout
     for flag in ("--root", "--wnids", "--roots", "--close_hypernyms", "--images", "--per_node", "--model_id",
                  "--resolution", "--models", "--recompute", "--classes", "--output", "--explain", "--classifier",
