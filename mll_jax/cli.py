@@ -365,18 +365,23 @@ def _prediction_rows(clf, images, files) -> tuple[list[dict], list[str]]:
     return rows, names
 
 
-def _json_default(o):
+def _plain(o):
+    """JSON-ready copy: numpy scalars and arrays as Python values, NaN / inf as None (strict JSON)."""
     import numpy as np
 
-    if isinstance(o, np.integer):
+    if isinstance(o, dict):
+        return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, np.ndarray)):
+        return [_plain(v) for v in (o.tolist() if isinstance(o, np.ndarray) else o)]
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, (int, np.integer)):
         return int(o)
-    if isinstance(o, np.floating):
-        return float(o) if np.isfinite(o) else None
-    if isinstance(o, np.ndarray):
-        return o.tolist()
+    if isinstance(o, (float, np.floating)):
+        return float(o) if math.isfinite(o) else None
     if isinstance(o, Path):
         return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return o
 
 
 def _write_output(path: Path, rows, names, clf, explain) -> None:
@@ -386,7 +391,7 @@ def _write_output(path: Path, rows, names, clf, explain) -> None:
         payload = {"classes": names, "models": list(clf.selection.used_model_ids), "predictions": rows}
         if explain:
             payload["explain"] = clf.explain()
-        atomic_write_text(path, json.dumps(payload, indent=1, default=_json_default))
+        atomic_write_text(path, json.dumps(_plain(payload), indent=1, allow_nan=False))
     else:
         buf = io.StringIO()
         w = csv.writer(buf)
