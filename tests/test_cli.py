@@ -121,6 +121,12 @@ def test_cli_whole_job(tmp_path):
     np.testing.assert_allclose(np.array([[float(v) for v in r[3:]] for r in table[1:]]), want_scores, rtol=1e-5,
                                atol=1e-6)
 
+    # sdag build on an existing system adds nodes (keeping the node images); the labels are then stale.
+    out = run("sdag", "build", "--root=mll", "--wnids=n02123045", "--noprogress").stdout
+    assert "added 1 new nodes" in out and "SDAG: 113 nodes, 19 with images" in out
+    listed = json.loads(run("hub", "list", "--root=mll", "--json").stdout)
+    assert [r["status"] for r in listed] == ["stale", "stale"]
+
 
 def _expect_usage_error(p: subprocess.CompletedProcess, *fragments: str) -> None:
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
