@@ -623,9 +623,20 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mll-jax", command_pr
     return 0
 
 
+def exit_with(code_fn: Callable[[], int]) -> None:
+    """``sys.exit(code_fn())``, quietly when stdout is a closed pipe (``mll-jax --help | head``)."""
+    try:
+        code = code_fn()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        code = FAILURE_EXIT
+    sys.exit(code)
+
+
 def entry_point() -> None:
     """Console script ``mll-jax``."""
-    sys.exit(main(sys.argv))
+    exit_with(lambda: main(sys.argv))
 
 
 if __name__ == "__main__":

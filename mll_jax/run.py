@@ -267,9 +267,9 @@ def main(argv) -> int:
 
 def entry_point() -> None:
     """``python -m mll_jax.run``: the same as ``mll-jax bench`` (flags, help and exit codes of :mod:`mll_jax.cli`)."""
-    from mll_jax.cli import main as cli_main
+    from mll_jax.cli import exit_with, main as cli_main
 
-    sys.exit(cli_main(["mll-jax", "bench"] + sys.argv[1:], prog="python -m mll_jax.run", command_prog=""))
+    exit_with(lambda: cli_main(["mll-jax", "bench"] + sys.argv[1:], prog="python -m mll_jax.run", command_prog=""))
 
 
 if __name__ == "__main__":

@@ -161,6 +161,10 @@ def test_cli_errors_and_help(tmp_path):
         "unknown command": (["frobnicate"], ["unknown command 'frobnicate'", "classify"]),
         "no command": ([], ["no command given"]),
         "bare group": (["hub"], ["hub add", "hub list"]),
+        "unknown wnid": (["sdag", "build", "--root=new", "--wnids=n02084071,n00000001"], ["--wnids",
+                                                                                         "n00000001"]),
+        "roots and wnids": (["sdag", "build", "--root=new", "--wnids=n02084071", "--roots=n02084071"],
+                            ["--roots", "--wnids"]),
         "remove unknown": (["hub", "remove", "--root=sys", "nope"], ["unknown model ids ['nope']"]),
         "hf dir without config": (["hub", "add", "--root=sys", "hf:."], ["not a Hugging Face model directory"]),
         "missing image": (["classify", "--root=sys", "--classes=cat,dog", "missing.png"], ["missing.png",
@@ -188,7 +192,7 @@ def test_cli_errors_and_help(tmp_path):
         proc.result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     for name, (_, fragments) in cases.items():
         _expect_usage_error(procs[name].result, *fragments)
-    assert not (tmp_path / "nowhere").exists()  # a failed command creates nothing
+    assert not (tmp_path / "nowhere").exists() and not (tmp_path / "new").exists()  # failed commands create nothing
 
     top = helps["top"].result
     assert top.returncode == 0, top.stderr
