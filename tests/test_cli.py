@@ -36,7 +36,8 @@ def _cli(*args, cwd: Path, home: Path, check: bool = True, timeout: int = 600) -
     p = subprocess.run([sys.executable, "-m", "mll_jax.cli", *map(str, args)], cwd=cwd, env=_env(home),
                        capture_output=True, text=True, timeout=timeout)
     if check:
-        assert p.returncode == 0, f"mll-jax {' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr[-3000:]}"
+        cmd = " ".join(map(str, args))
+        assert p.returncode == 0, f"mll-jax {cmd} -> {p.returncode}\n{p.stdout}\n{p.stderr[-3000:]}"
     return p
 
 
