@@ -269,6 +269,8 @@ def entry_point() -> None:
     """``python -m mll_jax.run``: the same as ``mll-jax bench`` (flags, help and exit codes of :mod:`mll_jax.cli`)."""
     from mll_jax.cli import exit_with, main as cli_main
 
+    if Path(sys.argv[0]).name == "mll-jax":  # a console script installed before mll-jax became mll_jax.cli
+        exit_with(lambda: cli_main(sys.argv))
     exit_with(lambda: cli_main(["mll-jax", "bench"] + sys.argv[1:], prog="python -m mll_jax.run", command_prog=""))
 
 
