@@ -27,5 +27,5 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "cvxpy>=1.5", "clarabel>=0.7", "scipy>=1.11"],
     },
-    entry_points={"console_scripts": ["mll-jax=mll_jax.run:entry_point"]},
+    entry_points={"console_scripts": ["mll-jax=mll_jax.cli:entry_point"]},
 )

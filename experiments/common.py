@@ -10,7 +10,6 @@ numbers as JSON + Markdown (and figures as PNG) to ``--out_dir``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,22 +21,32 @@ if str(_ROOT) not in sys.path:  # run as `python experiments/table1.py` from a c
 
 from absl import flags  # noqa: E402
 
-from mll_jax import run as _run  # noqa: E402,F401  (defines the shared flags)
+from mll_jax import run as _run  # noqa: E402
 from mll_jax.offline.benchmark import TaskResult, summarize  # noqa: E402
+from mll_jax.utils import atomic_write_text, home  # noqa: E402
 
 FLAGS = flags.FLAGS
-if "out_dir" not in FLAGS:
-    flags.DEFINE_string("out_dir", None, "where tables (JSON, Markdown) and figures (PNG) go "
-                        "(default: <home>/experiments, home = --home or $MLL_JAX_HOME or ~/.cache/mll_jax)")
+
+
+def define_flags() -> None:
+    """The experiments' flags: the benchmark flags of ``python -m mll_jax.run`` plus ``--out_dir``, defined by the
+    experiment program that imports this module (listed in its ``--help``)."""
+    program = sys.argv[0]
+    _run.define_flags(FLAGS, module_name=program)
+    if "out_dir" not in FLAGS:
+        flags.DEFINE_string("out_dir", None, "where tables (JSON, Markdown) and figures (PNG) go "
+                            "(default: <home>/experiments, home = --home or $MLL_JAX_HOME or ~/.cache/mll_jax)",
+                            module_name=program)
+
+
+define_flags()  # this module is part of the experiment programs (experiments/*.py), not of the library
 
 __all__ = ["FLAGS", "make_benchmark", "tasks_from_flags", "run_grid", "write_json", "write_text",
            "markdown_table", "fmt", "mean_row", "out_dir", "Timer"]
 
 
 def out_dir() -> Path:
-    from mll_jax.offline.benchmark import _home
-
-    d = Path(FLAGS.out_dir) if FLAGS.out_dir else _home(FLAGS.home) / "experiments"
+    d = Path(FLAGS.out_dir) if FLAGS.out_dir else home(FLAGS.home) / "experiments"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -70,29 +79,15 @@ def run_grid(bench, tasks, *, methods: Sequence[str] = ("chco",), progress_desc:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(name: str, obj) -> Path:
     p = out_dir() / name
-    _atomic_write(p, json.dumps(obj, indent=1, default=_json_default))
+    atomic_write_text(p, json.dumps(obj, indent=1, default=_json_default))
     return p
 
 
 def write_text(name: str, text: str) -> Path:
     p = out_dir() / name
-    _atomic_write(p, text)
+    atomic_write_text(p, text)
     return p
 
 

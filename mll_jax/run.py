@@ -23,53 +23,104 @@ Examples::
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import app
+from absl import flags
+from absl import flags as absl_flags
 
-from mll_jax.offline.benchmark import DEFAULT_BETA, METHODS, BenchmarkConfig
+from mll_jax.config import DEFAULT_BETA, DEFAULT_DELTA, SCORERS
 
 FLAGS = flags.FLAGS
 
+#: Selection methods of the benchmarks (the built-in scorers).
+METHODS = SCORERS
 
-def _define_flags() -> None:
-    if "k" in FLAGS:  # already defined (module imported twice, e.g. by the experiments)
-        return
-    flags.DEFINE_string("home", None, "cache root (default $MLL_JAX_HOME or ~/.cache/mll_jax)")
-    flags.DEFINE_integer("k", 3, "reuse budget: at most k experts per class", lower_bound=1)
-    flags.DEFINE_string("beta", str(DEFAULT_BETA), "CHCO loss threshold ('none': no threshold)")
-    flags.DEFINE_float("delta", 0.5, "label smoothing discount delta (Eq. 2), in [0, 1]")
-    flags.DEFINE_list("tasks", [], "tasks to run (default: all)")
+
+def shipped_imagenet_variants() -> list[str]:
+    """EfficientNet-Lite variants whose weights ship (``--imagenet_experts``)."""
+    from mll_jax.system import SHIPPED_EXPERTS
+
+    return sorted(v for kind, v in SHIPPED_EXPERTS.values() if kind == "efficientnet_lite")
+
+
+class _OnceFlags:
+    """``absl.flags``' DEFINE_* functions that skip names already defined in ``fv``."""
+
+    def __init__(self, fv: absl_flags.FlagValues):
+        self._fv, self._new = fv, set()
+
+    def __getattr__(self, name: str):
+        define = getattr(absl_flags, name)
+
+        def once(flag_name, *args, **kwargs):
+            if flag_name not in self._fv:
+                define(flag_name, *args, **kwargs)
+                self._new.add(flag_name)
+
+        return once
+
+    def defined_now(self, name: str) -> bool:
+        return name in self._new
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS, module_name: str | None = None) -> None:
+    """Define the benchmark flags in ``flag_values`` (called by the programs that parse them: ``mll-jax bench``,
+    ``python -m mll_jax.run`` and ``experiments/common.py``; importing this module defines nothing).
+
+    ``module_name``: the program the flags belong to (for ``--help``); default the caller's module."""
+    if module_name is None:
+        caller = sys._getframe(1).f_globals.get("__name__", __name__)
+        module_name = sys.argv[0] if caller == "__main__" else caller
+    fv = flag_values
+    kw = dict(flag_values=fv, module_name=module_name)
+    flags = _OnceFlags(fv)  # a flag already defined in ``fv`` (by an earlier call in this process) is kept
+    flags.DEFINE_string("home", None, "cache root (default $MLL_JAX_HOME or ~/.cache/mll_jax)", **kw)
+    flags.DEFINE_integer("k", 3, "reuse budget: at most k experts per class", lower_bound=1, **kw)
+    flags.DEFINE_string("beta", str(DEFAULT_BETA), "CHCO loss threshold ('none': no threshold)", **kw)
+    flags.DEFINE_float("delta", DEFAULT_DELTA, "label smoothing discount delta (Eq. 2), in [0, 1]",
+                       lower_bound=0.0, upper_bound=1.0, **kw)
+    flags.DEFINE_list("tasks", [], "tasks to run (default: all)", **kw)
     flags.DEFINE_list("methods", ["all"], f"selection methods, any of {','.join(METHODS)}, "
-                      "or 'all' (the default: MLL and every baseline, as in Table 1)")
-    flags.DEFINE_bool("rebuild", False, "rebuild experts, SDAG and labels even if cached")
-    flags.DEFINE_float("match_threshold", None, "text similarity floor for class -> node matching")
+                      "or 'all' (the default: MLL and every baseline, as in Table 1)", **kw)
+    flags.DEFINE_bool("rebuild", False, "rebuild experts, SDAG and labels even if cached", **kw)
+    flags.DEFINE_float("match_threshold", None, "text similarity floor for class -> node matching",
+                       lower_bound=-1.0, upper_bound=1.0, **kw)
     flags.DEFINE_enum("node_text", "lemmas", ["lemmas", "sdag"],
-                      "node text for matching: all synonyms ('lemmas') or the SDAG text (first lemma)")
-    flags.DEFINE_integer("per_class_sdag", 50, "SDAG images per node / Fashion-MNIST class", lower_bound=1)
+                      "node text for matching: all synonyms ('lemmas') or the SDAG text (first lemma)", **kw)
+    flags.DEFINE_integer("per_class_sdag", 50, "SDAG images per node / Fashion-MNIST class", lower_bound=1, **kw)
     flags.DEFINE_string("test_per_class", "all",
-                        "test images per class ('all': every one, i.e. the official 10k Fashion-MNIST test split)")
-    flags.DEFINE_integer("train_steps", None, "override the training steps of every offline expert")
-    flags.DEFINE_list("experts", [], "offline experts to train and use (default: all)")
-    flags.DEFINE_list("imagenet_experts", ["lite0"], "EfficientNet-Lite variants in the hub (lite0,lite1,lite2)")
+                        "test images per class ('all': every one, i.e. the official 10k Fashion-MNIST test split)",
+                        **kw)
+    flags.DEFINE_integer("train_steps", None, "override the training steps of every offline expert (>= 1)",
+                         lower_bound=1, **kw)
+    flags.DEFINE_list("experts", [], "offline experts to train and use (default: all)", **kw)
+    variants = shipped_imagenet_variants()
+    flags.DEFINE_list("imagenet_experts", ["lite0"],
+                      f"EfficientNet-Lite variants in the hub, any of {','.join(variants)} (empty: none)", **kw)
+    if flags.defined_now("imagenet_experts"):
+        absl_flags.register_validator(
+            "imagenet_experts", lambda vs: all(v in variants for v in vs),
+            message=f"--imagenet_experts: the shipped EfficientNet-Lite variants are {','.join(variants)}",
+            flag_values=fv)
     flags.DEFINE_string("imagenet_resolution", "auto",
                         "input resolution of the EfficientNet-Lite experts: an integer, 'native' (224/240/260) or "
-                        "'auto' (128 for the 28x28 Fashion-MNIST benchmark, native for the folder benchmark)")
-    flags.DEFINE_bool("cifar10_expert", True, "add the PyPI CIFAR-10 CNN to the hub")
-    flags.DEFINE_string("clip_model", None, "CLIP patch for uncovered classes (HF name or local dir)")
-    flags.DEFINE_enum("patch_mode", "all", ["all", "uncovered"], "how the patch scores uncovered classes")
-    flags.DEFINE_string("imagenet_dir", None, "ImageNet-style folder (nXXXXXXXX/ dirs) for SDAG node data")
-    flags.DEFINE_string("test_dir", None, "ImageNet-style folder with the test images of the tasks")
-    flags.DEFINE_string("tasks_file", None, "JSON tasks for the folder benchmark")
-    flags.DEFINE_list("hf_models", [], "Hugging Face Flax image classifiers for the hub (names or dirs)")
-    flags.DEFINE_integer("image_size", 224, "folder benchmark: images are resized/cropped to this size")
-    flags.DEFINE_string("output_json", None, "write the results as JSON here (default: <home>/<bench>/results.json)")
-    flags.DEFINE_bool("progress", True, "show progress bars")
-    flags.DEFINE_integer("seed", 0, "seed of the random baseline")
-
-
-_define_flags()
+                        "'auto' (128 for the 28x28 Fashion-MNIST benchmark, native for the folder benchmark)", **kw)
+    flags.DEFINE_bool("cifar10_expert", True, "add the PyPI CIFAR-10 CNN to the hub", **kw)
+    flags.DEFINE_string("clip_model", None, "CLIP patch for uncovered classes (HF name or local dir)", **kw)
+    flags.DEFINE_enum("patch_mode", "all", ["all", "uncovered"], "how the patch scores uncovered classes", **kw)
+    flags.DEFINE_string("imagenet_dir", None, "ImageNet-style folder (nXXXXXXXX/ dirs) for SDAG node data", **kw)
+    flags.DEFINE_string("test_dir", None, "ImageNet-style folder with the test images of the tasks", **kw)
+    flags.DEFINE_string("tasks_file", None, "JSON tasks for the folder benchmark", **kw)
+    flags.DEFINE_list("hf_models", [], "Hugging Face Flax image classifiers for the hub (names or dirs)", **kw)
+    flags.DEFINE_integer("image_size", 224, "folder benchmark: images are resized/cropped to this size",
+                         lower_bound=8, **kw)
+    flags.DEFINE_string("output_json", None, "write the results as JSON here (default: <home>/<bench>/results.json)",
+                        **kw)
+    flags.DEFINE_bool("progress", True, "show progress bars", **kw)
+    flags.DEFINE_integer("seed", 0, "seed of the random baseline", **kw)
 
 
 def parse_beta(value) -> float | None:
@@ -106,8 +157,11 @@ def _resolution(value: str, folder: bool) -> int | None:
     return r
 
 
-def config_from_flags() -> BenchmarkConfig:
-    """A :class:`BenchmarkConfig` from the parsed absl flags."""
+def config_from_flags() -> "BenchmarkConfig":  # noqa: F821
+    """A :class:`~mll_jax.offline.benchmark.BenchmarkConfig` from the parsed absl flags, validated before any work
+    (bad values raise :class:`absl.app.UsageError` naming the flag)."""
+    from mll_jax.offline.benchmark import BenchmarkConfig
+
     tpc = FLAGS.test_per_class
     if str(tpc).lower() == "all":
         tpc = None
@@ -121,6 +175,20 @@ def config_from_flags() -> BenchmarkConfig:
     folder = bool(FLAGS.imagenet_dir or FLAGS.test_dir or FLAGS.tasks_file)
     if not 0.0 <= FLAGS.delta <= 1.0:
         raise app.UsageError(f"--delta must lie in [0, 1], got {FLAGS.delta}")
+    if FLAGS.train_steps is not None and FLAGS.train_steps < 1:
+        raise app.UsageError(f"--train_steps must be >= 1, got {FLAGS.train_steps}")
+    variants = shipped_imagenet_variants()
+    bad = [v for v in FLAGS.imagenet_experts if v not in variants]
+    if bad:
+        raise app.UsageError(f"--imagenet_experts: {bad} do not ship; the shipped variants are {','.join(variants)}")
+    if FLAGS.experts and not folder:
+        from mll_jax.offline.train import HUB_SPECS
+
+        known = [s.model_id for s in HUB_SPECS]
+        bad = [m for m in FLAGS.experts if m not in known]
+        if bad:
+            raise app.UsageError(f"--experts: unknown {bad}; the offline experts are {','.join(known)}")
+    parse_methods(FLAGS.methods)
     return BenchmarkConfig(
         home=FLAGS.home, k=FLAGS.k, beta=parse_beta(FLAGS.beta), delta=FLAGS.delta,
         match_threshold=FLAGS.match_threshold, node_text=FLAGS.node_text, per_class_sdag=FLAGS.per_class_sdag,
@@ -133,7 +201,7 @@ def config_from_flags() -> BenchmarkConfig:
         patch_mode=FLAGS.patch_mode, rebuild=FLAGS.rebuild, progress=FLAGS.progress, seed=FLAGS.seed)
 
 
-def make_benchmark(config: BenchmarkConfig):
+def make_benchmark(config):
     """The folder benchmark if any of its data flags is given, else the offline benchmark."""
     from mll_jax.offline.benchmark import FolderBenchmark, OfflineBenchmark
 
@@ -198,8 +266,12 @@ def main(argv) -> int:
 
 
 def entry_point() -> None:
-    """Console script ``mll-jax``."""
-    app.run(main)
+    """``python -m mll_jax.run``: the same as ``mll-jax bench`` (flags, help and exit codes of :mod:`mll_jax.cli`)."""
+    from mll_jax.cli import exit_with, main as cli_main
+
+    if Path(sys.argv[0]).name == "mll-jax":  # a console script installed before mll-jax became mll_jax.cli
+        exit_with(lambda: cli_main(sys.argv))
+    exit_with(lambda: cli_main(["mll-jax", "bench"] + sys.argv[1:], prog="python -m mll_jax.run", command_prog=""))
 
 
 if __name__ == "__main__":
