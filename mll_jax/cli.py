@@ -348,16 +348,9 @@ def _class_names(value: str | None) -> list[str] | None:
 
 
 def _prediction_rows(clf, images, files) -> tuple[list[dict], list[str]]:
-    import numpy as np
-
     names = clf.class_names
     scores = clf.scores(images)
-    # Classifier.predict's rule (Reuser.predict) on the scores computed once: argmax, -1 where it abstains.
-    pred = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1)
-    can = np.isfinite(scores).all(axis=1)
-    if clf.patch is None:
-        can &= bool(np.asarray(clf.selection.covered).any())
-    pred = np.where(can, pred, -1)
+    pred = clf.predictions(scores)  # Classifier.predict's rule on the scores computed once
     rows = []
     for f, p, s in zip(files, pred, scores):
         rows.append({"file": str(f), "class": names[p] if p >= 0 else None, "index": int(p),
@@ -429,8 +422,7 @@ def cmd_classify(argv) -> int:
     mll = _open()
     if FLAGS.classifier:
         clf = mll.load_classifier(FLAGS.classifier)
-        if hasattr(clf, "_reuser"):  # the saved config's progress setting is not this run's (no API for it yet)
-            clf._reuser.progress = bool(FLAGS.progress)
+        clf.progress = bool(FLAGS.progress)  # this run's display setting, not the saved one
         if names is not None and [n.casefold() for n in names] != [n.casefold() for n in clf.class_names]:
             raise _Usage(f"--classes {names} differ from the saved classifier's {clf.class_names}")
     else:

@@ -263,7 +263,11 @@ class Reuser:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """``(N,)`` predicted class indices (Eq. 13); ``-1`` where the classifier abstains (non-finite outputs with
         ``on_nonfinite="abstain"``, or no class can be predicted: nothing covered and no patch)."""
-        s = self.scores(images)
+        return self.predictions(self.scores(images))
+
+    def predictions(self, scores: np.ndarray) -> np.ndarray:
+        """The prediction rule of :meth:`predict` applied to scores already computed with :meth:`scores`."""
+        s = np.asarray(scores)
         pred = np.argmax(np.nan_to_num(s, nan=-np.inf), axis=1)
         can = np.isfinite(s).all(axis=1)
         if self.patch is None:

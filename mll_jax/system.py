@@ -572,6 +572,18 @@ class Classifier:
         """``(N,)`` class indices (``-1``: abstained, see ``MLLConfig.on_nonfinite``)."""
         return self._reuser.predict(images)
 
+    def predictions(self, scores) -> np.ndarray:
+        """:meth:`predict`'s rule on scores from :meth:`scores` (predict and score in one pass)."""
+        return self._reuser.predictions(scores)
+
+    @property
+    def progress(self) -> bool:
+        return self._reuser.progress
+
+    @progress.setter
+    def progress(self, value: bool) -> None:
+        self._reuser.progress = bool(value)
+
     def predict_names(self, images) -> list[str | None]:
         names = self.class_names
         return [names[i] if i >= 0 else None for i in self.predict(images)]
@@ -615,7 +627,8 @@ class Classifier:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, experts, *, patch=None, labels=None, check: bool = True) -> "Classifier":
+    def load(cls, path: str | os.PathLike, experts, *, patch=None, labels=None, check: bool = True,
+             progress: bool | None = None) -> "Classifier":
         """Load a saved classifier.  ``experts``: an :class:`MLL` system (its labels and hub are checked against
         the saved fingerprints unless ``check=False``), a hub or a mapping.  Raises
         :class:`StaleClassifierError` when the labels or the used models' weights changed since it was saved."""
@@ -624,6 +637,8 @@ class Classifier:
             raise MLLError(f"{path} is not a saved mll_jax classifier")
         sel = Selection.load(path)
         config = MLLConfig.from_dict(extra["config"])
+        if progress is not None:
+            config = config.replace(progress=bool(progress))
         if isinstance(experts, MLL) and check:
             labels = experts.labels if labels is None else labels
             missing = [m for m in sel.used_model_ids if m not in experts.hub]

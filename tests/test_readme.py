@@ -26,7 +26,10 @@ def test_readme_quick_start_runs(tmp_path):
                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
-    assert "'dog' ->" in out.stdout and "'car' ->" in out.stdout and "'bird' ->" in out.stdout
-    preds = eval(lines[-1])  # the printed list of 20 predicted names
-    assert len(preds) == 20 and set(preds) <= {"dog", "car", "bird"}
-    assert (tmp_path / "dog_car_bird.npz").is_file() and (tmp_path / "my_mll" / "config.json").is_file()
+    assert "'dog' ->" in out.stdout and "'car' ->" in out.stdout
+    files, preds = eval(lines[-1])  # the printed file names and the predicted names of the kept images
+    # ground truth from the file names (<set>_<index>_<label>.png): CIFAR-10 1 automobile, 5 dog, 9 truck
+    truth = [{"1": "car", "5": "dog", "9": "car"}[f.rsplit("_", 1)[1][0]] for f in files if f.rsplit("_", 1)[1][0] in "159"]
+    assert len(preds) == len(truth) == 6
+    assert sum(p == t for p, t in zip(preds, truth)) >= 5  # measured: 6 of 6 (README)
+    assert (tmp_path / "dog_car.npz").is_file() and (tmp_path / "my_mll" / "config.json").is_file()
