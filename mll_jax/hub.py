@@ -4,10 +4,24 @@ A hub lives in a directory ``root`` with a ``manifest.json``::
 
     {"version": 1, "models": {"<model_id>": {"model_id": ..., "kind": ..., "num_heads": ...,
                                              "head_names": [...] | null, "head_wnids": [...] | null,
-                                             "source": ..., "options": {...}}}}
+                                             "source": ..., "options": {...}, "dir": ...,
+                                             "fingerprint": ..., "fingerprint_files": [...]}}}
 
 Writes are atomic (temp file + ``os.replace``) and re-read the manifest first, so a crash
 never leaves a half-written manifest and concurrent registrations of different ids merge.
+
+Files the hub stores for a model live in ``<root>/models/<dir>``; ``dir`` (a slug of the id plus
+a hash of the exact id) is recorded in the entry, so distinct ids never share a directory and
+removing one model never deletes another's files (entries of older hubs without ``dir`` keep
+their old ``<id with / -> __>`` directory).  ``fingerprint`` is a SHA-256 of the kind, source,
+options (preprocessing) and weight bytes, taken at registration (:meth:`ModelHub.fingerprint`;
+recomputed when the weight files change size or mtime); loaded experts carry it as
+``expert.fingerprint`` and the label store relabels a model whose fingerprint changed.
+
+``flax_module`` entries name a class (``module_class``): it is imported only if its module lies in
+a trusted package (:data:`DEFAULT_TRUSTED_MODULES`, :func:`trust_modules`,
+``ModelHub(root, trusted_modules=...)`` or ``$MLL_JAX_TRUSTED_MODULES``) -- checked before any
+import -- and must be a ``flax.linen.Module`` subclass.
 
 Kinds and their loaders (``options`` are passed to the loader):
 
