@@ -220,7 +220,7 @@ class FlaxModuleExpert:
         list of single images of different sizes (each ``(h, w)`` or ``(h, w, 3)``); they are preprocessed one
         by one and batched together.
         """
-        if isinstance(images, (list, tuple)) and images and all(isinstance(im, np.ndarray) for im in images):
+        if isinstance(images, (list, tuple)) and all(isinstance(im, np.ndarray) for im in images):
             # a list of single images (sizes may differ): each one is a batch of one
             singles = [as_uint8_rgb(im[None], f"{self.model_id} (image {i})") for i, im in enumerate(images)]
             return self._run(len(singles), lambda s, e: np.concatenate(
