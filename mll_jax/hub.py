@@ -10,10 +10,11 @@ A hub lives in a directory ``root`` with a ``manifest.json``::
 Writes are atomic (temp file + ``os.replace``) and re-read the manifest first, so a crash
 never leaves a half-written manifest and concurrent registrations of different ids merge.
 
-Files the hub stores for a model live in ``<root>/models/<dir>``; ``dir`` (a slug of the id plus
-a hash of the exact id) is recorded in the entry, so distinct ids never share a directory and
-removing one model never deletes another's files (entries of older hubs without ``dir`` keep
-their old ``<id with / -> __>`` directory).  ``fingerprint`` is a SHA-256 of the kind, source,
+Files the hub stores for a model live in ``<root>/models/<dir>``; ``dir`` is recorded in the
+entry: the id with ``/`` written ``+`` (a character ids cannot contain, so ``p/q`` and ``p__q``
+get different directories), or a slug plus a hash of the id when that name is taken (also
+case-insensitively).  Distinct ids never share a directory and removing one model never deletes
+another's files; entries of older hubs without ``dir`` keep their ``<id with / -> __>`` directory.  ``fingerprint`` is a SHA-256 of the kind, source,
 options (preprocessing) and weight bytes, taken at registration (:meth:`ModelHub.fingerprint`;
 recomputed when the weight files change size or mtime); loaded experts carry it as
 ``expert.fingerprint`` and the label store relabels a model whose fingerprint changed.
@@ -59,7 +60,7 @@ __all__ = ["ModelHub", "MANIFEST_NAME", "default_hub_root", "PreprocessSpec", "t
 
 MANIFEST_NAME = "manifest.json"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,199}$")
-_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 _DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 #: Packages whose Flax module classes a manifest may name (``module_class``) without an explicit opt-in.
@@ -92,7 +93,13 @@ def _write_manifest(path: str, data: dict) -> None:
 
 
 def _dir_name(model_id: str) -> str:
-    """One-to-one id -> directory name: a readable slug plus a hash of the exact id (``p/q`` != ``p__q``)."""
+    """One-to-one id -> directory name: ``/`` becomes ``+``, a character ids cannot contain (``p/q`` -> ``p+q``,
+    ``p__q`` -> ``p__q``)."""
+    return model_id.replace("/", "+")
+
+
+def _hashed_dir_name(model_id: str) -> str:
+    """Fallback when a name is taken (a legacy directory, or one differing only in case): slug + hash of the id."""
     base = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)[:60].strip("._-") or "model"
     return f"{base}-{hashlib.sha256(model_id.encode('utf-8')).hexdigest()[:12]}"
 
@@ -381,23 +388,24 @@ class ModelHub:
 
     def _assign_dir(self, models: dict, model_id: str) -> str:
         """The directory name ``model_id`` gets (its recorded one when registered); never one another id uses."""
-        taken = {self._entry_dir(m, e): m for m, e in models.items() if m != model_id}
+        # compared case-insensitively: on case-insensitive file systems "A" and "a" are one directory
+        taken = {self._entry_dir(m, e).lower(): m for m, e in models.items() if m != model_id}
         d = self._entry_dir(model_id, models.get(model_id))
-        if d in taken and "dir" not in (models.get(model_id) or {}):
-            d = _dir_name(model_id)  # a legacy name shared with another id: move to the one-to-one name
-        if d in taken:
-            raise ValueError(f"model {model_id!r}: directory {d!r} already belongs to model {taken[d]!r} "
+        if d.lower() in taken and "dir" not in (models.get(model_id) or {}):
+            d = _hashed_dir_name(model_id)  # taken by a legacy entry or a case variant: use the hashed name
+        if d.lower() in taken:
+            raise ValueError(f"model {model_id!r}: directory {d!r} already belongs to model {taken[d.lower()]!r} "
                              f"in hub {self.root}")
         return d
 
     def model_dir(self, model_id: str, *parts: str) -> str:
         """Directory for files the hub stores for ``model_id``: ``<root>/models/<dir>`` where ``<dir>`` is
-        recorded in the manifest entry (new ids: a slug plus a hash of the id, so distinct ids never share a
-        directory).  Raises ``ValueError`` if the manifest points another id at the same directory."""
+        recorded in the manifest entry (see the module docstring; distinct ids never share a directory).
+        Raises ``ValueError`` if the manifest points another id at the same directory."""
         models = self._read()["models"]
         d = self._entry_dir(model_id, models.get(model_id))
         if model_id in models:
-            clash = [m for m, e in models.items() if m != model_id and self._entry_dir(m, e) == d]
+            clash = [m for m, e in models.items() if m != model_id and self._entry_dir(m, e).lower() == d.lower()]
             if clash:
                 raise ValueError(f"corrupt hub manifest {self.manifest_path}: models {model_id!r} and {clash[0]!r} "
                                  f"point at one directory {d!r}; re-register one of them")
@@ -525,7 +533,7 @@ class ModelHub:
                 raise KeyError(f"unknown model id {model_id!r} in hub {self.root}")
             d = self._entry_dir(model_id, data["models"][model_id])
             del data["models"][model_id]
-            shared = [m for m, e in data["models"].items() if self._entry_dir(m, e) == d]
+            shared = [m for m, e in data["models"].items() if self._entry_dir(m, e).lower() == d.lower()]
             _write_manifest(self.manifest_path, data)
             self._cache.pop(model_id, None)
         path = os.path.join(self.root, "models", d)

@@ -125,7 +125,7 @@ def test_hub_ids_never_share_a_directory(tmp_path):
         np.testing.assert_allclose(fresh.load(m).logits(x), want[m], atol=1e-5)
     fresh.remove("p/q")  # must not delete the other model's files
     np.testing.assert_allclose(ModelHub(tmp_path / "hub").load("p__q").logits(x), want["p__q"], atol=1e-5)
-    assert not os.path.exists(hub.model_dir("p__q").replace("p__q", "p_q"))
+    assert not os.path.exists(tmp_path / "hub" / "models" / "p+q") and os.path.isdir(tmp_path / "hub" / "models" / "p__q")
 
 
 def test_legacy_hub_directories_still_load(tmp_path):
@@ -139,7 +139,20 @@ def test_legacy_hub_directories_still_load(tmp_path):
     ex = ModelHub(root).load("a/b")
     x = _rand_images(2, 1)
     np.testing.assert_allclose(ex.logits(x), np.asarray(TinyDense().apply(_vars(3), SPEC(x))), atol=1e-5)
+    # a new id whose name the legacy directory took gets a hashed one; case variants never share one
+    hub2 = ModelHub(root)
+    hub2.add_flax_module("a__b", TinyDense(), _vars(4), SPEC)
+    hub2.add_flax_module("A__B", TinyDense(), _vars(5), SPEC)
+    dirs = {m: os.path.basename(hub2.model_dir(m)) for m in ("a/b", "a__b", "A__B")}
+    assert dirs["a/b"] == "a__b" and len({d.lower() for d in dirs.values()}) == 3, dirs
+    np.testing.assert_allclose(ModelHub(root).load("a/b").logits(x),
+                               np.asarray(TinyDense().apply(_vars(3), SPEC(x))), atol=1e-5)
+    data = json.loads((root / "manifest.json").read_text())
     # a tampered manifest cannot point outside the hub or two ids at one directory
+    data["models"]["A__B"]["dir"] = "a__b"
+    (root / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="point at one directory"):
+        ModelHub(root).load("a/b")
     data["models"]["a/b"]["dir"] = "../../etc"
     (root / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="invalid directory name"):
