@@ -273,9 +273,11 @@ class LabelStore:
             idf = d / "model_id.txt"
             known = idf.read_text(encoding="utf-8") if idf.is_file() else None
             try:
-                meta = self._read_meta_file(f, known)
-                self._read_index(meta["model_id"], meta)
-                ok.append(meta["model_id"])
+                mid = known if known is not None else self._read_meta_file(f, None)["model_id"]
+                if d.name != _safe_name(mid):
+                    raise self._corrupt(mid, f, f"it lies in {d.name}, not in {_safe_name(mid)}")
+                self._meta(mid)  # reads and verifies meta + index once; cached while meta.json is unchanged
+                ok.append(mid)
             except LabelStoreCorruptError as e:
                 bad[known if known is not None else d.name] = str(e)
         return sorted(ok), bad

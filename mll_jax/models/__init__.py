@@ -178,8 +178,8 @@ class FlaxModuleExpert:
 
         if not isinstance(model_id, str) or not model_id:
             raise ValueError(f"model_id must be a non-empty string, got {model_id!r}")
-        if batch_size < 1:
-            raise ValueError(f"{model_id}: batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"{model_id}: batch_size must be a positive int, got {batch_size!r}")
         self.model_id = model_id
         self.module = module
         self.params = params
