@@ -518,7 +518,8 @@ class ModelHub:
                     raise ValueError(f"model {model_id!r}: field {k!r} cannot be changed by update()")
             data["models"][model_id].update(fields)
             if {"kind", "source", "options", "num_heads"} & set(fields):
-                data["models"][model_id].setdefault("dir", self._assign_dir(data["models"], model_id))
+                if "dir" not in data["models"][model_id]:
+                    data["models"][model_id]["dir"] = self._assign_dir(data["models"], model_id)
                 self._set_fingerprint(data["models"][model_id])
             json.dumps(data["models"][model_id])
             _write_manifest(self.manifest_path, data)

@@ -262,6 +262,9 @@ class LabelStore:
             raise self._corrupt(model_id, f, "missing fields")
         if model_id is not None and meta["model_id"] != model_id:
             raise self._corrupt(model_id, f, f"it names model {meta['model_id']!r}")
+        ck, ix = meta["checkpoint"], meta["index"]
+        if not (isinstance(ck, str) and re.fullmatch(r"labels-[0-9a-f]{12}", ck) and ix == f"{ck}.index.json"):
+            raise self._corrupt(model_id, f, "invalid checkpoint / index names")
         return meta
 
     def _scan(self) -> tuple[list[str], dict[str, str]]:
@@ -293,7 +296,7 @@ class LabelStore:
     def check(self, model_id: str) -> None:
         """Verify every file of ``model_id`` (meta, index and label checksums, raw chunks); raises
         :class:`LabelStoreCorruptError` naming the damaged file, ``KeyError`` for an unknown model."""
-        meta, doc, _ = self._meta(model_id)
+        self._meta(model_id)
         self.read_all(model_id)
         self.load_raw(model_id)
 
