@@ -53,7 +53,6 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import utils
-from .images import as_image_batch
 
 __all__ = ["ModelHub", "MANIFEST_NAME", "default_hub_root", "PreprocessSpec", "trust_modules",
            "DEFAULT_TRUSTED_MODULES", "UntrustedModuleError"]
