@@ -78,7 +78,7 @@ def as_image_batch(images, what: str = "images", *, copy: bool = False) -> np.nd
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 4 and arr.shape[-1] == 4:
-        raise ImageBatchError(f"{what}: RGBA images {arr.shape}; drop the alpha channel (images[..., :3])")
+        raise ImageBatchError(f"{what}: RGBA images of shape {arr.shape}; drop the alpha channel (images[..., :3])")
     if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] == 3)):
         raise ImageBatchError(f"{what}: images must be (N, h, w) grayscale or (N, h, w, 3) RGB uint8, got shape "
                               f"{arr.shape}")

@@ -36,8 +36,20 @@ tensorstore chunk so that :meth:`LabelStore.read` reads only the requested rows,
 atomically replaces ``meta.json``, then removes the old ones: readers always see a complete label set.  ``raw/``
 holds the Eq. 1 raw means, appended in small atomically written ``.npz`` chunks while labelling runs, keyed by node
 id and the node's image content hash: a killed run restarts where it stopped, and after nodes are added to (or
-re-imaged in) the SDAG only those nodes are run through the expert again.  The raw cache is keyed by
-``model_id``; if an expert's weights change under the same id, relabel with ``recompute=True``.
+re-imaged in) the SDAG only those nodes are run through the expert again.
+
+Model fingerprints (stale labels): an expert may carry ``expert.fingerprint`` (a string; experts loaded from
+:class:`mll_jax.hub.ModelHub` do: a hash of weights, preprocessing and options).  Raw chunks and committed labels
+record it; :func:`label_models` ignores raw means made under another fingerprint (the model was updated under the
+same id) and recomputes every node, saying so (a warning and ``"fingerprint_changed": True`` in its summary).
+:meth:`LabelStore.fingerprint` tells which model version the committed labels come from.
+
+Integrity: ``meta.json`` records SHA-256 checksums of the row index and of the label matrix; they are verified
+when read (the index on every read, the matrix by :meth:`LabelStore.read_all` and :meth:`LabelStore.check`).  A
+damaged or edited file raises :class:`LabelStoreCorruptError` naming the file and the model, with the recovery
+(relabel that model: ``store.delete(model_id)`` then :func:`label_models`).  A damaged model is isolated:
+:meth:`LabelStore.model_ids` lists the models whose labels can be opened and :meth:`LabelStore.damaged_models`
+the others, so listing and selection over the intact models keep working.
 """
 
 from __future__ import annotations
@@ -47,15 +59,18 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import uuid
+import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .images import as_image_batch
+from .utils import array_hash, atomic_write_bytes
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -65,6 +80,7 @@ __all__ = [
     "node_mean_logits",
     "LabelStore",
     "LabellingError",
+    "LabelStoreCorruptError",
     "NonFiniteLogitsError",
     "label_models",
 ]
@@ -79,6 +95,16 @@ class LabellingError(ValueError):
 
 class NonFiniteLogitsError(LabellingError):
     """An expert produced NaN or inf logits."""
+
+
+class LabelStoreCorruptError(ValueError):
+    """A label-store file is damaged or was edited (names the file, the model and how to recover)."""
+
+
+def _positive_int(v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{what} must be a positive int, got {v!r}")
+    return int(v)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,6 +187,8 @@ def node_mean_logits(expert, images: np.ndarray, *, batch_size: int = 64, node: 
     or a wrong output shape.
     """
     mid = getattr(expert, "model_id", "?")
+    batch_size = _positive_int(batch_size, "batch_size")
+    images = as_image_batch(images, f"images of node {node!r}")
     h = int(expert.num_heads)
     n = int(images.shape[0])
     if n == 0:
@@ -190,20 +218,12 @@ def _safe_name(model_id: str) -> str:
     return f"{base}-{hashlib.sha1(model_id.encode('utf-8')).hexdigest()[:10]}"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_NO_FP = ""  # raw chunks of experts without a fingerprint (and chunks written before fingerprints existed)
+_ANY = object()
 
 
 class LabelStore:
@@ -226,14 +246,59 @@ class LabelStore:
     def _model_dir(self, model_id: str) -> Path:
         return self.root / "models" / _safe_name(model_id)
 
-    def model_ids(self) -> list[str]:
-        """Ids of the models with committed labels, sorted."""
-        out = []
+    def _corrupt(self, model_id: str | None, path: Path, problem: str) -> LabelStoreCorruptError:
+        who = f"model {model_id!r}" if model_id is not None else f"the model in {path.parent}"
+        how = (f"store.delete({model_id!r}) then label_models(...) again" if model_id is not None
+               else f"remove {path.parent} and label that model again")
+        return LabelStoreCorruptError(f"label store {self.root}: {path} of {who} is damaged ({problem}); "
+                                      f"recover by relabelling that model: {how}")
+
+    def _read_meta_file(self, f: Path, model_id: str | None) -> dict:
+        try:
+            meta = json.loads(f.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._corrupt(model_id, f, f"unreadable JSON: {e}") from None
+        if not isinstance(meta, dict) or not all(k in meta for k in ("model_id", "num_heads", "checkpoint", "index")):
+            raise self._corrupt(model_id, f, "missing fields")
+        if model_id is not None and meta["model_id"] != model_id:
+            raise self._corrupt(model_id, f, f"it names model {meta['model_id']!r}")
+        ck, ix = meta["checkpoint"], meta["index"]
+        if not (isinstance(ck, str) and re.fullmatch(r"labels-[0-9a-f]{12}", ck) and ix == f"{ck}.index.json"):
+            raise self._corrupt(model_id, f, "invalid checkpoint / index names")
+        return meta
+
+    def _scan(self) -> tuple[list[str], dict[str, str]]:
+        ok, bad = [], {}
         for d in sorted((self.root / "models").iterdir()):
             f = d / "meta.json"
-            if f.is_file():
-                out.append(json.loads(f.read_text(encoding="utf-8"))["model_id"])
-        return sorted(out)
+            if not f.is_file():
+                continue
+            idf = d / "model_id.txt"
+            known = idf.read_text(encoding="utf-8") if idf.is_file() else None
+            try:
+                mid = known if known is not None else self._read_meta_file(f, None)["model_id"]
+                if d.name != _safe_name(mid):
+                    raise self._corrupt(mid, f, f"it lies in {d.name}, not in {_safe_name(mid)}")
+                self._meta(mid)  # reads and verifies meta + index once; cached while meta.json is unchanged
+                ok.append(mid)
+            except LabelStoreCorruptError as e:
+                bad[known if known is not None else d.name] = str(e)
+        return sorted(ok), bad
+
+    def model_ids(self) -> list[str]:
+        """Ids of the models with committed, readable labels, sorted (damaged ones: :meth:`damaged_models`)."""
+        return self._scan()[0]
+
+    def damaged_models(self) -> dict[str, str]:
+        """{model id (or its directory name if unknown): error} for models whose label files are damaged."""
+        return self._scan()[1]
+
+    def check(self, model_id: str) -> None:
+        """Verify every file of ``model_id`` (meta, index and label checksums, raw chunks); raises
+        :class:`LabelStoreCorruptError` naming the damaged file, ``KeyError`` for an unknown model."""
+        self._meta(model_id)
+        self.read_all(model_id)
+        self.load_raw(model_id)
 
     def __contains__(self, model_id) -> bool:
         return (self._model_dir(model_id) / "meta.json").is_file()
@@ -242,11 +307,29 @@ class LabelStore:
         f = self._model_dir(model_id) / "meta.json"
         try:
             mtime = f.stat().st_mtime_ns
-            return mtime, json.loads(f.read_text(encoding="utf-8"))
         except FileNotFoundError:
             known = self.model_ids()
             raise KeyError(f"unknown model {model_id!r}: no labels in {self.root} (labelled models: "
                            f"{known[:10]}{' ...' if len(known) > 10 else ''})") from None
+        return mtime, self._read_meta_file(f, model_id)
+
+    def _read_index(self, model_id: str, meta: dict) -> dict:
+        f = self._model_dir(model_id) / str(meta["index"])
+        try:
+            data = f.read_bytes()
+        except FileNotFoundError:
+            raise self._corrupt(model_id, f, "missing") from None
+        want = meta.get("index_sha256")
+        if want is not None and _sha256(data) != want:
+            raise self._corrupt(model_id, f, "checksum mismatch: edited or damaged")
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._corrupt(model_id, f, f"unreadable JSON: {e}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list) \
+                or len(doc["nodes"]) != meta.get("num_nodes", len(doc["nodes"])):
+            raise self._corrupt(model_id, f, "malformed node list")
+        return doc
 
     def _meta(self, model_id: str) -> tuple[dict, dict, dict]:
         """(meta, index document, {node: row}) of the committed labels, cached while meta.json is unchanged."""
@@ -260,15 +343,19 @@ class LabelStore:
         if cached is not None and mtime is not None and cached[0] == mtime:
             return cached[1], cached[2], cached[3]
         _, meta = self._small_meta(model_id)
-        doc = json.loads((self._model_dir(model_id) / meta["index"]).read_text(encoding="utf-8"))
+        doc = self._read_index(model_id, meta)
         rows = {w: i for i, w in enumerate(doc["nodes"])}
         self._meta_cache[model_id] = (mtime, meta, doc, rows)
         return meta, doc, rows
 
     def info(self, model_id: str) -> dict:
-        """The model's metadata: num_heads, num_nodes, delta, head_names, num_images per node, ..."""
+        """The model's metadata: num_heads, num_nodes, delta, fingerprint, head_names, num_images per node, ..."""
         meta, doc, _ = self._meta(model_id)
         return {**meta, **{k: v for k, v in doc.items() if k != "nodes"}}
+
+    def fingerprint(self, model_id: str) -> str | None:
+        """Fingerprint of the model version the committed labels were made with (None: not recorded)."""
+        return self._small_meta(model_id)[1].get("fingerprint")
 
     def nodes(self, model_id: str) -> list[str]:
         """Labelled node ids of the model, in row order (topological order of the SDAG)."""
@@ -309,8 +396,15 @@ class LabelStore:
             return np.zeros((0, h), dtype=np.float32)
         rows = np.asarray([index[w] for w in wnids], dtype=np.int64)
         uniq, inv = np.unique(rows, return_inverse=True)
-        t = self._open(model_id, meta)
-        out = np.asarray(t.oindex[uniq].read().result(), dtype=np.float32)
+        try:
+            t = self._open(model_id, meta)
+            out = np.asarray(t.oindex[uniq].read().result(), dtype=np.float32)
+        except Exception as e:  # tensorstore / orbax errors on a damaged checkpoint
+            raise self._corrupt(model_id, self._model_dir(model_id) / meta["checkpoint"],
+                                f"{type(e).__name__}: {str(e)[:300]}") from None
+        if out.shape != (len(uniq), h):
+            raise self._corrupt(model_id, self._model_dir(model_id) / meta["checkpoint"],
+                                f"rows of shape {out.shape[1:]}, expected ({h},)")
         return out[inv.reshape(-1)]
 
     def read_all(self, model_id: str) -> tuple[list[str], np.ndarray]:
@@ -318,17 +412,27 @@ class LabelStore:
         import orbax.checkpoint as ocp
 
         meta, doc, _ = self._meta(model_id)
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
-            arr = ck.restore(self._model_dir(model_id) / meta["checkpoint"])["labels"]
-        return list(doc["nodes"]), np.asarray(arr, dtype=np.float32)
+        ckpt = self._model_dir(model_id) / meta["checkpoint"]
+        try:
+            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+                arr = np.asarray(ck.restore(ckpt)["labels"], dtype=np.float32)
+        except Exception as e:
+            raise self._corrupt(model_id, ckpt, f"{type(e).__name__}: {str(e)[:300]}") from None
+        want = meta.get("labels_sha256")
+        if arr.shape != (len(doc["nodes"]), int(meta["num_heads"])) or (want is not None
+                                                                        and array_hash(arr) != want):
+            raise self._corrupt(model_id, ckpt, "label checksum mismatch: edited or damaged")
+        return list(doc["nodes"]), arr
 
     # ------------------------------------------------------------------ writing
     def commit(self, model_id: str, nodes: Sequence[str], labels: np.ndarray, *, delta: float | None = None,
-               head_names: Sequence[str] | None = None, extra: Mapping | None = None) -> None:
+               head_names: Sequence[str] | None = None, extra: Mapping | None = None,
+               fingerprint: str | None = None) -> None:
         """Atomically replace the labels of ``model_id`` by ``labels`` (row i = ``nodes[i]``).
 
         Writes the orbax checkpoint and the row index (``<checkpoint>.index.json``: nodes, head names, ``extra``)
-        first, then replaces the small ``meta.json`` that points to them, then removes the previous ones.
+        first, then replaces the small ``meta.json`` that points to them (with their checksums and the model's
+        ``fingerprint``), then removes the previous ones.
         """
         import orbax.checkpoint as ocp
 
@@ -345,17 +449,21 @@ class LabelStore:
             raise ValueError(f"{len(head_names)} head names for {labels.shape[1]} heads of {model_id!r}")
         mdir = self._model_dir(model_id)
         mdir.mkdir(parents=True, exist_ok=True)
+        self._write_id(model_id)
         name = f"labels-{uuid.uuid4().hex[:12]}"
         with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
             ck.save(mdir / name, args=ocp.args.StandardSave(
                 {"labels": labels}, save_args={"labels": ocp.SaveArgs(shard_axes=(0,))}))
         doc = {"nodes": nodes, "head_names": None if head_names is None else [str(h) for h in head_names],
                **dict(extra or {})}
-        _atomic_write(mdir / f"{name}.index.json", json.dumps(doc, ensure_ascii=False).encode("utf-8"))
+        index_bytes = json.dumps(doc, ensure_ascii=False).encode("utf-8")
+        atomic_write_bytes(mdir / f"{name}.index.json", index_bytes)
         meta = {"format": _FORMAT, "model_id": model_id, "num_heads": int(labels.shape[1]),
                 "num_nodes": len(nodes), "delta": delta, "checkpoint": name, "index": f"{name}.index.json",
-                "use_zarr3": False}
-        _atomic_write(mdir / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+                "use_zarr3": False, "fingerprint": fingerprint, "index_sha256": _sha256(index_bytes),
+                "labels_sha256": array_hash(labels)}
+        atomic_write_bytes(mdir / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
+        self._meta_cache.pop(model_id, None)
         for p in mdir.iterdir():
             if p.name.startswith("labels-") and not p.name.startswith(name):
                 if p.is_dir():
@@ -373,6 +481,8 @@ class LabelStore:
             meta.unlink()
         shutil.rmtree(mdir, ignore_errors=True)
         self._meta_cache.pop(model_id, None)
+        with self._lock:
+            self._ts_cache = {k: v for k, v in self._ts_cache.items() if k[0] != model_id}
 
     # ------------------------------------------------------------------ raw (Eq. 1) cache
     def _raw_dir(self, model_id: str) -> Path:
@@ -389,21 +499,52 @@ class LabelStore:
                 out.append((int(m.group(1)), p))
         return sorted(out)
 
-    def load_raw(self, model_id: str) -> dict[str, tuple[str, np.ndarray]]:
-        """Persisted Eq. 1 means: {node: (data_key, mean (H,) float32)}; later chunks win."""
+    def _write_id(self, model_id: str) -> None:
+        f = self._model_dir(model_id) / "model_id.txt"  # names the model even when meta.json is damaged
+        if not f.is_file():
+            atomic_write_bytes(f, model_id.encode("utf-8"))
+
+    def _read_raw_chunk(self, model_id: str, p: Path) -> tuple[str, list, list, np.ndarray]:
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                fp = str(z["fingerprint"]) if "fingerprint" in z.files else _NO_FP
+                nodes, keys = z["nodes"].tolist(), z["keys"].tolist()
+                means = np.asarray(z["means"], dtype=np.float32)
+        except Exception as e:  # BadZipFile, KeyError, ValueError, OSError, ...
+            raise self._corrupt(model_id, p, f"unreadable raw-label chunk ({type(e).__name__}: {str(e)[:200]}); "
+                                f"store.clear_raw({model_id!r}) drops only this cache") from None
+        if means.ndim != 2 or len(nodes) != len(keys) or len(nodes) != means.shape[0]:
+            raise self._corrupt(model_id, p, "inconsistent raw-label chunk")
+        return fp, nodes, keys, means
+
+    def raw_fingerprints(self, model_id: str) -> set[str]:
+        """Fingerprints the raw chunks of ``model_id`` were made under (``""``: none recorded)."""
+        return {self._read_raw_chunk(model_id, p)[0] for _, p in self._raw_files(model_id)}
+
+    def load_raw(self, model_id: str, fingerprint=_ANY) -> dict[str, tuple[str, np.ndarray]]:
+        """Persisted Eq. 1 means: {node: (data_key, mean (H,) float32)}; later chunks win.
+
+        With ``fingerprint`` (a string or None) only chunks made under that model fingerprint are used.
+        A damaged chunk raises :class:`LabelStoreCorruptError` naming the file and the model.
+        """
+        want = _ANY if fingerprint is _ANY else (fingerprint or _NO_FP)
         out: dict[str, tuple[str, np.ndarray]] = {}
         for _, p in self._raw_files(model_id):
-            with np.load(p, allow_pickle=False) as z:
-                for w, k, m in zip(z["nodes"].tolist(), z["keys"].tolist(), z["means"]):
-                    out[w] = (k, np.asarray(m, dtype=np.float32))
+            fp, nodes, keys, means = self._read_raw_chunk(model_id, p)
+            if want is not _ANY and fp != want:
+                continue
+            for w, k, m in zip(nodes, keys, means):
+                out[w] = (k, m)
         return out
 
-    def append_raw(self, model_id: str, entries: Mapping[str, tuple[str, np.ndarray]]) -> None:
-        """Persist Eq. 1 means (one new atomically written chunk)."""
+    def append_raw(self, model_id: str, entries: Mapping[str, tuple[str, np.ndarray]], *,
+                   fingerprint: str | None = None) -> None:
+        """Persist Eq. 1 means made by the model version ``fingerprint`` (one new atomically written chunk)."""
         if not entries:
             return
         d = self._raw_dir(model_id)
         d.mkdir(parents=True, exist_ok=True)
+        self._write_id(model_id)
         files = self._raw_files(model_id)
         seq = files[-1][0] + 1 if files else 0
         nodes = list(entries)
@@ -412,16 +553,27 @@ class LabelStore:
 
         bio = io.BytesIO()
         np.savez(bio, nodes=np.asarray(nodes, dtype=str), keys=np.asarray([entries[w][0] for w in nodes], dtype=str),
-                 means=np.stack([np.asarray(entries[w][1], dtype=np.float32) for w in nodes]))
-        _atomic_write(buf_path, bio.getvalue())
+                 means=np.stack([np.asarray(entries[w][1], dtype=np.float32) for w in nodes]),
+                 fingerprint=np.asarray(fingerprint or _NO_FP, dtype=str))
+        atomic_write_bytes(buf_path, bio.getvalue())
 
-    def compact_raw(self, model_id: str) -> None:
-        """Merge the raw chunks of a model into one file (write the merged one first, then delete the rest)."""
+    def compact_raw(self, model_id: str, fingerprint=_ANY) -> None:
+        """Merge the raw chunks of a model into one file (write the merged one first, then delete the rest).
+
+        With ``fingerprint``, chunks of other model versions are dropped.
+        """
         files = self._raw_files(model_id)
-        if len(files) <= 1:
+        if len(files) <= 1 and fingerprint is _ANY:
             return
-        merged = self.load_raw(model_id)
-        self.append_raw(model_id, merged)
+        if fingerprint is _ANY:
+            fps = {self._read_raw_chunk(model_id, p)[0] for _, p in files}
+            if len(fps) > 1:
+                raise ValueError(f"raw chunks of {model_id!r} come from several model versions; pass fingerprint")
+            fingerprint = next(iter(fps)) if fps else None
+        if len(files) <= 1 and self.raw_fingerprints(model_id) <= {fingerprint or _NO_FP}:
+            return
+        merged = self.load_raw(model_id, fingerprint)
+        self.append_raw(model_id, merged, fingerprint=fingerprint)
         for _, p in files:
             p.unlink(missing_ok=True)
 
@@ -442,6 +594,9 @@ def _check_expert(expert) -> tuple[str, int]:
         raise LabellingError(f"model {mid!r} has invalid num_heads {h!r}")
     if not callable(getattr(expert, "logits", None)):
         raise LabellingError(f"model {mid!r} has no logits(images) method")
+    fp = getattr(expert, "fingerprint", None)
+    if fp is not None and not isinstance(fp, str):
+        raise LabellingError(f"model {mid!r}: fingerprint must be a string or None, got {type(fp).__name__}")
     return mid, int(h)
 
 
@@ -456,15 +611,19 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     raises :class:`NonFiniteLogitsError` naming model and node; its committed labels (if any) are untouched and the
     unflushed means of that run are dropped.  ``recompute=True`` discards the raw cache first.
 
+    An expert's ``fingerprint`` attribute (hub experts have one) keys its raw cache: when it differs from the one
+    the cache (or the committed labels) were made with, every node is recomputed and a warning says so.
+
     Returns {model_id: {"labelled": nodes with a label, "computed": nodes run through the expert,
-    "cached": nodes taken from the raw cache}}.
+    "cached": nodes taken from the raw cache}}, plus ``"fingerprint_changed": True`` for a model whose
+    fingerprint changed.
     """
     from tqdm.auto import tqdm
 
     if not 0.0 <= float(delta) <= 1.0:
         raise ValueError(f"delta must lie in [0, 1], got {delta}")
-    if batch_size < 1 or flush_every < 1:
-        raise ValueError("batch_size and flush_every must be >= 1")
+    _positive_int(batch_size, "batch_size")
+    _positive_int(flush_every, "flush_every")
     if not isinstance(store, LabelStore):
         store = LabelStore(store)
     experts = list(experts)
@@ -482,9 +641,21 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     summary: dict[str, dict] = {}
     for expert in experts:
         mid, h = _check_expert(expert)
+        fp = getattr(expert, "fingerprint", None)
         if recompute:
             store.clear_raw(mid)
-        raw = store.load_raw(mid)
+        old_fps = store.raw_fingerprints(mid) - {fp or _NO_FP}
+        if mid in store:
+            try:
+                committed = store.fingerprint(mid)
+            except LabelStoreCorruptError:
+                committed = fp  # damaged labels are replaced by this commit
+            if committed != fp:
+                old_fps.add(committed or _NO_FP)
+        if old_fps:
+            warnings.warn(f"model {mid!r} changed since it was labelled (fingerprint {sorted(old_fps)[0][:12] or 'none'}"
+                          f" -> {(fp or 'none')[:12]}): its labels are recomputed", stacklevel=2)
+        raw = store.load_raw(mid, fp)
         stale = [w for w, (_, m) in raw.items() if m.shape != (h,)]
         for w in stale:
             del raw[w]
@@ -498,18 +669,18 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
                 buffer[w] = (keys[w], mean)
                 pbar.update(1)
                 if len(buffer) >= flush_every:
-                    store.append_raw(mid, buffer)
+                    store.append_raw(mid, buffer, fingerprint=fp)
                     raw.update(buffer)
                     buffer = {}
         except NonFiniteLogitsError:
             buffer = {}
             raise
         except BaseException:
-            store.append_raw(mid, buffer)  # keep the finished nodes of a crashed / interrupted run
+            store.append_raw(mid, buffer, fingerprint=fp)  # keep the finished nodes of a crashed / interrupted run
             raise
         finally:
             pbar.close()
-        store.append_raw(mid, buffer)
+        store.append_raw(mid, buffer, fingerprint=fp)
         raw.update(buffer)
         own = np.zeros((len(nodes), h), dtype=np.float32)
         has_own = np.zeros(len(nodes), dtype=bool)
@@ -520,7 +691,9 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
         s, has = np.asarray(s), np.asarray(has)
         labelled = [w for w, ok in zip(nodes, has) if ok]
         store.commit(mid, labelled, s[has], delta=float(delta), head_names=getattr(expert, "head_names", None),
-                     extra={"num_images": {w: sdag.num_images(w) for w in with_data}})
-        store.compact_raw(mid)
+                     extra={"num_images": {w: sdag.num_images(w) for w in with_data}}, fingerprint=fp)
+        store.compact_raw(mid, fp)
         summary[mid] = {"labelled": len(labelled), "computed": len(todo), "cached": len(with_data) - len(todo)}
+        if old_fps:
+            summary[mid]["fingerprint_changed"] = True
     return summary

@@ -14,12 +14,14 @@ hypernym path upwards (hypernyms and instance hypernyms), the FIRST synset prese
 closed under hypernyms these are just the direct hypernyms; when intermediate synsets are missing, the node
 hangs under its closest WordNet ancestors present; with none present it is a root.
 
-Representative data D_c: up to ``n_per_node`` uint8 images per node (N, h, w) grayscale or (N, h, w, 3) RGB,
+Representative data D_c: up to ``n_per_node`` uint8 images per node, an image batch of the package's contract
+(:func:`mll_jax.images.as_image_batch`: (N, h, w) grayscale or (N, h, w, 3) RGB; one image is ``image[None]``),
 drawn deterministically (``numpy.random.default_rng([seed, crc32(node_id)])`` without replacement, so a node's
 sample does not depend on which other nodes exist) from
 
 * an ImageNet-style folder of ``nXXXXXXXX/`` directories of image files (ImageNet / ImageNet-21k layout),
-  decoded to RGB and resized (shorter side to ``image_size``, centre crop) -- :meth:`SDAG.add_images_from_folder`;
+  decoded by the package's one rule (:func:`mll_jax.images.load_image`: RGB, shorter side to ``image_size``
+  with bicubic resampling, centre crop) -- :meth:`SDAG.add_images_from_folder`;
 * a labelled array dataset plus a class-name -> wnid map -- :meth:`SDAG.add_images_from_arrays`.
 
 On disk (:meth:`SDAG.save` / :meth:`SDAG.load`) an SDAG is a directory with ``sdag.json`` (nodes in topological
@@ -27,16 +29,17 @@ order with names, descriptions, parents and image-file references) and ``images/
 uncompressed array per node.  Image files are content-addressed and written before the json, which is replaced
 atomically, so a killed save leaves the previous state loadable; unreferenced files are removed afterwards.
 Loaded images are read lazily, one node at a time.
+
+Determinism: node order, edges and sampled images do not depend on ``PYTHONHASHSEED`` (WordNet relations are
+walked in offset order, see :func:`mll_jax.wordnet.hypernyms`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import os
 import re
-import tempfile
 import warnings
 import zlib
 from collections import OrderedDict
@@ -46,16 +49,13 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mll_jax import wordnet as _wordnet
+from mll_jax.images import IMAGE_EXTENSIONS, ImageDecodeError, as_image_batch, list_image_files, load_image
+from mll_jax.utils import array_hash, atomic_write
 
 __all__ = ["SDAG", "ImageDecodeError", "IMAGE_EXTENSIONS", "FORMAT"]
 
 FORMAT = "mll_jax.sdag/1"
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _CUSTOM_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-class ImageDecodeError(ValueError):
-    """An image file of a data folder could not be decoded."""
 
 
 def _synset_name(s) -> str:
@@ -63,69 +63,22 @@ def _synset_name(s) -> str:
 
 
 def _up(s):
-    return s.hypernyms() + s.instance_hypernyms()
+    return _wordnet.hypernyms(s, instances=True)
 
 
 def _down(s, include_instances: bool):
-    return s.hyponyms() + (s.instance_hyponyms() if include_instances else [])
+    return _wordnet.hyponyms(s, instances=include_instances)
 
 
 def _node_seed(node_id: str) -> int:
     return zlib.crc32(node_id.encode("utf-8"))
 
 
-def _data_key(images: np.ndarray) -> str:
-    h = hashlib.sha1()
-    h.update(repr((images.shape, images.dtype.str)).encode())
-    h.update(np.ascontiguousarray(images).data)
-    return h.hexdigest()
-
-
 def _check_images(images, what: str) -> np.ndarray:
-    arr = np.asarray(images)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"images for {what} must be uint8, got {arr.dtype}")
-    if arr.ndim == 4 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] == 3)):
-        raise ValueError(f"images for {what} must be (N, h, w) or (N, h, w, 3), got shape {arr.shape}")
-    arr = np.array(arr, copy=True, order="C")
+    """The image-batch contract (:func:`mll_jax.images.as_image_batch`), as a read-only private copy."""
+    arr = as_image_batch(images, what, copy=True)
     arr.setflags(write=False)
     return arr
-
-
-def _decode_image(path: Path, image_size: int | None) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if image_size is not None:
-                w, h = im.size
-                scale = image_size / min(w, h)
-                nw, nh = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-                im = im.resize((nw, nh), Image.BILINEAR)
-                left, top = (nw - image_size) // 2, (nh - image_size) // 2
-                im = im.crop((left, top, left + image_size, top + image_size))
-            return np.asarray(im, dtype=np.uint8)
-    except Exception as e:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
-        raise ImageDecodeError(f"cannot decode image file {path}: {type(e).__name__}: {e}") from e
-
-
-def _atomic_write_bytes(path: Path, write_fn) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class SDAG:
@@ -256,7 +209,8 @@ class SDAG:
         return np.zeros((0, 0, 0), dtype=np.uint8)
 
     def set_images(self, node: str, images) -> None:
-        """Replace the node's images (uint8 (N, h, w) or (N, h, w, 3); N=0 clears them)."""
+        """Replace the node's images: an image batch (:func:`mll_jax.images.as_image_batch`: uint8 (N, h, w) or
+        (N, h, w, 3); one image is ``image[None]``); N=0 clears them."""
         self._check(node)
         arr = _check_images(images, f"node {node!r}")
         self._image_files.pop(node, None)
@@ -266,7 +220,7 @@ class SDAG:
         if arr.shape[0] == 0:
             return
         self._images[node] = arr
-        self._data_key[node] = _data_key(arr)
+        self._data_key[node] = array_hash(arr)
         self._num_images[node] = int(arr.shape[0])
 
     def nodes_with_images(self) -> list[str]:
@@ -365,7 +319,7 @@ class SDAG:
         stack = [synsets[w] for w in new]
         while stack:
             s = stack.pop()
-            for h in s.hyponyms() + s.instance_hyponyms():
+            for h in _down(s, True):
                 if h.offset() in seen:
                     continue
                 seen.add(h.offset())
@@ -526,8 +480,8 @@ class SDAG:
         """Fill nodes from an ImageNet-style folder ``root/nXXXXXXXX/*.JPEG`` (replacing their images).
 
         Up to ``n_per_node`` files per wnid directory are sampled deterministically (sorted file list, seeded
-        choice), decoded to RGB and resized (shorter side to ``image_size`` then centre crop; ``None`` keeps the
-        size, which must then be uniform per node).  Directories of wnids not in the graph are skipped unless
+        choice) and decoded with :func:`mll_jax.images.load_image` (RGB; shorter side to ``image_size`` with
+        bicubic resampling, then centre crop; ``None`` keeps the size, which must then be uniform per node).  Directories of wnids not in the graph are skipped unless
         ``add_missing``.  Raises :class:`ImageDecodeError` naming the file for undecodable images.  Returns
         {wnid: number of images stored}.
         """
@@ -547,11 +501,11 @@ class SDAG:
         todo = [p for p in dirs if p.name in self._pos]
         out: dict[str, int] = {}
         for d in tqdm(todo, desc="SDAG images", unit="node", disable=not progress):
-            files = sorted(f for f in d.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = list_image_files(d)
             if not files:
                 continue
             idx = self._sample(len(files), n_per_node, d.name, seed)
-            imgs = [_decode_image(files[i], image_size) for i in idx]
+            imgs = [load_image(files[i], image_size) for i in idx]
             shapes = {im.shape for im in imgs}
             if len(shapes) > 1:
                 raise ValueError(f"images of {d} have different sizes {sorted(shapes)}; pass image_size to resize")
@@ -568,7 +522,7 @@ class SDAG:
         """Fill nodes from a labelled array dataset (replacing their images).
 
         Args:
-          images: uint8 (N, h, w) or (N, h, w, 3).
+          images: an image batch (:func:`mll_jax.images.as_image_batch`): uint8 (N, h, w) or (N, h, w, 3).
           labels: int (N,), indices into ``class_names``.
           class_names: name of each class index.
           name_to_wnid: class name -> node id (a wnid or a present custom id); classes not in it are ignored;
@@ -576,12 +530,8 @@ class SDAG:
           add_missing: add wnids that are not yet nodes (else they are skipped with a warning).
         Returns {node: number of images stored}.
         """
-        images = np.asarray(images)
+        images = as_image_batch(images, "images")
         labels = np.asarray(labels)
-        if images.dtype != np.uint8:
-            raise TypeError(f"images must be uint8, got {images.dtype}")
-        if not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] in (1, 3))):
-            raise ValueError(f"images must be (N, h, w) or (N, h, w, 3), got {images.shape}")
         if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
             raise ValueError(f"labels must be (N,) with N={images.shape[0]}, got {labels.shape}")
         if not np.issubdtype(labels.dtype, np.integer):
@@ -638,7 +588,7 @@ class SDAG:
                 target = img_dir / fname
                 if not target.exists():
                     arr = self.images(w)
-                    _atomic_write_bytes(target, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+                    atomic_write(target, lambda f, a=arr: np.save(f, a, allow_pickle=False))
                 new_files[w] = target
                 entry["images"] = f"images/{fname}"
                 entry["data_key"] = key
@@ -646,7 +596,7 @@ class SDAG:
             nodes_json.append(entry)
         doc = {"format": FORMAT, "meta": self.meta, "nodes": nodes_json}
         payload = json.dumps(doc, indent=1, ensure_ascii=False).encode("utf-8")
-        _atomic_write_bytes(d / "sdag.json", lambda f: f.write(payload))
+        atomic_write(d / "sdag.json", lambda f: f.write(payload))
         keep = {p.name for p in new_files.values()}
         for p in img_dir.iterdir():
             if p.suffix == ".npy" and p.name not in keep:

@@ -43,6 +43,8 @@ __all__ = [
     "wnid",
     "synset_from_wnid",
     "is_wnid",
+    "hypernyms",
+    "hyponyms",
     "main",
 ]
 
@@ -324,6 +326,22 @@ def synset_from_wnid(w: str, wn=None):
         raise KeyError(f"unknown wnid {w!r}: no WordNet 3.0 noun synset at offset {int(w[1:])}"
                        + (f" ({err})" if err else ""))
     return s
+
+
+def hypernyms(synset, instances: bool = True) -> list:
+    """Hypernyms (and instance hypernyms) of a synset, sorted by (pos, offset).
+
+    nltk keeps a synset's pointers in a ``set``, so its ``hypernyms()`` / ``hyponyms()`` come in an order that
+    depends on ``PYTHONHASHSEED``; everything in mll-jax that walks WordNet goes through these two helpers.
+    """
+    out = synset.hypernyms() + (synset.instance_hypernyms() if instances else [])
+    return sorted(set(out), key=lambda s: (s.pos(), s.offset()))
+
+
+def hyponyms(synset, instances: bool = False) -> list:
+    """Hyponyms (and, with ``instances``, instance hyponyms) of a synset, sorted by (pos, offset)."""
+    out = synset.hyponyms() + (synset.instance_hyponyms() if instances else [])
+    return sorted(set(out), key=lambda s: (s.pos(), s.offset()))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_manifest_writes_are_atomic(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(json, "dump", boom)
+    monkeypatch.setattr(os, "fsync", boom)  # the write fails after the temp file is filled
     with pytest.raises(RuntimeError, match="disk full"):
         hub.register("new", "hf_flax", source="y")
     monkeypatch.undo()

@@ -165,7 +165,7 @@ def test_undecodable_image_names_the_file(tmp_path, wn):
 def test_images_from_arrays(wn):
     g = SDAG.from_wnids([DOG, CHIHUAHUA], wn=wn)
     n = 30
-    images = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)  # image i is all i
+    images = np.arange(n, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 5), np.uint8)  # image i is all i
     labels = np.arange(n) % 3  # classes: 0 dog, 1 chihuahua, 2 puppy (pooled into dog), ...
     names = ["dog", "chihuahua", "puppy"]
     got = g.add_images_from_arrays(images, labels, names, {"dog": DOG, "puppy": DOG, "chihuahua": CHIHUAHUA},
@@ -184,7 +184,7 @@ def test_images_from_arrays(wn):
         assert small.add_images_from_arrays(images, labels, names, {"dog": DOG}) == {}
     small.add_images_from_arrays(images, labels, names, {"dog": DOG}, add_missing=True)
     assert small.parents(CHIHUAHUA) == [DOG] and small.num_images(DOG) == 10
-    with pytest.raises(TypeError, match="uint8"):
+    with pytest.raises(ValueError, match="uint8"):
         g.add_images_from_arrays(images.astype(np.float32), labels, names, {"dog": DOG})
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         g.add_images_from_arrays(images, labels + 1, names, {"dog": DOG})
@@ -212,8 +212,8 @@ def test_save_load_roundtrip(tmp_path, wn):
     assert h.is_custom(custom) and not h.is_custom(DIGIT)
     # incremental re-save in place: changed node gets a new file, the old one is removed, others kept
     files_before = {p.name for p in (tmp_path / "sdag" / "images").iterdir()}
-    h.set_images(DIGIT, np.zeros((1, 3, 3), np.uint8))
-    h.add_node(TENCH, images=np.full((2, 3, 3), 9, np.uint8))
+    h.set_images(DIGIT, np.zeros((1, 3, 5), np.uint8))
+    h.add_node(TENCH, images=np.full((2, 3, 5), 9, np.uint8))
     h.save(tmp_path / "sdag")
     files_after = {p.name for p in (tmp_path / "sdag" / "images").iterdir()}
     assert len(files_after) == len(files_before) + 1
@@ -221,7 +221,7 @@ def test_save_load_roundtrip(tmp_path, wn):
     assert len(new_digit) == 1 and new_digit[0] not in files_before
     assert {f for f in files_before if not f.startswith(DIGIT)} <= files_after
     k = SDAG.load(tmp_path / "sdag", wn=wn)
-    assert k.nodes[-1] == TENCH and np.all(k.images(TENCH) == 9) and k.images(DIGIT).shape == (1, 3, 3)
+    assert k.nodes[-1] == TENCH and np.all(k.images(TENCH) == 9) and k.images(DIGIT).shape == (1, 3, 5)
     doc = json.loads((tmp_path / "sdag" / "sdag.json").read_text())
     assert [e["id"] for e in doc["nodes"]] == list(k.nodes)
     assert not [p for p in (tmp_path / "sdag").rglob("*.tmp")]
@@ -248,10 +248,12 @@ def test_load_rejects_broken_directories(tmp_path, wn):
 
 def test_set_images_validation_and_key(wn):
     g = SDAG.from_wnids([DOG], wn=wn)
-    with pytest.raises(TypeError, match="uint8"):
+    with pytest.raises(ValueError, match="uint8"):
         g.set_images(DOG, np.zeros((1, 2, 2), np.float32))
-    with pytest.raises(ValueError, match=r"\(N, h, w\) or \(N, h, w, 3\)"):
+    with pytest.raises(ValueError, match=r"RGBA"):
         g.set_images(DOG, np.zeros((1, 2, 2, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"\(N, h, w\) grayscale or \(N, h, w, 3\)"):
+        g.set_images(DOG, np.zeros((1, 2, 2, 2), np.uint8))
     a = np.zeros((2, 2, 2), np.uint8)
     g.set_images(DOG, a)
     k0 = g.data_key(DOG)

