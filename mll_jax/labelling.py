@@ -85,7 +85,7 @@ __all__ = [
     "label_models",
 ]
 
-DEFAULT_DELTA = 0.5
+from mll_jax.config import DEFAULT_DELTA  # noqa: E402  (the one default, kept importable here)
 _FORMAT = "mll_jax.labels/1"
 
 

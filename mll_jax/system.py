@@ -150,11 +150,9 @@ def _sdag_fingerprint(sdag) -> str:
     return hashlib.sha1(json.dumps(data).encode()).hexdigest()[:16]
 
 
-def _model_fingerprint(entry: Mapping[str, Any]) -> str:
-    if entry.get("fingerprint"):
-        return str(entry["fingerprint"])
-    keep = {k: entry.get(k) for k in ("kind", "source", "options", "num_heads")}
-    return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+def _model_fingerprint(hub, model_id: str) -> str:
+    """The hub's fingerprint of a model (kind, source, options and weight bytes; see ModelHub.fingerprint)."""
+    return str(hub.fingerprint(model_id))
 
 
 def register_shipped(hub, name: str, *, model_id: str | None = None, resolution: int | None = None,
@@ -384,7 +382,7 @@ class MLL:
 
     def _wanted_state(self, model_id: str, sdag_fp: str) -> dict:
         return {"delta": float(self.config.delta), "sdag": sdag_fp,
-                "model": _model_fingerprint(self.hub.entry(model_id))}
+                "model": _model_fingerprint(self.hub, model_id)}
 
     def stale_models(self, model_ids: Sequence[str] | None = None) -> list[str]:
         """Models whose labels are missing or were computed from another delta, SDAG data or model weights."""
@@ -408,10 +406,9 @@ class MLL:
         state = self._read_state()
         summary = {}
         for m in todo:  # one model at a time: a crash keeps the finished models' state
-            prev = state.get(m)
-            changed_model = prev is not None and prev.get("model") != self._wanted_state(m, fp)["model"]
+            # label_models recomputes every node itself when the model's fingerprint changed (new weights)
             summary.update(label_models(self.sdag, [self.expert(m)], self.labels, delta=self.config.delta,
-                                        batch_size=self.config.label_batch_size, recompute=recompute or changed_model,
+                                        batch_size=self.config.label_batch_size, recompute=recompute,
                                         progress=self.config.progress))
             state[m] = self._wanted_state(m, fp)
             self._write_state(state)
@@ -524,7 +521,7 @@ class MLL:
                                      "add models or node data, or pass patch=")
         return Classifier(sel, sysm, patch, sysm.config,
                           label_fingerprint=label_fingerprint(sysm.labels, sel.model_ids, sel.wnids),
-                          model_fingerprints={m: _model_fingerprint(sysm.hub.entry(m)) for m in sel.used_model_ids})
+                          model_fingerprints={m: _model_fingerprint(sysm.hub, m) for m in sel.used_model_ids})
 
     def with_config(self, **changes) -> "MLL":
         """The same system with some config fields changed (shares hub, labels, SDAG, encoder)."""
@@ -644,7 +641,7 @@ class Classifier:
             missing = [m for m in sel.used_model_ids if m not in experts.hub]
             if missing:
                 raise StaleClassifierError(f"{path}: models {missing} are no longer in the hub")
-            now = {m: _model_fingerprint(experts.hub.entry(m)) for m in sel.used_model_ids}
+            now = {m: _model_fingerprint(experts.hub, m) for m in sel.used_model_ids}
             changed = [m for m in sel.used_model_ids
                        if extra.get("model_fingerprints", {}).get(m) not in (None, now[m])]
             if changed:

@@ -79,8 +79,8 @@ def images_key(images: np.ndarray) -> str:
 class LogitCache:
     """On-disk cache of expert logits: ``<root>/<model_id>/<images hash>.npy`` (atomic writes).
 
-    The key is the model id plus the content hash of the images, so the cache must be cleared (``clear``) when an
-    expert's weights change under the same id (the benchmark does this when it retrains an expert).
+    The key is the model id, the model's fingerprint (when the expert has one: :class:`CachedExpert` puts it in the
+    key) and the content hash of the images, so logits of replaced weights are never served.
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -116,7 +116,7 @@ class CachedExpert:
     """
 
     def __init__(self, expert, cache: LogitCache, *, model_id: str | None = None, num_heads: int | None = None,
-                 head_names=None):
+                 head_names=None, fingerprint: str | None = None):
         if callable(expert) and not hasattr(expert, "logits"):
             if model_id is None or num_heads is None:
                 raise ValueError("a lazily loaded CachedExpert needs model_id and num_heads")
@@ -128,6 +128,8 @@ class CachedExpert:
             head_names = getattr(expert, "head_names", None) if head_names is None else head_names
         self.cache = cache
         self.model_id = model_id
+        #: the model version (ModelHub.fingerprint): part of the cache key, and recorded with the labels
+        self.fingerprint = fingerprint if fingerprint is not None else getattr(self._expert, "fingerprint", None)
         self._num_heads = None if num_heads is None else int(num_heads)
         self.head_names = head_names
 
@@ -145,7 +147,7 @@ class CachedExpert:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
-        key = images_key(images)
+        key = images_key(images) if not self.fingerprint else f"{self.fingerprint[:16]}-{images_key(images)}"
         z = self.cache.get(self.model_id, key)
         if z is not None and z.shape == (len(images), self.num_heads):
             return z
@@ -378,9 +380,11 @@ class ZeroShotBenchmark:
             if entry.get("num_heads"):
                 self._experts[model_id] = CachedExpert(lambda: self.hub.load(model_id), self.cache,
                                                        model_id=model_id, num_heads=entry["num_heads"],
-                                                       head_names=entry.get("head_names"))
+                                                       head_names=entry.get("head_names"),
+                                                       fingerprint=self.hub.fingerprint(model_id))
             else:
-                self._experts[model_id] = CachedExpert(self.hub.load(model_id), self.cache)
+                self._experts[model_id] = CachedExpert(self.hub.load(model_id), self.cache,
+                                                       fingerprint=self.hub.fingerprint(model_id))
         return self._experts[model_id]
 
     @property
