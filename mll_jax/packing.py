@@ -100,7 +100,7 @@ class _Packer:
             self._new()
 
 
-def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, batch_size: int | None = None,
+def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_size: int = 64,
                     workers: int = 2, prefetch: int = 4, in_flight: int = 2) -> Iterator[tuple[Any, np.ndarray]]:
     """Yield ``(node, mean logits float32 (H,))`` for every ``(node, images)`` item, packing nodes into full batches.
 
@@ -109,8 +109,8 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, batch_size: int
             ``num_heads`` and ``logits(images)``.
         items: ``(node, images)`` pairs; ``images`` is a uint8 image batch (``docs/INTERFACES.md``) or a
             zero-argument callable returning one (called on a host thread).  Node ids must be unique.
-        batch_size: images per device call.  Fast path: must be ``None`` or the expert's own ``batch_size``
-            (its forward is compiled for that size); generic path: default 64.
+        logits_batch_size: images per ``expert.logits`` call on the generic path.  On the fast path every
+            device call has the expert's own ``batch_size`` (its forward is compiled for that size).
         workers: host threads that load and preprocess images.
         prefetch: nodes loaded/preprocessed ahead of the device.
         in_flight: device batches dispatched before the oldest result is read back.
@@ -123,15 +123,9 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, batch_size: int
     mid = getattr(expert, "model_id", "?")
     h = int(expert.num_heads)
     fast = _has_fast_path(expert)
-    if fast:
-        if batch_size is not None and int(batch_size) != expert.batch_size:
-            raise PackingError(f"model {mid!r}: its forward is compiled for batch_size={expert.batch_size}; "
-                               f"got batch_size={batch_size} (pass None)")
-        bs = int(expert.batch_size)
-    else:
-        bs = 64 if batch_size is None else int(batch_size)
+    bs = int(expert.batch_size) if fast else int(logits_batch_size)
     if bs < 1 or workers < 1 or prefetch < 1 or in_flight < 1:
-        raise PackingError("batch_size, workers, prefetch and in_flight must be >= 1")
+        raise PackingError("logits_batch_size, workers, prefetch and in_flight must be >= 1")
     from .models import as_uint8_rgb
 
     def prepare(node, images):

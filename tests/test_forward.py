@@ -152,7 +152,7 @@ def test_packed_generic_expert_path(cifar_expert):
             return cifar_expert.logits(x)
 
     nodes = _nodes(1)
-    got = packed_node_means(Plain(), nodes, batch_size=7)
+    got = packed_node_means(Plain(), nodes, logits_batch_size=7)
     ref = packed_node_means(cifar_expert, nodes)
     assert set(got) == set(ref)
     for w in ref:
@@ -170,8 +170,8 @@ def test_packing_errors(cifar_expert):
         packed_node_means(cifar_expert, [("a", ok), ("e", np.zeros((0, 32, 32, 3), np.uint8))])
     with pytest.raises(PackingError, match="'a' appears twice"):
         packed_node_means(cifar_expert, [("a", ok), ("a", ok)])
-    with pytest.raises(PackingError, match="compiled for batch_size=8"):
-        packed_node_means(cifar_expert, [("a", ok)], batch_size=4)
+    with pytest.raises(PackingError, match="must be >= 1"):
+        packed_node_means(cifar_expert, [("a", ok)], workers=0)
     with pytest.raises(ValueError, match="node 'f'.*uint8"):
         packed_node_means(cifar_expert, [("f", np.zeros((2, 32, 32, 3), np.float32))])
 
@@ -188,5 +188,5 @@ def test_packing_errors(cifar_expert):
         packed_node_means(Bad(np.nan), [("b", ok)])
     with pytest.raises(LabellingError, match="'bad' returned logits of shape"):
         packed_node_means(Bad(0.0, cols=4), [("b", ok)])
-    out = packed_node_means(Bad(2.5), [("b", ok), ("c", ok[:1])], batch_size=2)
+    out = packed_node_means(Bad(2.5), [("b", ok), ("c", ok[:1])], logits_batch_size=2)
     assert out["b"].tolist() == [2.5] * 3 and out["c"].tolist() == [2.5] * 3
