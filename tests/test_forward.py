@@ -202,10 +202,10 @@ def test_fast_forward_micro_batching_does_not_change_the_function():
         folded = fold_batch_norm(load_variables("lite0"), "lite0")
     except FileNotFoundError:
         pytest.skip("efficientnet-lite0 weights not installed")
-    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32))
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32))
     specs = block_specs(1.0, 1.0)
     ref = jax.jit(functools.partial(fast_forward, specs=specs, early_blocks=0, micro_batch=1))(folded, x)
-    for early, micro in [(5, 2), (16, 1), (3, 4), (5, 3)]:  # micro 3 does not divide 4: whole batch
+    for early, micro in [(5, 2), (5, 3)]:  # micro 3 does not divide 4: whole batch
         got = jax.jit(functools.partial(fast_forward, specs=specs, early_blocks=early, micro_batch=micro))(folded, x)
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=2e-5 * float(jnp.abs(ref).max()))
     with pytest.raises(ValueError, match="folded blocks"):
