@@ -29,8 +29,8 @@ Two expert interfaces are supported:
 **Exactness.**  The per-node means equal the node-by-node path (:func:`mll_jax.labelling.node_mean_logits`) up
 to float32 round-off: each image's logit row is the same forward pass; what can differ is (a) the float32
 round-off of a row when XLA computes it at another position in a batch (different vectorisation remainder; a
-few ulp, measured 0 to 2e-6 relative in ``tests/test_forward.py``) and (b) the float64 summation order of the
-rows, which is below float32 resolution.  Rows are summed in float64 on the host and the mean is cast to float32
+few ulp at most; measured: bitwise equal means for the CIFAR-10 CNN and for EfficientNet-Lite0 on real photos)
+and (b) the float64 summation order of the rows, which is below float32 resolution.  Rows are summed in float64 on the host and the mean is cast to float32
 once, exactly as ``node_mean_logits`` does.
 """
 
