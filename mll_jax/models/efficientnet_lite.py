@@ -14,7 +14,7 @@ the Flax module. Files are read with :mod:`mll_jax.models.torch_pickle` (no torc
 
 **Fast forward** (:func:`fold_batch_norm`, :func:`fast_forward`; the default of
 :func:`load_efficientnet_lite`, ``fast=False`` gives the Flax module above).  XLA:CPU runs the
-depthwise convolutions (``feature_group_count = channels``) very slowly (measured: 10-60x slower
+depthwise convolutions (``feature_group_count = channels``) very slowly (measured: 4-35x slower per layer
 than the same arithmetic written as elementwise ops; ``docs/FORWARD_NOTES.md``).  The fast path is
 the same network written for XLA:CPU: every batch norm is folded into the weights and bias of the
 convolution before it (at load time, in float64, stored as float32), the 1x1 convolutions are plain
