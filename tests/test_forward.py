@@ -55,6 +55,8 @@ def test_fold_batch_norm_rejects_wrong_variables():
 
     with pytest.raises(ValueError, match="efficientnet-lite0.*lack"):
         fold_batch_norm({"params": {}, "batch_stats": {}}, "lite0")
+    with pytest.raises(ValueError, match="efficientnet-lite1.*lack 'batch_stats'"):
+        fold_batch_norm({"params": {}}, "lite1")
     with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant"):
         fold_batch_norm({"params": {}, "batch_stats": {}}, "lite9")
 

@@ -283,8 +283,8 @@ def fold_batch_norm(variables: dict[str, Any], variant: str = "lite0") -> dict[s
     """
     variant = _variant(variant)
     w_coef, d_coef, _, _ = VARIANTS[variant]
-    p, s = variables["params"], variables["batch_stats"]
     try:
+        p, s = variables["params"], variables["batch_stats"]
         out: dict[str, Any] = {"stem": _fold(p["stem_conv"]["kernel"], p["stem_bn"], s["stem_bn"])}
         blocks = []
         for i, spec in enumerate(block_specs(w_coef, d_coef)):
