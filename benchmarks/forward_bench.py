@@ -41,7 +41,7 @@ flags.DEFINE_integer("packed_nodes", 40, "nodes in the packed-labelling measurem
 flags.DEFINE_integer("max_node_images", 50, "node sizes are drawn uniformly from 1..max_node_images")
 flags.DEFINE_integer("source_size", 224, "side of the uint8 node images fed to labelling (before preprocessing)")
 flags.DEFINE_string("packed_expert", "lite0", "expert of the packed-labelling measurement")
-flags.DEFINE_integer("workers", 1, "host preprocessing threads of the packer")
+flags.DEFINE_integer("workers", 2, "host preprocessing threads of the packer (the library default)")
 flags.DEFINE_bool("per_node", True, "also time node-by-node labelling (node_mean_logits) on the same nodes")
 flags.DEFINE_integer("seed", 0, "random seed")
 
