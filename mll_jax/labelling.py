@@ -54,6 +54,7 @@ the others, so listing and selection over the intact models keep working.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -602,7 +603,7 @@ def _check_expert(expert) -> tuple[str, int]:
 
 def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike", *, delta: float = DEFAULT_DELTA,
                  batch_size: int = 64, flush_every: int = 16, recompute: bool = False,
-                 progress: bool = True) -> dict[str, dict]:
+                 progress: bool = True, workers: int = 2) -> dict[str, dict]:
     """Label every expert on the SDAG (Eq. 1-2) and commit the labels to ``store``.
 
     Eq. 1 raw means are computed only for nodes whose images are not already in the store's raw cache for that
@@ -614,11 +615,18 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     An expert's ``fingerprint`` attribute (hub experts have one) keys its raw cache: when it differs from the one
     the cache (or the committed labels) were made with, every node is recomputed and a warning says so.
 
+    Images of many nodes are packed into full device batches (:func:`mll_jax.packing.iter_node_means`: the
+    expert's own fixed batch size for Flax experts, ``batch_size`` images per ``logits`` call otherwise), loaded
+    and preprocessed on ``workers`` host threads ahead of the device; each node's mean is summed in float64 on the
+    host and equals the node-by-node :func:`node_mean_logits` up to float32 round-off.
+
     Returns {model_id: {"labelled": nodes with a label, "computed": nodes run through the expert,
     "cached": nodes taken from the raw cache}}, plus ``"fingerprint_changed": True`` for a model whose
     fingerprint changed.
     """
     from tqdm.auto import tqdm
+
+    from .packing import iter_node_means
 
     if not 0.0 <= float(delta) <= 1.0:
         raise ValueError(f"delta must lie in [0, 1], got {delta}")
@@ -664,8 +672,8 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
                     unit="node", disable=not progress)
         buffer: dict[str, tuple[str, np.ndarray]] = {}
         try:
-            for w in todo:
-                mean = node_mean_logits(expert, sdag.images(w), batch_size=batch_size, node=w)
+            items = ((w, functools.partial(sdag.images, w)) for w in todo)
+            for w, mean in iter_node_means(expert, items, logits_batch_size=batch_size, workers=workers):
                 buffer[w] = (keys[w], mean)
                 pbar.update(1)
                 if len(buffer) >= flush_every:

@@ -137,15 +137,18 @@ def test_resume_after_crash_is_identical_and_skips_done_nodes(tmp_path, tiny):
     clean = LabelStore(tmp_path / "clean")
     full = LinearExpert()
     label_models(g, [full], clean, progress=False)
-    assert full.calls == 4  # one batch per node with images
+    assert full.calls == 1  # the 8 images of the 4 nodes with data are packed into one batch
+    label_models(g, [full], LabelStore(tmp_path / "one"), progress=False, batch_size=1)
+    assert full.calls == 1 + 8  # batch_size=1: one call per image
     store = LabelStore(tmp_path / "resumed")
-    crashing = LinearExpert(fail_on_call=3)
+    crashing = LinearExpert(fail_on_call=4)  # one image per call: the first two nodes (2 + 1 images) finish
     with pytest.raises(RuntimeError, match="simulated crash"):
-        label_models(g, [crashing], store, progress=False, flush_every=16)
+        label_models(g, [crashing], store, progress=False, flush_every=16, batch_size=1)
     assert store.model_ids() == []  # nothing committed by the crashed run
     again = LinearExpert()
-    summary = label_models(g, [again], store, progress=False)
-    assert again.calls == 2 and summary["lin"] == {"labelled": 6, "computed": 2, "cached": 2}
+    summary = label_models(g, [again], store, progress=False, batch_size=1)
+    assert summary["lin"] == {"labelled": 6, "computed": 2, "cached": 2}
+    assert again.calls == 8 - 3  # only the images of the two unfinished nodes
     n1, l1 = clean.read_all("lin")
     n2, l2 = store.read_all("lin")
     assert n1 == n2 and np.array_equal(l1, l2)
@@ -164,7 +167,7 @@ def test_only_new_nodes_are_computed_after_sdag_grows(tmp_path, tiny):
     tench = g.add_node("n01440764", images=imgs(100))  # ... and a new root arrives
     e = LinearExpert()
     summary = label_models(g, [e], store, delta=0.3, progress=False)
-    assert e.calls == 2 and summary["lin"] == {"labelled": 8, "computed": 2, "cached": 4}
+    assert e.calls == 1 and summary["lin"] == {"labelled": 8, "computed": 2, "cached": 4}
     toy = 0.3 * 15 + 0.7 * (4 + 2 + 8 + 40) / 4  # pekinese now counts among toy dog's children
     got = store.read("lin", [TOY_DOG, DOG, tench, PEKINESE])
     want = np.stack([v * A + B for v in (toy, (toy + 40) / 2, 100.0, 8.0)])
@@ -228,7 +231,7 @@ def test_bad_experts_and_arguments(tmp_path, tiny):
         def logits(self, images):
             return super().logits(images)[:, :2]
 
-    with pytest.raises(LabellingError, match=r"model 'ws' returned logits of shape \(2, 2\)"):
+    with pytest.raises(LabellingError, match=r"model 'ws' returned logits of shape \(8, 2\)"):  # one packed batch
         label_models(g, [WrongShape("ws")], store, progress=False)
     with pytest.raises(ValueError, match="delta must lie in"):
         label_models(g, [LinearExpert()], store, delta=1.5, progress=False)
@@ -259,7 +262,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 
     g = SDAG.load(sys.argv[1])
     e = Killer(int(sys.argv[3]))
-    s = label_models(g, [e], LabelStore(sys.argv[2]), progress=False, flush_every=3)
+    s = label_models(g, [e], LabelStore(sys.argv[2]), progress=False, flush_every=3, batch_size=1)  # a call per image
     print("CALLS", e.calls, s["lin"]["computed"])
 """)
 
