@@ -167,3 +167,51 @@ def test_relabel_only_when_stale(system, plain_vlms, tmp_path):
         np.testing.assert_array_equal(lab.counts, labels[m].counts)
     mll.remove_model("clip-b")
     assert mll.vlm_ids() == ["clip-a"] and not (mll.root / "vlm_labels" / "clip-b").exists()
+
+
+@pytest.mark.slow
+def test_offline_dual_encoder_kind(tmp_path):
+    """An offline dual encoder (mll_jax.vlm.offline) copied into a system's hub as kind dual_encoder_vlm: loads
+    to the same embeddings, labels, and is served by models='vlms'."""
+    import jax
+
+    from mll_jax.hub import ModelHub
+    from mll_jax.offline import data as fdata
+    from mll_jax.sdag import SDAG
+    from mll_jax.vlm import system as vsys
+    from mll_jax.vlm.offline import DualEncoderSpec, TextFeatures, _register, _tower, load_dual_encoder
+    from test_vlm_offline import _HashEncoder
+
+    # an untrained dual encoder saved exactly as train_vlm_hub saves one (training is tested in test_vlm_offline)
+    spec = DualEncoderSpec("t-vlm", "vit", (5, 7, 9), per_class=16, steps=3, width=4, dim=8, batch_size=16)
+    module, cfg = _tower(spec)
+    variables = jax.device_get(dict(jax.jit(module.init)(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))))
+    proj = np.random.default_rng(0).standard_normal((384, 8)).astype(np.float32)
+    src = ModelHub(tmp_path / "vlm_hub")
+    _register(src, spec, {"module": module, "config": cfg, "variables": variables, "text_proj": proj, "scale": 12.0,
+                          "losses": [(0, 1.0)], "train_seconds": 0.0})
+    tf = TextFeatures(_HashEncoder())
+    v = load_dual_encoder(src, "t-vlm", tf)
+    rng = np.random.default_rng(3)
+    g = SDAG.from_wnids([fdata.CLASS_SYNSETS[c].wnid for c in (5, 7, 9)])
+    for w in g.nodes:
+        g.set_images(w, rng.integers(0, 256, (5, 28, 28), dtype=np.uint8))
+    mll = MLL.open(tmp_path / "mll", sdag=g, config=MLLConfig(progress=False), encoder=_HashEncoder(),
+                   text_cache=tmp_path / "tc")
+    vsys.use_text_features(tf)
+    try:
+        assert mll.add_vlm("offline:t-vlm", hub=tmp_path / "vlm_hub") == "t-vlm"
+        assert mll.hub.entry("t-vlm")["kind"] == "dual_encoder_vlm" and mll.vlm_ids() == ["t-vlm"]
+        assert mll.expert_ids() == []
+        loaded = mll.vlm("t-vlm")
+        imgs = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+        np.testing.assert_allclose(loaded.encode_images(imgs), v.encode_images(imgs), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(loaded.encode_text(["sandal"]), v.encode_text(["sandal"]), rtol=1e-5, atol=1e-6)
+        assert loaded.fingerprint == v.fingerprint
+        assert set(mll.label()) == {"t-vlm"} and mll.label() == {}
+        clf = mll.classifier(["sandal", "sneaker", "boot"], models="vlms")
+        assert clf.selection.used_models == ["t-vlm"]
+        lg = v.logit_scale * v.encode_images(imgs) @ v.encode_text(["sandal", "sneaker", "boot"]).T
+        np.testing.assert_array_equal(clf.predict(imgs), lg.argmax(1))  # one VLM: its own zero-shot argmax
+    finally:
+        vsys.use_text_features(None)

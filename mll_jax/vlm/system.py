@@ -50,9 +50,9 @@ import numpy as np
 from mll_jax.system import Classifier
 from mll_jax.utils import atomic_write_json, file_hash, texts_hash
 
-__all__ = ["VLM_KINDS", "is_vlm_entry", "register_loaders", "add_vlm", "load_vlm", "vlm_ids", "vlm_store",
-           "stale_vlms", "label_vlms", "vlm_labels", "select_vlms", "VLMPatch", "VLMClassifier", "vlm_classifier",
-           "BothClassifier", "VLM_SELECT_OPTIONS"]
+__all__ = ["VLM_KINDS", "is_vlm_entry", "use_text_features", "register_loaders", "add_vlm", "load_vlm", "vlm_ids", "vlm_store",
+           "stale_vlms", "label_vlms", "vlm_labels", "select_vlms", "patch_logits", "VLMPatch", "VLMClassifier",
+           "vlm_classifier", "BothClassifier", "VLM_SELECT_OPTIONS"]
 
 VLM_KINDS = ("clip_vlm", "dual_encoder_vlm")
 #: Keys accepted in ``vlm_options`` (:func:`select_vlms`).
@@ -68,6 +68,13 @@ def _text_features():
 
         _TEXT_FEATURES = TextFeatures()
     return _TEXT_FEATURES
+
+
+def use_text_features(text_features) -> None:
+    """Set the process-wide text tower of the offline dual encoders (default: MiniLM, loaded on first use);
+    ``None`` resets it.  Loaded VLMs keep the one they were loaded with."""
+    global _TEXT_FEATURES
+    _TEXT_FEATURES = text_features
 
 
 def is_vlm_entry(entry: Mapping[str, Any]) -> bool:
@@ -89,7 +96,7 @@ def _load_dual_encoder_vlm(hub, entry: dict):
     v = entry.get("vlm")
     if not v:
         raise ValueError(f"model {entry['model_id']!r}: dual_encoder_vlm entry has no 'vlm' field")
-    tower = _load_flax_module(hub, entry)
+    tower = _load_flax_module(hub, {**entry, "num_heads": int(v["spec"]["dim"])})  # tower outputs: the embedding
     w = np.load(hub.model_dir(entry["model_id"], v.get("text_proj", "text_proj.npy")))
     spec = DualEncoderSpec(**{**v["spec"], "classes": tuple(v["spec"]["classes"])})
     return DualEncoderVLM(entry["model_id"], tower, w, float(v["logit_scale"]), _text_features(), spec)
@@ -150,7 +157,7 @@ def add_vlm(mll, source, *, model_id: str | None = None, hub=None, overwrite: bo
                                    length=20)], length=20)
         extra = {k: v for k, v in e.items() if k not in ("model_id", "kind", "num_heads", "head_names",
                                                           "head_wnids", "source", "options")}
-        target.register(mid, "dual_encoder_vlm", num_heads=e.get("num_heads"), source=f"offline:{src_id}",
+        target.register(mid, "dual_encoder_vlm", source=f"offline:{src_id}",
                         options=e.get("options"), overwrite=overwrite, **{**extra, "fingerprint": fp})
         return mid
     if isinstance(source, str):
@@ -326,6 +333,12 @@ def select_vlms(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | N
                             descriptions=opts.get("descriptions"), scope=scope, node_logits=nl, **kw)
 
 
+def patch_logits(scores) -> np.ndarray:
+    """VLM ensemble scores ``(N, C)`` -> patch logits ``log(s / sum_y s_y)`` (the "both" rule, module docstring)."""
+    s = np.asarray(scores, np.float64)
+    return np.log(np.maximum(s / s.sum(axis=1, keepdims=True), 1e-30)).astype(np.float32)
+
+
 class VLMPatch:
     """A VLM selection reused as a patch for the expert reuser: ``logits(images, class_names)`` returns
     ``log(s / sum_y s_y)`` of the VLM ensemble scores ``s`` (see the module docstring for the rule)."""
@@ -344,8 +357,7 @@ class VLMPatch:
     def logits(self, images, class_names: Sequence[str]) -> np.ndarray:
         if list(class_names) != list(self.selection.class_names):
             raise ValueError(f"VLMPatch was selected for {self.selection.class_names}, asked for {list(class_names)}")
-        s = self.scores(images)
-        return np.log(np.maximum(s / s.sum(axis=1, keepdims=True), 1e-30)).astype(np.float32)
+        return patch_logits(self.scores(images))
 
 
 class VLMClassifier:
