@@ -29,7 +29,6 @@ to ``--out_dir``.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

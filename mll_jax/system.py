@@ -10,7 +10,7 @@ labels alone and reused as an ensemble::
     mll.label()                                         # only what is new is computed; resumable
     clf = mll.classifier(["dog", "car", "bird"])        # match -> select -> reuse
     clf.predict(images); clf.explain_text()
-    clf.save("clf.npz"); Classifier.load("clf.npz", mll)  # no re-selection later
+    clf.save("clf.npz"); Classifier.load("clf.npz", mll)  # no re-selection later (any models=: mll.load_classifier)
     mll.add_vlm("openai/clip-vit-base-patch32")         # VLMs are a model kind of the same hub (mll_jax.vlm.system)
     mll.classifier(names, models="vlms")                # or "both": experts where they cover a class, VLMs elsewhere
 
@@ -613,6 +613,11 @@ class MLL:
         return other
 
     def load_classifier(self, path: str | os.PathLike, patch=None) -> "Classifier":
+        """Load a saved classifier of any ``models=`` (``"vlms"`` / ``"both"``: :mod:`mll_jax.vlm.system`)."""
+        if patch is None and Path(path).is_file():
+            from mll_jax.vlm import system as vsys
+
+            return vsys.load_classifier(path, self)
         return Classifier.load(path, self, patch=patch)
 
 
@@ -693,13 +698,16 @@ class Classifier:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, experts, *, patch=None, labels=None, check: bool = True) -> "Classifier":
+    def load(cls, path: str | os.PathLike, experts, *, patch=None, labels=None, check: bool = True,
+             _models: str = "experts") -> "Classifier":
         """Load a saved classifier.  ``experts``: an :class:`MLL` system (its labels and hub are checked against
         the saved fingerprints unless ``check=False``), a hub or a mapping.  Raises
         :class:`StaleClassifierError` when the labels or the used models' weights changed since it was saved."""
         extra = Selection.read_extra(path)
         if extra.get("format") != "mll_jax.classifier/1":
             raise MLLError(f"{path} is not a saved mll_jax classifier")
+        if extra.get("models", "experts") != _models:
+            raise MLLError(f"{path} was saved with models={extra.get('models')!r}: load it with MLL.load_classifier")
         sel = Selection.load(path)
         config = MLLConfig.from_dict(extra["config"])
         if isinstance(experts, MLL) and check:

@@ -113,8 +113,10 @@ def test_classifier_vlms_equals_the_functional_api(system, plain_vlms, tmp_path,
     assert [r["class"] for r in ex] == names and all(r["served_by"] == "vlms" for r in ex)
     assert [[v["model"] for v in r["vlms"]] for r in ex] == [sel.models_for(c) for c in names]
     assert "F1" in clf.explain_text()
-    with pytest.raises(NotImplementedError, match="models='vlms'"):
-        clf.save(tmp_path / "clf.npz")
+    again = mll.load_classifier(clf.save(tmp_path / "clf.npz"))  # no re-selection
+    assert isinstance(again, VLMClassifier)
+    np.testing.assert_array_equal(again.selection.chosen, sel.chosen)
+    np.testing.assert_array_equal(again.scores(images), clf.scores(images))
 
 
 def test_classifier_both_experts_where_covered_vlm_patch_elsewhere(system, plain_vlms, tmp_path):
@@ -143,8 +145,13 @@ def test_classifier_both_experts_where_covered_vlm_patch_elsewhere(system, plain
     assert ex[0]["experts"][0]["model"] == "toy-expert" and ex[2]["vlms"][0]["model"] == vsel.models_for("violin")[0]
     text = clf.explain_text()
     assert "expert toy-expert" in text and "served by VLMs" in text
-    with pytest.raises(NotImplementedError, match="models='both'"):
-        clf.save(tmp_path / "both.npz")
+    p = clf.save(tmp_path / "both.npz")
+    again = mll.load_classifier(p)
+    assert isinstance(again, BothClassifier)
+    np.testing.assert_allclose(again.scores(images), got, rtol=1e-6)
+    assert [r["served_by"] for r in again.explain()] == ["experts", "experts", "vlms"]
+    with pytest.raises(MLLError, match="models='both'"):
+        Classifier.load(p, mll)  # the experts-only loader would drop the VLM patch
     with pytest.raises(MLLError, match="patch="):
         mll.classifier(names, models="both", patch=object())
 
@@ -152,11 +159,16 @@ def test_classifier_both_experts_where_covered_vlm_patch_elsewhere(system, plain
 def test_relabel_only_when_stale(system, plain_vlms, tmp_path):
     mll, _ = system  # last test of the module: it changes the SDAG data
     assert mll.label() == {}
+    saved = mll.classifier(["jersey", "trousers"], models="vlms").save(tmp_path / "v.npz")
     mll.add_images(WNIDS[2], _images(2, 4, 99))  # new images for one node
     assert mll.stale_vlms() == ["clip-a", "clip-b"] and mll.stale_models() == ["toy-expert"]
     summary = mll.label(["clip-a"])  # only the named VLM
     assert set(summary) == {"clip-a"} and summary["clip-a"]["embedded"] == 1  # only the changed node is encoded
     assert mll.stale_vlms() == ["clip-b"]
+    from mll_jax.system import StaleClassifierError
+
+    with pytest.raises(StaleClassifierError, match="clip-a"):  # its selection was made from the old labels
+        mll.load_classifier(saved)
     summary = mll.label()
     assert set(summary) == {"clip-b", "toy-expert"} and summary["clip-b"]["embedded"] == 1
     assert mll.label() == {}
@@ -203,6 +215,8 @@ def test_offline_dual_encoder_kind(tmp_path):
         assert mll.add_vlm("offline:t-vlm", hub=tmp_path / "vlm_hub") == "t-vlm"
         assert mll.hub.entry("t-vlm")["kind"] == "dual_encoder_vlm" and mll.vlm_ids() == ["t-vlm"]
         assert mll.expert_ids() == []
+        with pytest.raises(MLLError, match="needs labelled experts"):
+            mll.classifier(["sandal", "sneaker"], models="both")
         loaded = mll.vlm("t-vlm")
         imgs = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
         np.testing.assert_allclose(loaded.encode_images(imgs), v.encode_images(imgs), rtol=1e-5, atol=1e-6)

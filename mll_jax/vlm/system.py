@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -50,9 +51,9 @@ import numpy as np
 from mll_jax.system import Classifier
 from mll_jax.utils import atomic_write_json, file_hash, texts_hash
 
-__all__ = ["VLM_KINDS", "is_vlm_entry", "use_text_features", "register_loaders", "add_vlm", "load_vlm", "vlm_ids", "vlm_store",
-           "stale_vlms", "label_vlms", "vlm_labels", "select_vlms", "patch_logits", "VLMPatch", "VLMClassifier",
-           "vlm_classifier", "BothClassifier", "VLM_SELECT_OPTIONS"]
+__all__ = ["VLM_KINDS", "is_vlm_entry", "use_text_features", "register_loaders", "add_vlm", "load_vlm", "vlm_ids",
+           "vlm_store", "stale_vlms", "label_vlms", "vlm_labels", "select_vlms", "patch_logits", "VLMPatch", "VLMClassifier",
+           "vlm_classifier", "BothClassifier", "load_classifier", "VLM_SELECT_OPTIONS"]
 
 VLM_KINDS = ("clip_vlm", "dual_encoder_vlm")
 #: Keys accepted in ``vlm_options`` (:func:`select_vlms`).
@@ -360,15 +361,86 @@ class VLMPatch:
         return patch_logits(self.scores(images))
 
 
+# ------------------------------------------------------------------------------------------------ persistence
+
+VLM_FORMAT = "mll_jax.vlm_classifier/1"
+BOTH_MODELS = "both"
+
+
+def _selection_to_json(sel) -> dict:
+    return {"class_names": list(sel.class_names), "model_ids": list(sel.model_ids), "nodes": list(sel.nodes),
+            "alpha": float(sel.alpha),
+            **{f: np.asarray(getattr(sel, f)).tolist() for f in ("match_idx", "match_weights", "match_sims", "f1",
+                                                                  "scores", "chosen")}}
+
+
+def _selection_from_json(d: Mapping[str, Any]):
+    from mll_jax.vlm.select import VLMSelection
+
+    arr = {f: np.asarray(d[f], np.int32 if f in ("match_idx", "chosen") else np.float32)
+           for f in ("match_idx", "match_weights", "match_sims", "f1", "scores", "chosen")}
+    return VLMSelection(list(d["class_names"]), list(d["model_ids"]), list(d["nodes"]), arr["match_idx"],
+                        arr["match_weights"], arr["match_sims"], arr["f1"], arr["scores"], arr["chosen"],
+                        float(d["alpha"]))
+
+
+def _vlm_state(mll, model_ids: Sequence[str]) -> dict:
+    """What a VLM selection was computed from: per candidate VLM its hub fingerprint and labels key."""
+    from mll_jax.system import _model_fingerprint
+
+    state = _read_state(vlm_store(mll))
+    return {m: {"model": _model_fingerprint(mll.hub.entry(m)) if m in mll.hub else None,
+                "labels": state.get(m, {}).get("key")} for m in model_ids}
+
+
+def _check_vlm_state(mll, path, saved: Mapping[str, Any]) -> None:
+    from mll_jax.system import StaleClassifierError
+
+    missing = [m for m in saved if m not in mll.hub]
+    if missing:
+        raise StaleClassifierError(f"{path}: VLMs {missing} are no longer in the hub")
+    now = _vlm_state(mll, list(saved))
+    changed = [m for m in saved if now[m] != saved[m]]
+    if changed:
+        raise StaleClassifierError(f"{path}: the weights or labels of VLMs {changed} changed since it was saved; "
+                                   "build a new classifier")
+
+
+def load_classifier(path, mll, *, check: bool = True):
+    """Load a classifier saved by :meth:`VLMClassifier.save` or :meth:`BothClassifier.save` (``check``: raise
+    :class:`mll_jax.system.StaleClassifierError` when the VLMs' weights or labels changed since)."""
+    from mll_jax.system import MLLError
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no saved classifier at {path}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise MLLError(f"{path} is not a readable saved classifier ({type(e).__name__}: {e})") from e
+    if meta.get("format") == VLM_FORMAT:
+        if check:
+            _check_vlm_state(mll, path, meta["vlm_state"])
+        vsel = _selection_from_json(meta["selection"])
+        return VLMClassifier(vsel, {m: load_vlm(mll, m) for m in vsel.used_models}, mll)
+    extra = (meta.get("extra") or {})
+    if extra.get("models") == BOTH_MODELS:
+        return BothClassifier.load(path, mll, check=check)
+    if extra.get("format") == "mll_jax.classifier/1":
+        return Classifier.load(path, mll, check=check)
+    raise MLLError(f"{path} is not a saved mll_jax classifier")
+
+
 class VLMClassifier:
     """A classifier served by VLMs only (``MLL.classifier(..., models="vlms")``): VLM selection from the labels,
     entropy-weighted VLM ensemble (:func:`mll_jax.vlm.select.reuse_scores`)."""
 
     models = "vlms"
 
-    def __init__(self, selection, vlms: Mapping[str, Any]):
+    def __init__(self, selection, vlms: Mapping[str, Any], mll=None):
         self.selection = selection
         self._patch = VLMPatch(selection, vlms)
+        self._mll = mll
 
     @property
     def class_names(self) -> list[str]:
@@ -399,9 +471,20 @@ class VLMClassifier:
                 lines.append(f"    {v['model']}: F1 {v['f1']:.3f}; score {v['score']:.3f}")
         return "\n".join(lines)
 
-    def save(self, path):
-        raise NotImplementedError("saving a classifier built with models='vlms' is not supported yet; rebuild it "
-                                  "with MLL.classifier(..., models='vlms') (selection needs no model run)")
+    def save(self, path, mll=None) -> Path:
+        """Write the VLM selection (one ``.npz``, atomic); with ``mll``, also the fingerprints and label keys of
+        its VLMs, so that :func:`load_classifier` detects changed weights or labels."""
+        from mll_jax.utils import atomic_write
+
+        meta = {"format": VLM_FORMAT, "models": "vlms", "selection": _selection_to_json(self.selection),
+                "vlm_state": _vlm_state(mll or self._mll, self.selection.model_ids)}
+        path = Path(path)
+        atomic_write(path, lambda fh: np.savez(fh, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8)))
+        return path
+
+    @classmethod
+    def load(cls, path, mll, *, check: bool = True) -> "VLMClassifier":
+        return load_classifier(path, mll, check=check)
 
     def __repr__(self) -> str:
         return f"VLMClassifier({len(self.class_names)} classes, VLMs {self.selection.used_models})"
@@ -418,10 +501,13 @@ def vlm_classifier(mll, class_names: Sequence[str], models: str, *, patch=None, 
         raise MLLError(f"models={models!r} serves uncovered classes with the hub's VLMs; patch= applies to "
                        "models='experts' only")
     sysm = mll if not overrides else mll.with_config(**overrides)
+    if models == "both" and not sysm.labelled_models():
+        raise MLLError("models='both' needs labelled experts in the hub (MLL.add_model, MLL.label); with VLMs only "
+                       "use models='vlms'")
     vsel = select_vlms(sysm, class_names, vlm_options=vlm_options)
     vlms = {m: load_vlm(sysm, m) for m in vsel.used_models}
     if models == "vlms":
-        return VLMClassifier(vsel, vlms)
+        return VLMClassifier(vsel, vlms, sysm)
     sel = sysm.select(class_names, scorer=scorer)
     vpatch = VLMPatch(vsel, vlms)
     return BothClassifier(sel, sysm, vpatch, sysm.config,
@@ -434,6 +520,10 @@ class BothClassifier(Classifier):
     :class:`VLMPatch`) for the others (see the module docstring for the rule)."""
 
     models = "both"
+
+    def __init__(self, selection, experts, patch, config=None, **kw):
+        super().__init__(selection, experts, patch, config, **kw)
+        self._mll = experts
 
     @property
     def vlm_selection(self):
@@ -465,7 +555,39 @@ class BothClassifier(Classifier):
                              + ", ".join(f"{v['model']} (F1 {v['f1']:.3f})" for v in r["vlms"]))
         return "\n".join(lines)
 
-    def save(self, path):
-        raise NotImplementedError("saving a classifier built with models='both' is not supported yet (the "
-                                  "VLM patch is not serialised); rebuild it with MLL.classifier(..., "
-                                  "models='both')")
+    def save(self, path) -> Path:
+        """:meth:`Classifier.save` plus the VLM selection and its VLMs' fingerprints / label keys."""
+        path = Path(path)
+        self.selection.save(path, extra={
+            "format": "mll_jax.classifier/1", "models": BOTH_MODELS,
+            "config": self.config.to_dict(),
+            "label_fingerprint": self.label_fingerprint,
+            "model_fingerprints": self.model_fingerprints,
+            "patch": "VLMPatch",
+            "vlm_selection": _selection_to_json(self.vlm_selection),
+            "vlm_state": _vlm_state(self._mll, self.vlm_selection.model_ids),
+        })
+        return path
+
+    @classmethod
+    def load(cls, path, experts, *, patch=None, labels=None, check: bool = True) -> "BothClassifier":
+        """Load a saved ``models="both"`` classifier; ``experts`` must be the :class:`MLL` system (the VLM patch
+        is rebuilt from the saved VLM selection; stale experts, labels or VLMs raise
+        :class:`mll_jax.system.StaleClassifierError`)."""
+        from mll_jax.selection import Selection
+        from mll_jax.system import MLL, MLLError
+
+        if not isinstance(experts, MLL):
+            raise MLLError("a models='both' classifier loads from the MLL system (its hub holds the VLMs)")
+        if patch is not None:
+            raise MLLError("a models='both' classifier brings its own VLM patch; patch= does not apply")
+        extra = Selection.read_extra(path)
+        if extra.get("models") != BOTH_MODELS:
+            raise MLLError(f"{path} is not a saved models='both' classifier")
+        if check:
+            _check_vlm_state(experts, path, extra["vlm_state"])
+        vsel = _selection_from_json(extra["vlm_selection"])
+        vpatch = VLMPatch(vsel, {m: load_vlm(experts, m) for m in vsel.used_models})
+        plain = Classifier.load(path, experts, patch=vpatch, labels=labels, check=check, _models=BOTH_MODELS)
+        return cls(plain.selection, experts, vpatch, plain.config, label_fingerprint=plain.label_fingerprint,
+                   model_fingerprints=plain.model_fingerprints)
