@@ -452,10 +452,13 @@ class MLL:
 
     def label(self, model_ids: Sequence[str] | None = None, *, recompute: bool = False) -> dict[str, dict]:
         """Label (Eq. 1-2) every model whose labels are missing or stale; only new node data is run through the
-        experts (resumable after a kill).  Returns ``label_models``' summary for the models it labelled."""
+        experts (resumable after a kill).  Returns ``label_models``' summary for the models it labelled.  The hub's
+        VLMs are labelled too (only stale ones; :func:`mll_jax.vlm.system.label_vlms`, summary rows with
+        ``"vlm": True``)."""
         from mll_jax.labelling import label_models
 
         if model_ids is not None:
+            model_ids = list(model_ids)
             for m in model_ids:
                 self._check_model(m)
         vlms = [m for m in (self.hub.ids() if model_ids is None else model_ids) if self._is_vlm(m)]
