@@ -14,14 +14,21 @@
    the offline hub has none, so the best zero-shot accuracy on the SDAG images), the mean single VLM (= expected
    accuracy of a uniformly random single VLM), the oracle single best VLM on the task, and the entropy-weighted
    ensemble of all VLMs.
+4. With ``--with_experts`` (default): the expert benchmark (:class:`mll_jax.offline.benchmark.OfflineBenchmark`,
+   its trained experts and labels; trained on first use under the same home, or reused from its cache) gives
+   per task the expert selection (CHCO, its default config); "experts" is its Acc(a) (uncovered classes count as
+   wrong) and "union" serves the classes the experts do not cover with the MLL-VLM k=1 ensemble as the patch
+   (:func:`mll_jax.vlm.system.patch_logits`, the rule of ``MLL.classifier(models="both")``).
+5. Accuracy vs hub size: MLL-VLM k=1 with the hub restricted to its first n VLMs in ``--hub_orders`` random
+   orders (mean over orders and tasks), with the oracle single VLM of the same sub-hub for reference.
 
-Writes ``vlm_offline.json``, ``vlm_offline.md`` and ``vlm_accuracy_vs_k.png`` to ``--out_dir``.
+Writes ``vlm_offline.json``, ``vlm_offline.md``, ``vlm_accuracy_vs_k.png`` and ``vlm_accuracy_vs_hub_size.png``
+to ``--out_dir``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -43,6 +50,9 @@ flags.DEFINE_enum("descriptions", "none", ["none", "wordnet"],
 flags.DEFINE_integer("top", 5, "nodes matched per class (the paper: 5)")
 flags.DEFINE_list("models", [], "restrict the hub to these model ids (default: all of VLM_SPECS)")
 flags.DEFINE_bool("rebuild", False, "retrain the VLMs")
+flags.DEFINE_bool("with_experts", True, "also run the expert benchmark's selection and the union experts + VLMs "
+                  "(trains the expert hub on first use under the same home)")
+flags.DEFINE_integer("hub_orders", 10, "random hub orders for the accuracy-vs-hub-size curve")
 
 
 def extra_tasks():
@@ -111,6 +121,16 @@ def main(argv):
     timings["test_embed_s"] = time.perf_counter() - t0
 
     tasks = list(fdata.TASKS) + list(extra_tasks())
+    bench = None
+    if FLAGS.with_experts:
+        from mll_jax.offline.benchmark import OfflineBenchmark
+
+        t0 = time.perf_counter()
+        bench = OfflineBenchmark(home=FLAGS.home, progress=False)
+        bench.build()
+        timings["expert_benchmark_build_s"] = time.perf_counter() - t0
+    rng_orders = np.random.default_rng(123)
+    orders = [rng_orders.permutation(len(ids)) for _ in range(FLAGS.hub_orders)]
     results = []
     key = jax.random.PRNGKey(0)
     for task in tasks:
@@ -146,6 +166,43 @@ def main(argv):
             row["random"][k] = float(np.mean(accs))
         allsel = sel.with_chosen(np.tile(np.arange(len(ids)), (len(names), 1)))
         row["all_ensemble"] = float(np.mean(reuse_scores(allsel, logits).argmax(1) == y))
+        # accuracy vs hub size: MLL k=1 on the first n VLMs of random orders (oracle of the same sub-hub)
+        row["hub_size"] = {}
+        for n in range(1, len(ids) + 1):
+            accs, ors = [], []
+            for order in orders:
+                sub = [ids[i] for i in order[:n]]
+                s_n = select_vlms(names, {m: labels[m] for m in sub}, nodes, node_emb=node_emb, class_emb=class_emb,
+                                  k=1, alpha=FLAGS.alpha, top=FLAGS.top)
+                accs.append(float(np.mean(reuse_scores(s_n, logits).argmax(1) == y)))
+                ors.append(float(max(single[i] for i in order[:n])))
+            row["hub_size"][n] = {"mll": float(np.mean(accs)), "oracle": float(np.mean(ors))}
+        if bench is not None:
+            from mll_jax.offline.benchmark import evaluate_scores
+            from mll_jax.reuse import ensemble_scores
+            from mll_jax.vlm.system import patch_logits
+
+            sel1 = select_vlms(names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=1, alpha=FLAGS.alpha,
+                               top=FLAGS.top)
+            vlm_scores = reuse_scores(sel1, logits)
+            matches = bench.match(names)
+            esel = bench.select(names, matches)
+            if FLAGS.test_per_class is None:  # the benchmark's own (cached) test logits: the same images
+                yb, logits_fn, _ = bench.task_test(task)
+                if not np.array_equal(yb, y):
+                    raise RuntimeError(f"{task.name}: the expert benchmark's test set differs from this one")
+            else:  # a subsample of this script's: run the experts on exactly these images (logit cache)
+                def logits_fn(m, _imgs=data.test_images[idx]):
+                    return bench.expert(m).logits(_imgs)
+            elog = {m: logits_fn(m) for m in esel.used_model_ids}
+            cov = np.asarray(esel.covered)
+            e_only = ensemble_scores(esel, elog, len(y))
+            union = ensemble_scores(esel, elog, len(y), patch_logits(vlm_scores),
+                                    patch_mode=bench.mll_config.patch_mode, patch_weight=bench.mll_config.patch_weight)
+            row["experts"] = evaluate_scores(e_only, y, cov, patched=False)["acc_all"]  # uncovered count as wrong
+            row["union"] = evaluate_scores(union, y, cov, patched=True)["acc_all"]
+            row["expert_coverage"] = float(np.mean(cov[y]))
+            row["expert_selection"] = {c: (esel.expert_ids(i) if cov[i] else None) for i, c in enumerate(names)}
         results.append(row)
         print(f"{task.name:28s} MLL k=1 {row['mll'][1]:.3f} task-scope {row['mll_task'][1]:.3f}  "
               f"INB {row['inb']:.3f}  oracle {row['oracle']:.3f} "
@@ -158,28 +215,38 @@ def main(argv):
                "mll_task": {k: mean(lambda r: r["mll_task"][k]) for k in ks},
                "random": {k: mean(lambda r: r["random"][k]) for k in ks},
                "inb": mean(lambda r: r["inb"]), "oracle": mean(lambda r: r["oracle"]),
-               "mean_single": mean(lambda r: r["mean_single"]), "all_ensemble": mean(lambda r: r["all_ensemble"])}
+               "mean_single": mean(lambda r: r["mean_single"]), "all_ensemble": mean(lambda r: r["all_ensemble"]),
+               "hub_size": {n: {key: mean(lambda r: r["hub_size"][n][key]) for key in ("mll", "oracle")}
+                            for n in results[0]["hub_size"]}}
+    if bench is not None:
+        summary.update(experts=mean(lambda r: r["experts"]), union=mean(lambda r: r["union"]),
+                       expert_coverage=mean(lambda r: r["expert_coverage"]))
     hub_info = [{"model_id": v.model_id, "arch": v.spec.arch,
                  "classes": [fdata.FMNIST_CLASSES[c] for c in v.spec.classes],
                  "per_class": v.spec.per_class, "steps": v.spec.steps, "width": v.spec.width, "dim": v.spec.dim,
                  "sdag_accuracy": float(a), "logit_scale": v.logit_scale} for v, a in zip(vlms, sdag_acc)]
     doc = {"config": {"alpha": FLAGS.alpha, "top": FLAGS.top, "max_k": FLAGS.max_k, "random_draws": FLAGS.random_draws,
-                      "test_per_class": FLAGS.test_per_class, "descriptions": FLAGS.descriptions},
+                      "test_per_class": FLAGS.test_per_class, "descriptions": FLAGS.descriptions,
+                      "with_experts": FLAGS.with_experts, "hub_orders": FLAGS.hub_orders},
            "hub": hub_info, "tasks": results, "summary": summary, "timings_s": timings}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "vlm_offline.json", doc, default=str)
 
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     head = (["task"] + [f"MLL k={k}" for k in ks] + [f"MLL-task k={k}" for k in ks] + [f"Random k={k}" for k in ks] +
-            ["INB", "mean single", "oracle", "all-ensemble"])
+            ["INB", "mean single", "oracle", "all-ensemble"] +
+            (["experts (cov.)", "experts + VLMs"] if bench is not None else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results + [dict(task="**mean**", mll=summary["mll"], mll_task=summary["mll_task"],
                              random=summary["random"], inb=summary["inb"],
                              mean_single=summary["mean_single"], oracle=summary["oracle"],
-                             all_ensemble=summary["all_ensemble"])]:
+                             all_ensemble=summary["all_ensemble"], experts=summary.get("experts"),
+                             union=summary.get("union"), expert_coverage=summary.get("expert_coverage"))]:
         cells = [r["task"]] + [pct(r["mll"][k]) for k in ks] + [pct(r["mll_task"][k]) for k in ks] + \
                 [pct(r["random"][k]) for k in ks] + \
                 [pct(r["inb"]), pct(r["mean_single"]), pct(r["oracle"]), pct(r["all_ensemble"])]
+        if bench is not None:
+            cells += [f"{pct(r['experts'])} ({pct(r['expert_coverage'])})", pct(r["union"])]
         lines.append("| " + " | ".join(cells) + " |")
     sel_lines = [f"- **{r['task']}**: all-node scope: "
                  + "; ".join(f"{c} -> {', '.join(m)}" for c, m in r["selection"].items())
@@ -194,6 +261,14 @@ def main(argv):
           f"Random = mean of {FLAGS.random_draws} draws; descriptions={FLAGS.descriptions}. "
           f"Total run time {timings['total_s']:.0f} s (train/load {timings['train_or_load_s']:.0f} s, "
           f"label {timings['label_s']:.0f} s).", "", *lines, "", "## Hub", "", *hub_lines, "",
+          "## Accuracy vs hub size (MLL-VLM k=1)", "",
+          f"Mean over {FLAGS.hub_orders} random hub orders and the {len(results)} tasks; the hub is the first n VLMs "
+          "of each order.", "",
+          "| n VLMs | " + " | ".join(str(n) for n in summary["hub_size"]) + " |",
+          "|---|" + "---|" * len(summary["hub_size"]),
+          "| MLL-VLM k=1 | " + " | ".join(pct(v["mll"]) for v in summary["hub_size"].values()) + " |",
+          "| oracle single VLM of the sub-hub | " + " | ".join(pct(v["oracle"]) for v in summary["hub_size"].values())
+          + " |", "",
           "## Selected VLMs (k=1)", "", *sel_lines, ""]
     atomic_write_text(out_dir / "vlm_offline.md", "\n".join(md))
 
@@ -202,7 +277,7 @@ def main(argv):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8.0, 3.8))
     ax.plot(ks, [100 * summary["mll"][k] for k in ks], "o-", label="MLL-VLM (labels among all nodes)")
     ax.plot(ks, [100 * summary["mll_task"][k] for k in ks], "^-", label="MLL-VLM (task-scoped labels)")
     ax.plot(ks, [100 * summary["random"][k] for k in ks], "s--", label="Random (same k, same reuse)")
@@ -213,10 +288,26 @@ def main(argv):
     ax.set_xlabel("k (VLMs selected per class)")
     ax.set_ylabel(f"mean top-1 accuracy over {len(results)} tasks (%)")
     ax.set_xticks(ks)
-    ax.legend(fontsize=7)
+    if bench is not None:
+        ax.axhline(100 * summary["union"], ls="-", color="tab:red", lw=1, label="experts + MLL-VLM patch")
+        ax.axhline(100 * summary["experts"], ls="--", color="tab:red", lw=1, label="experts only (uncovered wrong)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / "vlm_accuracy_vs_k.png", dpi=120)
+    plt.close(fig)
+    hs = sorted(summary["hub_size"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(hs, [100 * summary["hub_size"][n]["mll"] for n in hs], "o-", label="MLL-VLM k=1")
+    ax.plot(hs, [100 * summary["hub_size"][n]["oracle"] for n in hs], "k:", label="oracle single VLM of the sub-hub")
+    ax.set_xlabel("VLMs in the hub (first n of a random order)")
+    ax.set_ylabel(f"mean top-1 accuracy over {len(results)} tasks (%)")
+    ax.set_title(f"mean over {FLAGS.hub_orders} random hub orders", fontsize=8)
+    ax.set_xticks(hs)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "vlm_accuracy_vs_hub_size.png", dpi=120)
     print(json.dumps(summary, indent=1, default=str))
     print(f"total {timings['total_s']:.1f}s")
 

@@ -10,11 +10,13 @@ labels alone and reused as an ensemble::
     mll.label()                                         # only what is new is computed; resumable
     clf = mll.classifier(["dog", "car", "bird"])        # match -> select -> reuse
     clf.predict(images); clf.explain_text()
-    clf.save("clf.npz"); Classifier.load("clf.npz", mll)  # no re-selection later
+    clf.save("clf.npz"); Classifier.load("clf.npz", mll)  # no re-selection later (any models=: mll.load_classifier)
+    mll.add_vlm("openai/clip-vit-base-patch32")         # VLMs are a model kind of the same hub (mll_jax.vlm.system)
+    mll.classifier(names, models="vlms")                # or "both": experts where they cover a class, VLMs elsewhere
 
 On-disk layout of ``MLL.open(root)``: ``root/sdag/`` (SDAG.save), ``root/hub/`` (ModelHub), ``root/labels/``
 (LabelStore), ``root/config.json`` (MLLConfig), ``root/label_state.json`` (per model: the delta, SDAG data and
-model fingerprint its labels were computed from).
+model fingerprint its labels were computed from), ``root/vlm_labels/`` (VLM labels, see :mod:`mll_jax.vlm.system`).
 """
 
 from __future__ import annotations
@@ -319,6 +321,10 @@ class MLL:
     def remove_model(self, model_id: str) -> None:
         """Unregister a model and delete its labels."""
         self._check_model(model_id)
+        if self._is_vlm(model_id):
+            from mll_jax.vlm import system as vsys
+
+            vsys.vlm_store(self).delete(model_id)
         self.hub.remove(model_id)
         if model_id in self.labels:
             self.labels.delete(model_id)
@@ -328,7 +334,56 @@ class MLL:
             self._write_state(state)
 
     def model_ids(self) -> list[str]:
+        """Every hub model (experts and VLMs)."""
         return self.hub.ids()
+
+    def expert_ids(self) -> list[str]:
+        """The hub's experts (every model that is not a VLM)."""
+        return [m for m in self.hub.ids() if not self._is_vlm(m)]
+
+    def _is_vlm(self, model_id: str) -> bool:
+        e = self.hub.entry(model_id)
+        if e.get("kind") == "flax_module" and not e.get("vlm"):
+            return False
+        from mll_jax.vlm.system import is_vlm_entry
+
+        return is_vlm_entry(e)
+
+    # ------------------------------------------------------------------ VLMs (bulk in mll_jax.vlm.system)
+    def add_vlm(self, source, *, model_id: str | None = None, hub=None, overwrite: bool = False, **options) -> str:
+        """Register a VLM in the hub and return its id (label it with :meth:`label`).
+
+        ``source`` is an HF CLIP checkpoint name or directory (optionally prefixed ``hf:`` or ``clip:``; kind
+        ``clip_vlm``; ``options`` go to :meth:`mll_jax.vlm.models.ClipVLM.from_pretrained`, e.g. ``template=``,
+        ``batch_size=``), or ``"offline:<id>"`` with ``hub=`` the hub :mod:`mll_jax.vlm.offline` trained the dual
+        encoder into (copied into this hub; kind ``dual_encoder_vlm``)."""
+        from mll_jax.vlm import system as vsys
+
+        return vsys.add_vlm(self, source, model_id=model_id, hub=hub, overwrite=overwrite, **options)
+
+    def vlm_ids(self) -> list[str]:
+        """The hub's VLMs."""
+        from mll_jax.vlm import system as vsys
+
+        return vsys.vlm_ids(self)
+
+    def vlm(self, model_id: str):
+        """The hub's VLM ``model_id`` (a :class:`mll_jax.vlm.models.VLM`)."""
+        from mll_jax.vlm import system as vsys
+
+        return vsys.load_vlm(self, model_id)
+
+    def stale_vlms(self, model_ids: Sequence[str] | None = None) -> list[str]:
+        """VLMs whose labels are missing or were computed from other SDAG data or model weights."""
+        from mll_jax.vlm import system as vsys
+
+        return vsys.stale_vlms(self, model_ids)
+
+    def select_vlms(self, class_names: Sequence[str], *, vlm_options: Mapping[str, Any] | None = None):
+        """Per class the top-k VLMs from their labels (:func:`mll_jax.vlm.system.select_vlms`)."""
+        from mll_jax.vlm import system as vsys
+
+        return vsys.select_vlms(self, class_names, vlm_options=vlm_options)
 
     def _check_model(self, model_id: str) -> None:
         if model_id not in self.hub:
@@ -386,7 +441,7 @@ class MLL:
 
     def stale_models(self, model_ids: Sequence[str] | None = None) -> list[str]:
         """Models whose labels are missing or were computed from another delta, SDAG data or model weights."""
-        ids = self.hub.ids() if model_ids is None else list(model_ids)
+        ids = self.expert_ids() if model_ids is None else list(model_ids)
         for m in ids:
             self._check_model(m)
         state = self._read_state()
@@ -395,16 +450,29 @@ class MLL:
 
     def label(self, model_ids: Sequence[str] | None = None, *, recompute: bool = False) -> dict[str, dict]:
         """Label (Eq. 1-2) every model whose labels are missing or stale; only new node data is run through the
-        experts (resumable after a kill).  Returns ``label_models``' summary for the models it labelled."""
+        experts (resumable after a kill).  Returns ``label_models``' summary for the models it labelled.  The hub's
+        VLMs are labelled too (only stale ones; :func:`mll_jax.vlm.system.label_vlms`, summary rows with
+        ``"vlm": True``)."""
         from mll_jax.labelling import label_models
 
-        todo = self.hub.ids() if recompute and model_ids is None else (
+        if model_ids is not None:
+            model_ids = list(model_ids)
+            for m in model_ids:
+                self._check_model(m)
+        vlms = [m for m in (self.hub.ids() if model_ids is None else model_ids) if self._is_vlm(m)]
+        if model_ids is not None:
+            model_ids = [m for m in model_ids if m not in vlms]
+        summary = {}
+        if vlms:  # VLM labels: root/vlm_labels (mll_jax.vlm.system), only the stale VLMs
+            from mll_jax.vlm import system as vsys
+
+            summary.update(vsys.label_vlms(self, vlms, recompute=recompute))
+        todo = self.expert_ids() if recompute and model_ids is None else (
             list(model_ids) if recompute else self.stale_models(model_ids))
         if not todo:
-            return {}
+            return summary
         fp = _sdag_fingerprint(self.sdag)
         state = self._read_state()
-        summary = {}
         for m in todo:  # one model at a time: a crash keeps the finished models' state
             # label_models recomputes every node itself when the model's fingerprint changed (new weights)
             summary.update(label_models(self.sdag, [self.expert(m)], self.labels, delta=self.config.delta,
@@ -448,9 +516,9 @@ class MLL:
         return [w for w in self.sdag.nodes if w in (common or set())]
 
     def labelled_models(self) -> list[str]:
-        """Hub models that have labels."""
+        """Hub experts that have labels (VLM labels: :meth:`vlm_ids`, :meth:`stale_vlms`)."""
         have = set(self.labels.model_ids())
-        return [m for m in self.hub.ids() if m in have]
+        return [m for m in self.hub.ids() if m in have and not self._is_vlm(m)]
 
     def match(self, class_names: Sequence[str], model_ids: Sequence[str] | None = None):
         """Class names -> list of :class:`mll_jax.text.Match` over the candidate nodes."""
@@ -506,13 +574,26 @@ class MLL:
                 node_data=self.node_data, columns=cfg.columns, progress=False, tol=cfg.chco_tol, seed=cfg.seed,
                 **chco_opts)
 
-    def classifier(self, class_names: Sequence[str], patch=None, scorer: str | None = None, **overrides
+    def classifier(self, class_names: Sequence[str], patch=None, scorer: str | None = None, *,
+                   models: str = "experts", vlm_options: Mapping[str, Any] | None = None, **overrides
                    ) -> "Classifier":
         """A zero-shot classifier for ``class_names``: match, select (``scorer``, default CHCO) and reuse.
 
         ``patch``: a zero-shot model for uncovered classes (``logits(images, class_names)``, e.g.
         :class:`mll_jax.clip_patch.ClipZeroShot`).  ``overrides``: :class:`MLLConfig` fields for this call
-        (``k=2, beta=0.6, ...``)."""
+        (``k=2, beta=0.6, ...``).
+
+        ``models``: ``"experts"`` (default), ``"vlms"`` (VLM selection + VLM ensemble, a
+        :class:`mll_jax.vlm.system.VLMClassifier`) or ``"both"`` (experts for the classes they cover, the VLM
+        ensemble as the patch for the others, a :class:`mll_jax.vlm.system.BothClassifier`); ``vlm_options``:
+        ``k``, ``alpha``, ``top``, ``scope``, ``descriptions`` of the VLM selection."""
+        if models != "experts":
+            from mll_jax.vlm import system as vsys
+
+            return vsys.vlm_classifier(self, class_names, models, patch=patch, scorer=scorer,
+                                       vlm_options=vlm_options, **overrides)
+        if vlm_options is not None:
+            raise MLLError("vlm_options applies to models='vlms' or 'both'")
         sysm = self if not overrides else self.with_config(**overrides)
         sel = sysm.select(class_names, scorer=scorer)
         if patch is None and not sel.covered.any():
@@ -532,6 +613,11 @@ class MLL:
         return other
 
     def load_classifier(self, path: str | os.PathLike, patch=None) -> "Classifier":
+        """Load a saved classifier of any ``models=`` (``"vlms"`` / ``"both"``: :mod:`mll_jax.vlm.system`)."""
+        if patch is None and Path(path).is_file():
+            from mll_jax.vlm import system as vsys
+
+            return vsys.load_classifier(path, self)
         return Classifier.load(path, self, patch=patch)
 
 
@@ -625,13 +711,15 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | os.PathLike, experts, *, patch=None, labels=None, check: bool = True,
-             progress: bool | None = None) -> "Classifier":
+             progress: bool | None = None, _models: str = "experts") -> "Classifier":
         """Load a saved classifier.  ``experts``: an :class:`MLL` system (its labels and hub are checked against
         the saved fingerprints unless ``check=False``), a hub or a mapping.  Raises
         :class:`StaleClassifierError` when the labels or the used models' weights changed since it was saved."""
         extra = Selection.read_extra(path)
         if extra.get("format") != "mll_jax.classifier/1":
             raise MLLError(f"{path} is not a saved mll_jax classifier")
+        if extra.get("models", "experts") != _models:
+            raise MLLError(f"{path} was saved with models={extra.get('models')!r}: load it with MLL.load_classifier")
         sel = Selection.load(path)
         config = MLLConfig.from_dict(extra["config"])
         if progress is not None:
