@@ -227,7 +227,7 @@ def _wanted(mll, model_id: str) -> dict:
     from mll_jax.system import _model_fingerprint, _sdag_fingerprint
 
     nodes = list(mll.sdag.nodes_with_images())
-    return {"sdag": _sdag_fingerprint(mll.sdag), "model": _model_fingerprint(mll.hub.entry(model_id)),
+    return {"sdag": _sdag_fingerprint(mll.sdag), "model": _model_fingerprint(mll.hub, model_id),
             "nodes": texts_hash(nodes, length=16)}
 
 
@@ -389,7 +389,7 @@ def _vlm_state(mll, model_ids: Sequence[str]) -> dict:
     from mll_jax.system import _model_fingerprint
 
     state = _read_state(vlm_store(mll))
-    return {m: {"model": _model_fingerprint(mll.hub.entry(m)) if m in mll.hub else None,
+    return {m: {"model": _model_fingerprint(mll.hub, m) if m in mll.hub else None,
                 "labels": state.get(m, {}).get("key")} for m in model_ids}
 
 
@@ -512,7 +512,7 @@ def vlm_classifier(mll, class_names: Sequence[str], models: str, *, patch=None, 
     vpatch = VLMPatch(vsel, vlms)
     return BothClassifier(sel, sysm, vpatch, sysm.config,
                           label_fingerprint=label_fingerprint(sysm.labels, sel.model_ids, sel.wnids),
-                          model_fingerprints={m: _model_fingerprint(sysm.hub.entry(m)) for m in sel.used_model_ids})
+                          model_fingerprints={m: _model_fingerprint(sysm.hub, m) for m in sel.used_model_ids})
 
 
 class BothClassifier(Classifier):
