@@ -28,289 +28,47 @@ to ``--out_dir``.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("home", None, "cache root (default $MLL_JAX_HOME or ~/.cache/mll_jax); uses <home>/vlm_offline")
-flags.DEFINE_string("out_dir", "docs/vlm", "where the table, json and figure go")
-flags.DEFINE_integer("max_k", 3, "largest number of VLMs per class")
-flags.DEFINE_integer("random_draws", 20, "draws of the Random baseline per task and k")
-flags.DEFINE_integer("test_per_class", None, "test images per task class (default: all official test images)")
-flags.DEFINE_float("alpha", 0.7, "weight of a class's own F1 in the selection score")
-flags.DEFINE_enum("descriptions", "none", ["none", "wordnet"],
-                  "class descriptions for matching: none (plain names) or the first WordNet noun sense")
-flags.DEFINE_integer("top", 5, "nodes matched per class (the paper: 5)")
-flags.DEFINE_list("models", [], "restrict the hub to these model ids (default: all of VLM_SPECS)")
-flags.DEFINE_bool("rebuild", False, "retrain the VLMs")
-flags.DEFINE_bool("with_experts", True, "also run the expert benchmark's selection and the union experts + VLMs "
-                  "(trains the expert hub on first use under the same home)")
-flags.DEFINE_integer("hub_orders", 10, "random hub orders for the accuracy-vs-hub-size curve")
 
 
-def extra_tasks():
-    from mll_jax.offline.data import Task, TaskClass
+def define_flags() -> None:
+    from mll_jax.vlm.benchmark import VLMBenchConfig
 
-    def _t(name, description, *classes):
-        return Task(name, tuple(TaskClass(n, tuple(m)) for n, m in classes), description)
-
-    return (
-        _t("tops", "T-shirt vs pullover vs coat vs shirt", ("T-shirt", [0]), ("pullover", [2]), ("coat", [4]),
-           ("shirt", [6])),
-        _t("shoes-plural", "sandals vs sneakers vs ankle boots", ("sandals", [5]), ("sneakers", [7]),
-           ("ankle boots", [9])),
-        _t("frock-jumper-purse", "new wordings: dress vs pullover vs bag", ("frock", [3]), ("jumper", [2]),
-           ("purse", [8])),
-    )
+    d = VLMBenchConfig()
+    flags.DEFINE_string("home", d.home, "cache root (default $MLL_JAX_HOME or ~/.cache/mll_jax); uses <home>/vlm_offline")
+    flags.DEFINE_string("out_dir", d.out_dir, "where the table, json and figures go")
+    flags.DEFINE_integer("max_k", d.max_k, "largest number of VLMs per class", lower_bound=1)
+    flags.DEFINE_integer("random_draws", d.random_draws, "draws of the Random baseline per task and k", lower_bound=1)
+    flags.DEFINE_integer("test_per_class", d.test_per_class, "test images per task class (default: all)", lower_bound=1)
+    flags.DEFINE_float("alpha", d.alpha, "weight of a class's own F1 in the selection score", lower_bound=0, upper_bound=1)
+    flags.DEFINE_enum("descriptions", d.descriptions, ["none", "wordnet"],
+                      "class descriptions for matching: none (plain names) or the first WordNet noun sense")
+    flags.DEFINE_integer("top", d.top, "nodes matched per class (the paper: 5)", lower_bound=1)
+    flags.DEFINE_list("models", list(d.models), "restrict the hub to these model ids (default: all of VLM_SPECS)")
+    flags.DEFINE_bool("rebuild", d.rebuild, "retrain the VLMs")
+    flags.DEFINE_bool("with_experts", d.with_experts, "also run the expert benchmark's selection and the union "
+                      "experts + VLMs")
+    flags.DEFINE_integer("hub_orders", d.hub_orders, "random hub orders for the accuracy-vs-hub-size curve",
+                         lower_bound=1)
 
 
 def main(argv):
     del argv
-    import jax
+    from mll_jax.vlm.benchmark import VLMBenchConfig, run
 
-    from mll_jax import wordnet
-    from mll_jax.hub import ModelHub
-    from mll_jax.offline import data as fdata
-    from mll_jax.sdag import SDAG
-    from mll_jax.text import lemma_node_text
-    from mll_jax.utils import atomic_write_json, atomic_write_text, home
-    from mll_jax.vlm import core
-    from mll_jax.vlm.labels import VLMLabelStore, label_vlms, node_logits
-    from mll_jax.vlm.offline import VLM_SPECS, TextFeatures, train_vlm_hub
-    from mll_jax.vlm.select import class_descriptions, class_query_texts, reuse_scores, select_vlms
-
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
-    t_all = time.perf_counter()
-    root = home(FLAGS.home) / "vlm_offline"
-    out_dir = Path(FLAGS.out_dir)
-    timings = {}
-    wn = wordnet.get_wordnet()
-    data = fdata.load_fashion_mnist()
-    splits = fdata.make_splits(data.train_labels)
-    tf = TextFeatures()
-    specs = [s for s in VLM_SPECS if not FLAGS.models or s.model_id in FLAGS.models]
-    t0 = time.perf_counter()
-    vlms = train_vlm_hub(ModelHub(root / "hub"), data, splits, tf, specs, rebuild=FLAGS.rebuild)
-    timings["train_or_load_s"] = time.perf_counter() - t0
-    ids = [v.model_id for v in vlms]
-
-    t0 = time.perf_counter()
-    g = SDAG.from_wnids([c.wnid for c in fdata.CLASS_SYNSETS], wn=wn)
-    for w, imgs in fdata.node_data(data, splits).items():
-        g.set_images(w, imgs)
-    store = VLMLabelStore(root / "labels")
-    labels = label_vlms(store, g, vlms)
-    nlogits = {m: node_logits(store, labels[m]) for m in ids}
-    timings["label_s"] = time.perf_counter() - t0
-    nodes = list(labels[ids[0]].nodes)
-    node_emb = tf.encoder.encode([lemma_node_text(v, wn) for v in nodes])
-    sdag_acc = np.array([labels[m].sdag_accuracy for m in ids])
-    inb = int(core.inb_choice(np.full(len(ids), np.nan), sdag_acc))
-
-    t0 = time.perf_counter()
-    test_emb = {v.model_id: v.encode_images(data.test_images) for v in vlms}
-    timings["test_embed_s"] = time.perf_counter() - t0
-
-    tasks = list(fdata.TASKS) + list(extra_tasks())
-    bench = None
-    if FLAGS.with_experts:
-        from mll_jax.offline.benchmark import OfflineBenchmark
-
-        t0 = time.perf_counter()
-        bench = OfflineBenchmark(home=FLAGS.home, progress=False)
-        bench.build()
-        timings["expert_benchmark_build_s"] = time.perf_counter() - t0
-    rng_orders = np.random.default_rng(123)
-    orders = [rng_orders.permutation(len(ids)) for _ in range(FLAGS.hub_orders)]
-    results = []
-    key = jax.random.PRNGKey(0)
-    for task in tasks:
-        names = task.class_names
-        idx, y = fdata.task_test_set(task, data.test_images, data.test_labels, max_per_class=FLAGS.test_per_class)
-        logits = {v.model_id: v.logit_scale * test_emb[v.model_id][idx] @ v.encode_text([v.prompt(c) for c in names]).T
-                  for v in vlms}
-        single = np.array([float(np.mean(logits[m].argmax(1) == y)) for m in ids])
-        desc = class_descriptions(names, wn=wn) if FLAGS.descriptions == "wordnet" else None
-        class_emb = tf.encoder.encode(class_query_texts(names, desc))
-        row = {"task": task.name, "classes": names, "n_test": int(len(y)), "single": dict(zip(ids, single.tolist())),
-               "inb_model": ids[inb], "inb": float(single[inb]), "oracle_model": ids[int(single.argmax())],
-               "oracle": float(single.max()), "mean_single": float(single.mean()), "mll": {}, "mll_task": {},
-               "random": {}, "selection": {}}
-        for k in range(1, min(FLAGS.max_k, len(ids)) + 1):
-            sel = select_vlms(names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=k, alpha=FLAGS.alpha,
-                              top=FLAGS.top)
-            row["mll"][k] = float(np.mean(reuse_scores(sel, logits).argmax(1) == y))
-            sel_t = select_vlms(names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=k, alpha=FLAGS.alpha,
-                                top=FLAGS.top, scope="task", node_logits=nlogits)
-            row["mll_task"][k] = float(np.mean(reuse_scores(sel_t, logits).argmax(1) == y))
-            if k == 1:
-                row["selection_task"] = {c: sel_t.models_for(c) for c in names}
-            if k == 1:
-                row["selection"] = {c: sel.models_for(c) for c in names}
-                row["matches"] = {c: [(sel.nodes[j], round(float(w), 3)) for j, w in zip(sel.match_idx[i],
-                                  sel.match_weights[i])] for i, c in enumerate(names)}
-            accs = []
-            for _ in range(FLAGS.random_draws):
-                key, sub = jax.random.split(key)
-                rs = sel.with_chosen(np.asarray(core.random_topk(sub, len(ids), len(names), k)))
-                accs.append(float(np.mean(reuse_scores(rs, logits).argmax(1) == y)))
-            row["random"][k] = float(np.mean(accs))
-        allsel = sel.with_chosen(np.tile(np.arange(len(ids)), (len(names), 1)))
-        row["all_ensemble"] = float(np.mean(reuse_scores(allsel, logits).argmax(1) == y))
-        # accuracy vs hub size: MLL k=1 on the first n VLMs of random orders (oracle of the same sub-hub)
-        row["hub_size"] = {}
-        for n in range(1, len(ids) + 1):
-            accs, ors = [], []
-            for order in orders:
-                sub = [ids[i] for i in order[:n]]
-                s_n = select_vlms(names, {m: labels[m] for m in sub}, nodes, node_emb=node_emb, class_emb=class_emb,
-                                  k=1, alpha=FLAGS.alpha, top=FLAGS.top)
-                accs.append(float(np.mean(reuse_scores(s_n, logits).argmax(1) == y)))
-                ors.append(float(max(single[i] for i in order[:n])))
-            row["hub_size"][n] = {"mll": float(np.mean(accs)), "oracle": float(np.mean(ors))}
-        if bench is not None:
-            from mll_jax.offline.benchmark import evaluate_scores
-            from mll_jax.reuse import ensemble_scores
-            from mll_jax.vlm.system import patch_logits
-
-            sel1 = select_vlms(names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=1, alpha=FLAGS.alpha,
-                               top=FLAGS.top)
-            vlm_scores = reuse_scores(sel1, logits)
-            matches = bench.match(names)
-            esel = bench.select(names, matches)
-            if FLAGS.test_per_class is None:  # the benchmark's own (cached) test logits: the same images
-                yb, logits_fn, _ = bench.task_test(task)
-                if not np.array_equal(yb, y):
-                    raise RuntimeError(f"{task.name}: the expert benchmark's test set differs from this one")
-            else:  # a subsample of this script's: run the experts on exactly these images (logit cache)
-                def logits_fn(m, _imgs=data.test_images[idx]):
-                    return bench.expert(m).logits(_imgs)
-            elog = {m: logits_fn(m) for m in esel.used_model_ids}
-            cov = np.asarray(esel.covered)
-            e_only = ensemble_scores(esel, elog, len(y))
-            union = ensemble_scores(esel, elog, len(y), patch_logits(vlm_scores),
-                                    patch_mode=bench.mll_config.patch_mode, patch_weight=bench.mll_config.patch_weight)
-            row["experts"] = evaluate_scores(e_only, y, cov, patched=False)["acc_all"]  # uncovered count as wrong
-            row["union"] = evaluate_scores(union, y, cov, patched=True)["acc_all"]
-            row["expert_coverage"] = float(np.mean(cov[y]))
-            row["expert_selection"] = {c: (esel.expert_ids(i) if cov[i] else None) for i, c in enumerate(names)}
-        results.append(row)
-        print(f"{task.name:28s} MLL k=1 {row['mll'][1]:.3f} task-scope {row['mll_task'][1]:.3f}  "
-              f"INB {row['inb']:.3f}  oracle {row['oracle']:.3f} "
-              f"({row['oracle_model']})  sel {row['selection']}", flush=True)
-    timings["total_s"] = time.perf_counter() - t_all
-
-    ks = sorted(results[0]["mll"])
-    mean = lambda f: float(np.mean([f(r) for r in results]))  # noqa: E731
-    summary = {"mll": {k: mean(lambda r: r["mll"][k]) for k in ks},
-               "mll_task": {k: mean(lambda r: r["mll_task"][k]) for k in ks},
-               "random": {k: mean(lambda r: r["random"][k]) for k in ks},
-               "inb": mean(lambda r: r["inb"]), "oracle": mean(lambda r: r["oracle"]),
-               "mean_single": mean(lambda r: r["mean_single"]), "all_ensemble": mean(lambda r: r["all_ensemble"]),
-               "hub_size": {n: {key: mean(lambda r: r["hub_size"][n][key]) for key in ("mll", "oracle")}
-                            for n in results[0]["hub_size"]}}
-    if bench is not None:
-        summary.update(experts=mean(lambda r: r["experts"]), union=mean(lambda r: r["union"]),
-                       expert_coverage=mean(lambda r: r["expert_coverage"]))
-    hub_info = [{"model_id": v.model_id, "arch": v.spec.arch,
-                 "classes": [fdata.FMNIST_CLASSES[c] for c in v.spec.classes],
-                 "per_class": v.spec.per_class, "steps": v.spec.steps, "width": v.spec.width, "dim": v.spec.dim,
-                 "sdag_accuracy": float(a), "logit_scale": v.logit_scale} for v, a in zip(vlms, sdag_acc)]
-    doc = {"config": {"alpha": FLAGS.alpha, "top": FLAGS.top, "max_k": FLAGS.max_k, "random_draws": FLAGS.random_draws,
-                      "test_per_class": FLAGS.test_per_class, "descriptions": FLAGS.descriptions,
-                      "with_experts": FLAGS.with_experts, "hub_orders": FLAGS.hub_orders},
-           "hub": hub_info, "tasks": results, "summary": summary, "timings_s": timings}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "vlm_offline.json", doc, default=str)
-
-    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    head = (["task"] + [f"MLL k={k}" for k in ks] + [f"MLL-task k={k}" for k in ks] + [f"Random k={k}" for k in ks] +
-            ["INB", "mean single", "oracle", "all-ensemble"] +
-            (["experts (cov.)", "experts + VLMs"] if bench is not None else []))
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results + [dict(task="**mean**", mll=summary["mll"], mll_task=summary["mll_task"],
-                             random=summary["random"], inb=summary["inb"],
-                             mean_single=summary["mean_single"], oracle=summary["oracle"],
-                             all_ensemble=summary["all_ensemble"], experts=summary.get("experts"),
-                             union=summary.get("union"), expert_coverage=summary.get("expert_coverage"))]:
-        cells = [r["task"]] + [pct(r["mll"][k]) for k in ks] + [pct(r["mll_task"][k]) for k in ks] + \
-                [pct(r["random"][k]) for k in ks] + \
-                [pct(r["inb"]), pct(r["mean_single"]), pct(r["oracle"]), pct(r["all_ensemble"])]
-        if bench is not None:
-            cells += [f"{pct(r['experts'])} ({pct(r['expert_coverage'])})", pct(r["union"])]
-        lines.append("| " + " | ".join(cells) + " |")
-    sel_lines = [f"- **{r['task']}**: all-node scope: "
-                 + "; ".join(f"{c} -> {', '.join(m)}" for c, m in r["selection"].items())
-                 + ". Task scope: " + "; ".join(f"{c} -> {', '.join(m)}" for c, m in r["selection_task"].items())
-                 + f". (INB: {r['inb_model']}, oracle: {r['oracle_model']})" for r in results]
-    hub_lines = ["| model | arch | trained classes | imgs/class | steps | width | dim | SDAG acc |", "|" + "---|" * 8]
-    hub_lines += [f"| {h['model_id']} | {h['arch']} | {', '.join(h['classes'])} | {h['per_class']} | {h['steps']} | "
-                  f"{h['width']} | {h['dim']} | {pct(h['sdag_accuracy'])} |" for h in hub_info]
-    md = ["# Offline VLM benchmark (measured)", "",
-          f"Top-1 accuracy (%) on the official Fashion-MNIST test images of each task; alpha={FLAGS.alpha}, "
-          f"top-{FLAGS.top} nodes per class, "
-          f"Random = mean of {FLAGS.random_draws} draws; descriptions={FLAGS.descriptions}. "
-          f"Total run time {timings['total_s']:.0f} s (train/load {timings['train_or_load_s']:.0f} s, "
-          f"label {timings['label_s']:.0f} s).", "", *lines, "", "## Hub", "", *hub_lines, "",
-          "## Accuracy vs hub size (MLL-VLM k=1)", "",
-          f"Mean over {FLAGS.hub_orders} random hub orders and the {len(results)} tasks; the hub is the first n VLMs "
-          "of each order.", "",
-          "| n VLMs | " + " | ".join(str(n) for n in summary["hub_size"]) + " |",
-          "|---|" + "---|" * len(summary["hub_size"]),
-          "| MLL-VLM k=1 | " + " | ".join(pct(v["mll"]) for v in summary["hub_size"].values()) + " |",
-          "| oracle single VLM of the sub-hub | " + " | ".join(pct(v["oracle"]) for v in summary["hub_size"].values())
-          + " |", "",
-          "## Selected VLMs (k=1)", "", *sel_lines, ""]
-    atomic_write_text(out_dir / "vlm_offline.md", "\n".join(md))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.0, 3.8))
-    ax.plot(ks, [100 * summary["mll"][k] for k in ks], "o-", label="MLL-VLM (labels among all nodes)")
-    ax.plot(ks, [100 * summary["mll_task"][k] for k in ks], "^-", label="MLL-VLM (task-scoped labels)")
-    ax.plot(ks, [100 * summary["random"][k] for k in ks], "s--", label="Random (same k, same reuse)")
-    for name, style in (("oracle", ":"), ("inb", "-."), ("mean_single", "--"), ("all_ensemble", "-")):
-        ax.axhline(100 * summary[name], ls=style, color="gray" if name != "oracle" else "k", lw=1,
-                   label={"oracle": "oracle single VLM", "inb": "INB (best SDAG acc.)",
-                          "mean_single": "random single VLM (expected)", "all_ensemble": "ensemble of all VLMs"}[name])
-    ax.set_xlabel("k (VLMs selected per class)")
-    ax.set_ylabel(f"mean top-1 accuracy over {len(results)} tasks (%)")
-    ax.set_xticks(ks)
-    if bench is not None:
-        ax.axhline(100 * summary["union"], ls="-", color="tab:red", lw=1, label="experts + MLL-VLM patch")
-        ax.axhline(100 * summary["experts"], ls="--", color="tab:red", lw=1, label="experts only (uncovered wrong)")
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "vlm_accuracy_vs_k.png", dpi=120)
-    plt.close(fig)
-    hs = sorted(summary["hub_size"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(hs, [100 * summary["hub_size"][n]["mll"] for n in hs], "o-", label="MLL-VLM k=1")
-    ax.plot(hs, [100 * summary["hub_size"][n]["oracle"] for n in hs], "k:", label="oracle single VLM of the sub-hub")
-    ax.set_xlabel("VLMs in the hub (first n of a random order)")
-    ax.set_ylabel(f"mean top-1 accuracy over {len(results)} tasks (%)")
-    ax.set_title(f"mean over {FLAGS.hub_orders} random hub orders", fontsize=8)
-    ax.set_xticks(hs)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out_dir / "vlm_accuracy_vs_hub_size.png", dpi=120)
-    print(json.dumps(summary, indent=1, default=str))
-    print(f"total {timings['total_s']:.1f}s")
+    run(VLMBenchConfig(home=FLAGS.home, out_dir=FLAGS.out_dir, max_k=FLAGS.max_k, random_draws=FLAGS.random_draws,
+                       test_per_class=FLAGS.test_per_class, alpha=FLAGS.alpha, descriptions=FLAGS.descriptions,
+                       top=FLAGS.top, models=tuple(FLAGS.models), rebuild=FLAGS.rebuild,
+                       with_experts=FLAGS.with_experts, hub_orders=FLAGS.hub_orders))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

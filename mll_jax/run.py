@@ -117,6 +117,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, module_name: str | None 
     flags.DEFINE_list("hf_models", [], "Hugging Face Flax image classifiers for the hub (names or dirs)", **kw)
     flags.DEFINE_integer("image_size", 224, "folder benchmark: images are resized/cropped to this size",
                          lower_bound=8, **kw)
+    flags.DEFINE_bool("vlm", True, "after the offline expert benchmark, run the offline VLM benchmark (MLL for "
+                      "vision-language models; tables and figures in <home>/vlm_offline/results); --novlm skips it",
+                      **kw)
     flags.DEFINE_string("output_json", None, "write the results as JSON here (default: <home>/<bench>/results.json)",
                         **kw)
     flags.DEFINE_bool("progress", True, "show progress bars", **kw)
@@ -262,6 +265,19 @@ def main(argv) -> int:
 
     atomic_write_json(out, payload)
     print(f"results written to {out}")
+    from mll_jax.offline.benchmark import OfflineBenchmark
+
+    if FLAGS.vlm and isinstance(bench, OfflineBenchmark):
+        from mll_jax.utils import home
+        from mll_jax.vlm.benchmark import VLMBenchConfig, run as run_vlm
+
+        print("\nMLL for vision-language models (offline VLM benchmark; --novlm skips it)", flush=True)
+        t2 = time.perf_counter()
+        vdir = home(config.home) / "vlm_offline" / "results"
+        run_vlm(VLMBenchConfig(home=config.home, out_dir=str(vdir), test_per_class=config.test_per_class,
+                               rebuild=config.rebuild))
+        print(f"VLM benchmark: {time.perf_counter() - t2:.1f}s, results in {vdir}; total "
+              f"{time.perf_counter() - t0:.1f}s")
     return 0
 
 
