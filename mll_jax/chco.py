@@ -757,7 +757,11 @@ def solve_batch(
         # models). Most models certify within ~11 iterations; the few left keep a whole vmapped chunk
         # iterating (and backtracking), so they are better re-packed into a small chunk early. fista
         # keeps 25: every round resets its momentum.
-        round_iter = {"head": 8, "pgd": 12}.get(method, 25)
+        # pgd: 100 since chunks are cache-sized (a few models each), so a straggler no longer holds up a
+        # large chunk, while every warm restart costs iterations (measured, C = 50, CPU time: synthetic
+        # H = 1000 54.4 -> 41.1 ms/model, 19.0 -> 14.4 iterations; real experts 346 -> 161 ms/model and
+        # 35% -> 63% certified in float32, going from 12 to 100).
+        round_iter = {"head": 8, "pgd": 100}.get(method, 25)
     round_iter = min(round_iter, max_iter)
     M = len(arrays)
     X_cur = [np.full(A.shape, 1.0 / C, dtype) for A in arrays]
