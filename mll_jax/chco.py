@@ -753,11 +753,9 @@ def solve_batch(
     if max_iter is None:
         max_iter = 200 if method == "head" else 500
     if round_iter is None:
-        # pgd: 12 (measured on M=512, H=1000, C=10: 25 -> 22.5 s, 12 -> 7.9 s; C=50: 31.4 -> 24.3 s for 256
-        # models). Most models certify within ~11 iterations; the few left keep a whole vmapped chunk
-        # iterating (and backtracking), so they are better re-packed into a small chunk early. fista
-        # keeps 25: every round resets its momentum.
-        # pgd: 100 since chunks are cache-sized (a few models each), so a straggler no longer holds up a
+        # Rounds re-pack unconverged models so that stragglers do not keep a large vmapped chunk
+        # iterating (with 256-model chunks, pgd used rounds of 12). fista keeps 25: every round resets
+        # its momentum. pgd: 100 since chunks are cache-sized (a few models each), so a straggler no longer holds up a
         # large chunk, while every warm restart costs iterations (measured, C = 50, CPU time: synthetic
         # H = 1000 54.4 -> 41.1 ms/model, 19.0 -> 14.4 iterations; real experts 346 -> 161 ms/model and
         # 35% -> 63% certified in float32, going from 12 to 100).
