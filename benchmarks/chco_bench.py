@@ -45,6 +45,12 @@ flags.DEFINE_integer("cvxpy_sample", 3, "models solved by cvxpy (0 to skip)")
 flags.DEFINE_integer("cvxpy_max_entries", 20000,
                      "skip the cvxpy baseline above this H*C (Clarabel: ~45 s for one 120x50 instance)")
 flags.DEFINE_integer("seed", 0, "random seed")
+flags.DEFINE_bool("real", False, "also solve real instances: label matrices of the offline experts "
+                  "(EfficientNet-Lite0/1/2, CIFAR-10 CNN) on the foolbox sample images, one node per "
+                  "(dataset, class); the first run labels them (about a minute) and caches them under "
+                  "$MLL_JAX_HOME/chco_bench/")
+flags.DEFINE_integer("real_draws", 100, "random draws of C target nodes per expert (--real)")
+flags.DEFINE_bool("synthetic", True, "run the synthetic instances")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -65,6 +71,98 @@ def make_instance(rng, H, C, kind):
     elif kind == "scaled":
         S *= 5.0
     return S.astype(np.float32)
+
+
+def real_label_matrices():
+    """``{expert_id: L}`` with ``L`` (nodes, heads) float32: mean logits of each offline expert on the
+    images of each node, a node being one (dataset, class) group of the foolbox sample images
+    (ImageNet, CIFAR-10, CIFAR-100, Fashion-MNIST, MNIST; grayscale images are converted to RGB).
+    These are leaf-node labels (Eq. 1) on real images; no SDAG propagation. Cached as .npy files."""
+    import importlib.util
+
+    import numpy as np
+    from PIL import Image
+
+    from mll_jax.utils import atomic_save_npy, home
+
+    cache = home() / "chco_bench" / "real_labels"
+    spec = importlib.util.find_spec("foolbox")  # locate only (importing foolbox needs eagerpy)
+    if spec is None or spec.origin is None:
+        raise SystemExit("--real needs the PyPI package foolbox (its sample images)")
+    data = os.path.join(os.path.dirname(spec.origin), "data")
+    groups: dict = {}
+    for f in sorted(os.listdir(data)):
+        if f.endswith((".png", ".jpg")):
+            ds, _, cls = f.rsplit(".", 1)[0].split("_")
+            groups.setdefault(f"{ds}/{cls}", []).append(f)
+    nodes = sorted(groups)
+    from mll_jax.hub import ModelHub
+
+    hub = None
+    out = {}
+    for mid in ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "cifar10-cnn"):
+        path = cache / f"{mid}.npy"
+        if path.is_file():
+            out[mid] = np.load(path)
+            continue
+        if hub is None:
+            hub = ModelHub.with_offline_experts(home() / "chco_bench" / "hub")
+        if mid not in hub.ids():
+            print(f"  (expert {mid} not installed; skipped)")
+            continue
+        model = hub.load(mid)
+        # One forward pass per image size (few compilations), then the mean over each node's images.
+        by_shape: dict = {}
+        for f in sorted(f for n in nodes for f in groups[n]):
+            img = np.asarray(Image.open(os.path.join(data, f)).convert("RGB"), np.uint8)
+            by_shape.setdefault(img.shape, []).append((f, img))
+        logits = {}
+        for items in by_shape.values():
+            out_l = np.asarray(model.logits(np.stack([im for _, im in items])), np.float64)
+            logits.update(zip([f for f, _ in items], out_l))
+        out[mid] = np.asarray([np.mean([logits[f] for f in groups[n]], 0) for n in nodes], np.float32)
+        atomic_save_npy(path, out[mid])
+    return nodes, out
+
+
+def run_real(C, kw):
+    import numpy as np
+
+    from mll_jax import chco
+
+    nodes, mats = real_label_matrices()
+    if C > len(nodes):
+        print(f"\n=== real instances, C={C}: skipped, only {len(nodes)} labelled nodes ===")
+        return
+    rng = np.random.default_rng(FLAGS.seed + 7 * C)
+    Ss, owner = [], []
+    for mid, L in mats.items():
+        for _ in range(FLAGS.real_draws):
+            Ss.append(np.ascontiguousarray(L[rng.choice(len(nodes), C, replace=False)].T))
+            owner.append(mid)
+    owner = np.array(owner)
+    M = len(Ss)
+    print(f"\n=== real instances: C={C}, {FLAGS.real_draws} random draws of C of {len(nodes)} nodes "
+          f"for each of {len(mats)} experts (M={M}) ===")
+    chco.solve_batch(Ss, **kw)  # compilation
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = chco.solve_batch(Ss, **kw)
+    t_run, c_run = time.perf_counter() - t0, time.process_time() - c0
+    print(f"mll_jax: {t_run:.2f} s (CPU time {c_run:.2f} s) for {M} models; converged {res.converged.mean() * 100:.1f}%")
+    for mid in mats:
+        sel = owner == mid
+        print(f"  {mid} (H={mats[mid].shape[1]}): iterations mean {res.iterations[sel].mean():.1f} / max "
+              f"{res.iterations[sel].max()}, converged {res.converged[sel].mean() * 100:.0f}%, "
+              f"objective median {np.median(res.objective[sel]):.3g}")
+    n = min(FLAGS.naive_sample, M)
+    if n:
+        idx = np.linspace(0, M - 1, n).astype(int)
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = [np_fista(Ss[i], FLAGS.tol, FLAGS.naive_max_iter, True) for i in idx]
+        dt, cdt = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+        print(f"  baseline NumPy loop, preconditioned FISTA on {n} of them: {dt:.4f} s/model, iterations mean "
+              f"{np.mean([o[1] for o in out]):.0f}; mll_jax speed-up x{M / t_run * dt:.3g} (wall), "
+              f"x{M / c_run * cdt:.3g} (CPU time)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -184,6 +282,12 @@ def measure_peaks():
     return flops, bw
 
 
+def _default_chunk_bytes(chco):
+    import inspect
+
+    return inspect.signature(chco.solve_batch).parameters["max_chunk_bytes"].default
+
+
 def _timed(fn):
     t = time.perf_counter()
     fn()
@@ -221,6 +325,11 @@ def main(argv):
     print(f"machine: matmul {peak_flops / 1e9:.1f} GFLOP/s (f32 2048^3), read bandwidth {peak_bw / 1e9:.1f} GB/s")
 
     for C in [int(c) for c in FLAGS.classes]:
+        if FLAGS.real:
+            run_real(C, dict(method=FLAGS.method, tol=FLAGS.tol, dtype=dtype, progress=False,
+                             chunk_size=FLAGS.chunk_size or None))
+        if not FLAGS.synthetic:
+            continue
         M, H = FLAGS.models, FLAGS.heads
         rng = np.random.default_rng(FLAGS.seed + C)
         Ss = [make_instance(rng, H, C, KINDS[i % 3]) for i in range(M)]
@@ -229,16 +338,16 @@ def main(argv):
         print(f"\n=== M={M} H={H} C={C} ===")
         # Warm-up: one chunk of the main shape (compilation). Smaller re-packed chunks of later rounds
         # compile during the timed run, which is included in it.
-        cs = FLAGS.chunk_size or chco._chunk_size(M, chco._bucket(H), C, np.dtype(dtype).itemsize, None, 256 * 2**20)
+        cs = FLAGS.chunk_size or chco._chunk_size(M, chco._bucket(H), C, np.dtype(dtype).itemsize, None, _default_chunk_bytes(chco))
         t0 = time.perf_counter()
         chco.solve_batch(Ss[:cs], **kw)
         t_first = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = chco.solve_batch(Ss, **kw)
-        t_run = time.perf_counter() - t0
-        rate = M / t_run
+        t_run, c_run = time.perf_counter() - t0, time.process_time() - c0
+        rate, c_rate = M / t_run, M / c_run
         print(f"mll_jax: {t_run:.2f} s for {M} models = {rate:.1f} models/s "
-              f"(warm-up chunk incl. compilation {t_first:.1f} s); converged {res.converged.mean() * 100:.1f}%; "
+              f"(CPU time {c_run:.2f} s; warm-up chunk incl. compilation {t_first:.1f} s); converged {res.converged.mean() * 100:.1f}%; "
               f"iterations mean {res.iterations.mean():.1f} / max {res.iterations.max()}")
         flops, bytes_ = work_model(res.iterations.sum(), H, C, np.dtype(dtype).itemsize)
         print(f"  achieved {flops / t_run / 1e9:.2f} GFLOP/s = {flops / t_run / peak_flops * 100:.1f}% of matmul peak; "
@@ -261,14 +370,15 @@ def main(argv):
         if n_naive:
             sample = [Ss[i] for i in np.linspace(0, M - 1, n_naive).astype(int)]
             for label, pre in (("NumPy loop, textbook FISTA", False), ("NumPy loop, preconditioned FISTA", True)):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 out = [np_fista(S, FLAGS.tol, FLAGS.naive_max_iter, pre) for S in sample]
                 dt = (time.perf_counter() - t0) / n_naive
+                cdt = (time.process_time() - c0) / n_naive
                 its = np.array([o[1] for o in out])
                 capped = int((its >= FLAGS.naive_max_iter).sum())
                 print(f"  baseline {label}: {dt:.3f} s/model ({1 / dt:.2f} models/s), iterations mean "
                       f"{its.mean():.0f}{f', {capped} hit the cap' if capped else ''}; "
-                      f"mll_jax speed-up x{rate * dt:.3g}")
+                      f"mll_jax speed-up x{rate * dt:.3g} (wall), x{c_rate * cdt:.3g} (CPU time)")
         n_cvx = min(FLAGS.cvxpy_sample, M)
         if n_cvx and H * C > FLAGS.cvxpy_max_entries:
             print(f"  baseline cvxpy+Clarabel: skipped, H*C = {H * C} > --cvxpy_max_entries="
