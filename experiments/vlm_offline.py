@@ -2,28 +2,8 @@
 
     MLL_JAX_HOME=... python experiments/vlm_offline.py --out_dir=docs/vlm
 
-1. Trains (or reuses from ``<home>/vlm_offline/hub``) the dual encoders of :data:`mll_jax.vlm.offline.VLM_SPECS`
-   on the expert-pool split.
-2. Builds the SDAG (the ten Fashion-MNIST class synsets, 50 SDAG-split images each) and labels every VLM over it
-   (:func:`mll_jax.vlm.labels.label_vlm`, resumable store ``<home>/vlm_offline/labels``).
-3. For every task (``mll_jax.offline.data.TASKS`` + :data:`EXTRA_TASKS`, natural names, the official test split):
-   top-1 accuracy of MLL-VLM (k = 1..max_k; selection from the labels only; with the stored labels among all
-   nodes, and task-scoped: prediction among the nodes the task matched, the authors' rule), Random (k VLMs drawn
-   per class,
-   mean over ``--random_draws`` draws, same reuse), INB (single VLM with the best ImageNet accuracy from metadata;
-   the offline hub has none, so the best zero-shot accuracy on the SDAG images), the mean single VLM (= expected
-   accuracy of a uniformly random single VLM), the oracle single best VLM on the task, and the entropy-weighted
-   ensemble of all VLMs.
-4. With ``--with_experts`` (default): the expert benchmark (:class:`mll_jax.offline.benchmark.OfflineBenchmark`,
-   its trained experts and labels; trained on first use under the same home, or reused from its cache) gives
-   per task the expert selection (CHCO, its default config); "experts" is its Acc(a) (uncovered classes count as
-   wrong) and "union" serves the classes the experts do not cover with the MLL-VLM k=1 ensemble as the patch
-   (:func:`mll_jax.vlm.system.patch_logits`, the rule of ``MLL.classifier(models="both")``).
-5. Accuracy vs hub size: MLL-VLM k=1 with the hub restricted to its first n VLMs in ``--hub_orders`` random
-   orders (mean over orders and tasks), with the oracle single VLM of the same sub-hub for reference.
-
-Writes ``vlm_offline.json``, ``vlm_offline.md``, ``vlm_accuracy_vs_k.png`` and ``vlm_accuracy_vs_hub_size.png``
-to ``--out_dir``.
+What it runs and writes: :mod:`mll_jax.vlm.benchmark` (this script only parses the flags; the main command
+``python -m mll_jax.run`` runs the same benchmark after the expert one).
 """
 
 from __future__ import annotations

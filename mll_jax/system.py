@@ -684,6 +684,12 @@ class Classifier:
                 r["served_by"] = "patch" if self.patch is not None else "nobody (no patch: never predicted)"
         return rows
 
+    #: prefix of an expert's line in :meth:`explain_text` (subclasses that mix model kinds set it)
+    _expert_prefix = ""
+
+    def _uncovered_text(self, row: dict) -> str:
+        return f"    uncovered: {row['uncovered']}; served by {row['served_by']}"
+
     def explain_text(self) -> str:
         lines = []
         for r in self.explain():
@@ -691,9 +697,9 @@ class Classifier:
             lines.append(f"{r['class']!r} -> {node}")
             for e in r["experts"]:
                 heads = ", ".join(f"{h['name'] or h['head']} {h['weight']:.2f}" for h in e["heads"])
-                lines.append(f"    {e['model']}: loss {e['loss']:.3f}; heads: {heads}")
+                lines.append(f"    {self._expert_prefix}{e['model']}: loss {e['loss']:.3f}; heads: {heads}")
             if r["uncovered"]:
-                lines.append(f"    uncovered: {r['uncovered']}; served by {r['served_by']}")
+                lines.append(self._uncovered_text(r))
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ persistence

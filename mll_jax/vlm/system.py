@@ -542,18 +542,11 @@ class BothClassifier(Classifier):
                 r["served_by"] = "experts"
         return rows
 
-    def explain_text(self) -> str:
-        lines = []
-        for r in self.explain():
-            node = f"{r['node']} (similarity {r['similarity']:.2f})" if r["node"] else "no node"
-            lines.append(f"{r['class']!r} -> {node}")
-            for e in r["experts"]:
-                heads = ", ".join(f"{h['name'] or h['head']} {h['weight']:.2f}" for h in e["heads"])
-                lines.append(f"    expert {e['model']}: loss {e['loss']:.3f}; heads: {heads}")
-            if r["uncovered"]:
-                lines.append(f"    not covered by experts ({r['uncovered']}); served by VLMs: "
-                             + ", ".join(f"{v['model']} (F1 {v['f1']:.3f})" for v in r["vlms"]))
-        return "\n".join(lines)
+    _expert_prefix = "expert "
+
+    def _uncovered_text(self, row: dict) -> str:
+        return (f"    not covered by experts ({row['uncovered']}); served by VLMs: "
+                + ", ".join(f"{v['model']} (F1 {v['f1']:.3f})" for v in row["vlms"]))
 
     def save(self, path) -> Path:
         """:meth:`Classifier.save` plus the VLM selection and its VLMs' fingerprints / label keys."""
