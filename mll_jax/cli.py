@@ -117,6 +117,8 @@ def define_classify_flags(fv: flags.FlagValues = FLAGS, module_name: str | None 
       lower_bound=1)
     d("string", "beta", None, f"CHCO loss threshold, a number or 'none' (default: the system's, {DEFAULT_BETA})")
     d("enum", "scorer", None, "expert scorer (default: the system's, chco)", enum_values=list(SCORERS))
+    d("enum", "models", "experts", "which models serve the task: experts, vlms (the hub's VLMs), or both (experts "
+      "where they cover a class, the VLM ensemble elsewhere)", enum_values=["experts", "vlms", "both"])
     d("integer", "image_size", 224, "images are decoded to this size (shorter side, bicubic, centre crop); "
       "0: keep their size (then all must have the same size)", lower_bound=0)
 
@@ -242,7 +244,7 @@ def cmd_hub_add(argv) -> int:
 
     models = list(argv[1:])
     if not models:
-        raise _Usage(f"hub add needs a MODEL: a shipped expert ({', '.join(sorted(SHIPPED_EXPERTS))}) or "
+        raise _Usage(f"hub add needs a MODEL: a shipped expert ({', '.join(sorted(SHIPPED_EXPERTS))}), vlm:<CLIP> or "
                      "hf:<name or directory>")
     if FLAGS.model_id is not None and len(models) > 1:
         raise _Usage("--model_id names one model; add the models one at a time")
@@ -250,14 +252,16 @@ def cmd_hub_add(argv) -> int:
         if m in SHIPPED_EXPERTS:
             if FLAGS.resolution is not None and SHIPPED_EXPERTS[m][0] != "efficientnet_lite":
                 raise _Usage(f"--resolution applies to the EfficientNet-Lite experts, not {m!r}")
-        elif m.startswith("hf:"):
-            if not m[3:]:
-                raise _Usage("hf: needs a model name or directory, e.g. hf:google/vit-base-patch16-224")
+        elif m.startswith(("hf:", "vlm:")):
+            kind = m.split(":", 1)[0]
+            if not m[len(kind) + 1:]:
+                raise _Usage(f"{kind}: needs a model name or directory, e.g. "
+                             + ("hf:google/vit-base-patch16-224" if kind == "hf" else "vlm:openai/clip-vit-base-patch32"))
             if FLAGS.resolution is not None:
-                raise _Usage("--resolution applies to the EfficientNet-Lite experts, not hf: models")
+                raise _Usage(f"--resolution applies to the EfficientNet-Lite experts, not {kind}: models")
         else:
-            raise _Usage(f"unknown model {m!r}: give a shipped expert ({', '.join(sorted(SHIPPED_EXPERTS))}) or "
-                         "hf:<name or directory>")
+            raise _Usage(f"unknown model {m!r}: give a shipped expert ({', '.join(sorted(SHIPPED_EXPERTS))}), "
+                         "hf:<name or directory> (an image classifier) or vlm:<name or directory> (a CLIP model)")
     mll = _open()
     for m in models:
         model_id = FLAGS.model_id
@@ -267,8 +271,14 @@ def cmd_hub_add(argv) -> int:
                 raise _Usage(f"{local} is not a Hugging Face model directory (no config.json)")
             m, model_id = f"hf:{local}", model_id or local.name
         had = set(mll.model_ids())
-        mid = mll.add_model(m, model_id=model_id, resolution=FLAGS.resolution, batch_size=FLAGS.batch_size,
-                            overwrite=FLAGS.overwrite)
+        if m.startswith("vlm:"):
+            src = m[4:]
+            if Path(src).expanduser().is_dir():  # a local checkpoint: stored absolute
+                src = str(Path(src).expanduser().absolute())
+            mid = mll.add_vlm(src, model_id=model_id, overwrite=FLAGS.overwrite, batch_size=FLAGS.batch_size)
+        else:
+            mid = mll.add_model(m, model_id=model_id, resolution=FLAGS.resolution, batch_size=FLAGS.batch_size,
+                                overwrite=FLAGS.overwrite)
         what = "already in the hub" if mid in had and not FLAGS.overwrite else "added"
         print(f"{mid}: {what} (run `mll-jax label --root={FLAGS.root}` to label it)")
     return 0
@@ -381,7 +391,9 @@ def _write_output(path: Path, rows, names, clf, explain) -> None:
     from mll_jax.utils import atomic_write_text
 
     if path.suffix.lower() == ".json":
-        payload = {"classes": names, "models": list(clf.selection.used_model_ids), "predictions": rows}
+        sel = clf.selection
+        used = sel.used_model_ids if hasattr(sel, "used_model_ids") else sel.used_models
+        payload = {"classes": names, "models": list(used), "predictions": rows}
         if explain:
             payload["explain"] = clf.explain()
         atomic_write_text(path, json.dumps(_plain(payload), indent=1, allow_nan=False))
@@ -432,7 +444,7 @@ def cmd_classify(argv) -> int:
         if beta != "config":
             overrides["beta"] = beta
         _status(f"building the classifier: matching {len(names)} classes to SDAG nodes, selecting experts")
-        clf = mll.classifier(names, scorer=FLAGS.scorer, **overrides)
+        clf = mll.classifier(names, scorer=FLAGS.scorer, models=FLAGS.models, **overrides)
         _status(repr(clf))
     if FLAGS.save_classifier:
         clf.save(FLAGS.save_classifier)
@@ -458,7 +470,7 @@ def cmd_bench(argv) -> int:
 COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("sdag build", "create or extend the system's SDAG (WordNet nodes) and its node images",
             "", define_sdag_build_flags, cmd_sdag_build),
-    Command("hub add", "register a model: a shipped expert or hf:<name or dir>", "MODEL",
+    Command("hub add", "register a model: a shipped expert, hf:<name or dir> or vlm:<CLIP name or dir>", "MODEL",
             define_hub_add_flags, cmd_hub_add),
     Command("hub list", "list the hub's models (id, kind, heads, labelled / stale / unlabelled)", "",
             define_hub_list_flags, cmd_hub_list),

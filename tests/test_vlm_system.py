@@ -229,3 +229,47 @@ def test_offline_dual_encoder_kind(tmp_path):
         np.testing.assert_array_equal(clf.predict(imgs), lg.argmax(1))  # one VLM: its own zero-shot argmax
     finally:
         vsys.use_text_features(None)
+
+
+def test_cli_serves_vlms(tiny_clip_dir, tmp_path):
+    """`mll-jax hub add vlm:<dir>`, `label`, `classify --models=vlms` (subprocesses) equal the API on the same root."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), MLL_JAX_HOME=str(tmp_path / "home"))
+    folder = tmp_path / "nodes"
+    for i, w in enumerate(WNIDS):
+        (folder / w).mkdir(parents=True)
+        for j, img in enumerate(_images(i, 3, 10 + i)):
+            Image.fromarray(img).save(folder / w / f"{j}.png")
+    test_files = []
+    for i, img in enumerate(np.concatenate([_images(0, 2, 50), _images(1, 2, 51)])):
+        test_files.append(tmp_path / f"t{i}.png")
+        Image.fromarray(img).save(test_files[-1])
+
+    def cli(*args):
+        p = subprocess.run([sys.executable, "-m", "mll_jax.cli", *map(str, args), "--noprogress"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, f"{args}\n{p.stdout}\n{p.stderr[-2000:]}"
+        return p.stdout
+
+    cli("sdag", "build", "--root=mll", f"--wnids={','.join(WNIDS)}", f"--images={folder}", f"--image_size={SIZE}")
+    assert "clip-a: added" in cli("hub", "add", "--root=mll", f"vlm:{tiny_clip_dir}", "--model_id=clip-a",
+                                  "--batch_size=8")
+    cli("label", "--root=mll")
+    cli("classify", "--root=mll", "--classes=jersey,trousers", "--models=vlms", "--output=pred.json",
+        "--image_size=0", *test_files)
+    got = json.loads((tmp_path / "pred.json").read_text())
+    mll = MLL.open(tmp_path / "mll", config=MLLConfig(progress=False), text_cache=tmp_path / "home" / "text_cache")
+    assert mll.vlm_ids() == ["clip-a"] and mll.stale_vlms() == []
+    clf = mll.classifier(["jersey", "trousers"], models="vlms")
+    imgs = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in test_files])
+    assert got["models"] == ["clip-a"]
+    assert [r["index"] for r in got["predictions"]] == clf.predict(imgs).tolist()
+    np.testing.assert_allclose([r["scores"] for r in got["predictions"]], clf.scores(imgs), rtol=1e-5, atol=1e-6)

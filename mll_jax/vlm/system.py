@@ -449,11 +449,19 @@ class VLMClassifier:
     def scores(self, images) -> np.ndarray:
         return self._patch.scores(images)
 
-    def predict(self, images) -> np.ndarray:
-        return np.argmax(self.scores(images), axis=1)
+    #: display setting (the VLM ensemble shows no progress bar)
+    progress = False
 
-    def predict_names(self, images) -> list[str]:
-        return [self.class_names[i] for i in self.predict(images)]
+    def predict(self, images) -> np.ndarray:
+        return self.predictions(self.scores(images))
+
+    def predictions(self, scores) -> np.ndarray:
+        """:meth:`predict`'s rule on scores already computed: argmax, -1 where a row is not finite."""
+        s = np.asarray(scores)
+        return np.where(np.isfinite(s).all(axis=1), np.argmax(np.nan_to_num(s, nan=-np.inf), axis=1), -1)
+
+    def predict_names(self, images) -> list[str | None]:
+        return [self.class_names[i] if i >= 0 else None for i in self.predict(images)]
 
     def explain(self) -> list[dict]:
         """Per class: ``served_by="vlms"``, the matched nodes (weights, similarities) and the VLMs with F1 / r."""
