@@ -74,7 +74,9 @@ def fake_torch():
                 sys.modules[k] = v
 
 
-def write(path, obj, *, legacy, views=None) -> None:
+def write(path, obj, *, legacy=False, views=None) -> None:
+    """``torch.save``-compatible file (legacy or zip layout) for an object whose tensors are :class:`Tensor`s
+    (also the writer of tests/test_models.py)."""
     with fake_torch() as torch:
         storages = {}
 
@@ -90,7 +92,8 @@ def write(path, obj, *, legacy, views=None) -> None:
 
         if legacy:
             with open(path, "wb") as f:
-                for o in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True}):
+                for o in (LEGACY_MAGIC, LEGACY_PROTOCOL, {"protocol_version": 1001, "little_endian": True,
+                                                          "type_sizes": {"short": 2, "int": 4, "long": 4}}):
                     pickle.dump(o, f, protocol=2)
                 P(f, protocol=2).dump(obj)
                 keys = sorted(storages)
@@ -104,6 +107,7 @@ def write(path, obj, *, legacy, views=None) -> None:
             with zipfile.ZipFile(path, "w") as zf:
                 zf.writestr("archive/data.pkl", buf.getvalue())
                 zf.writestr("archive/byteorder", "little")
+                zf.writestr("archive/version", "3\n")
                 for k, st in storages.items():
                     zf.writestr(f"archive/data/{k}", st.array.astype(st.array.dtype.newbyteorder("<")).tobytes())
 

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import collections
 import glob
-import io
 import os
 import pickle
 import re
-import struct
-import sys
-import types
 import zipfile
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -35,6 +30,8 @@ from mll_jax.models import (  # noqa: E402
     imagenet_wnids,
 )
 from mll_jax.models import torch_pickle  # noqa: E402
+
+import _torch_fuzz  # noqa: E402  (the torch.save writer without torch, shared with the fuzzer)
 
 
 def _foolbox_dir():
@@ -74,96 +71,14 @@ def _logits_by_shape(expert, imgs):
 # stand-in 'torch' modules so the pickle references exactly the globals torch writes.
 
 
-class _FakeStorage:
-    def __init__(self, array, key):
-        self.array = np.ascontiguousarray(array).reshape(-1)
-        self.key = key
-
-
-class _FakeTensor:
-    def __init__(self, storage, offset, shape, stride):
-        self.storage, self.offset, self.shape, self.stride = storage, offset, tuple(shape), tuple(stride)
-
-    def __reduce_ex__(self, proto):
-        fn = sys.modules["torch._utils"]._rebuild_tensor_v2
-        return fn, (self.storage, self.offset, self.shape, self.stride, False, collections.OrderedDict())
-
-
-_DTYPE_TO_STORAGE = {np.dtype(np.float32): "FloatStorage", np.dtype(np.float16): "HalfStorage",
-                     np.dtype(np.int64): "LongStorage", np.dtype(np.float64): "DoubleStorage",
-                     np.dtype(np.uint8): "ByteStorage", np.dtype(np.bool_): "BoolStorage"}
-
-
-@contextmanager
-def _fake_torch_modules():
-    saved = {k: sys.modules.get(k) for k in ("torch", "torch._utils")}
-    torch = types.ModuleType("torch")
-    utils = types.ModuleType("torch._utils")
-
-    def _rebuild_tensor_v2(*a):  # never called: only its name is pickled
-        raise AssertionError
-
-    _rebuild_tensor_v2.__module__ = "torch._utils"
-    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
-    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
-    for name in set(_DTYPE_TO_STORAGE.values()):
-        setattr(torch, name, type(name, (), {"__module__": "torch"}))
-    torch._utils = utils
-    sys.modules["torch"], sys.modules["torch._utils"] = torch, utils
-    try:
-        yield torch
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+_FakeStorage, _FakeTensor = _torch_fuzz.Storage, _torch_fuzz.Tensor
+write_torch_checkpoint = _torch_fuzz.write
 
 
 def _tensor(arr, key):
     arr = np.asarray(arr)
     st = _FakeStorage(arr, key)
     return _FakeTensor(st, 0, arr.shape, tuple(s // arr.itemsize for s in arr.strides) if arr.ndim else ())
-
-
-def write_torch_checkpoint(path, obj, *, legacy=False, views=None):
-    """``torch.save``-compatible file for an object whose tensors are ``_FakeTensor``s."""
-    with _fake_torch_modules() as torch:
-        storages = {}
-
-        class P(pickle.Pickler):
-            def persistent_id(self, o):
-                if isinstance(o, _FakeStorage):
-                    storages[o.key] = o
-                    stype = getattr(torch, _DTYPE_TO_STORAGE[o.array.dtype])
-                    if legacy:
-                        view = (views or {}).get(o.key)
-                        return ("storage", stype, o.key, "cpu", o.array.size, view)
-                    return ("storage", stype, o.key, "cpu", o.array.size)
-                return None
-
-        if legacy:
-            with open(path, "wb") as f:
-                pickle.dump(torch_pickle.LEGACY_MAGIC, f, protocol=2)
-                pickle.dump(torch_pickle.LEGACY_PROTOCOL, f, protocol=2)
-                pickle.dump({"protocol_version": 1001, "little_endian": True,
-                             "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
-                P(f, protocol=2).dump(obj)
-                keys = sorted(storages)
-                pickle.dump(keys, f, protocol=2)
-                for k in keys:
-                    a = storages[k].array.astype(storages[k].array.dtype.newbyteorder("<"))
-                    f.write(struct.pack("<q", a.size))
-                    f.write(a.tobytes())
-        else:
-            buf = io.BytesIO()
-            P(buf, protocol=2).dump(obj)
-            with zipfile.ZipFile(path, "w") as zf:
-                zf.writestr("archive/data.pkl", buf.getvalue())
-                zf.writestr("archive/byteorder", "little")
-                zf.writestr("archive/version", "3\n")
-                for k, st in storages.items():
-                    zf.writestr(f"archive/data/{k}", st.array.astype(st.array.dtype.newbyteorder("<")).tobytes())
 
 
 def _malicious_pickle(marker):
