@@ -68,3 +68,16 @@ def cvxpy_chco(S):
     if best is None:
         raise RuntimeError("cvxpy reference failed on every solver")
     return best
+
+
+def make_instance(rng, H, C, kind):
+    """Random label sub-matrices. 'peaked': each class has a few heads with large logits, the way an
+    ImageNet model's label looks on a node whose class it knows; 'scaled': large-variance logits."""
+    S = rng.normal(size=(H, C))
+    if kind == "peaked":
+        for c in range(C):
+            idx = rng.choice(H, size=max(1, H // 50), replace=False)
+            S[idx, c] += rng.uniform(5, 15, size=idx.size)
+    elif kind == "scaled":
+        S *= 5.0
+    return S

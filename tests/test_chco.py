@@ -9,24 +9,11 @@ import numpy as np
 import pytest
 
 from mll_jax import chco
-from tests.chco_reference import cvxpy_chco, objective_np
+from tests.chco_reference import cvxpy_chco, make_instance, objective_np
 
 jax.config.update("jax_enable_x64", True)
 
 REL = 1e-5
-
-
-def make_instance(rng, H, C, kind):
-    """Random label sub-matrices. 'peaked': each class has a few heads with large logits, the way an
-    ImageNet model's label looks on a node whose class it knows; 'scaled': large-variance logits."""
-    S = rng.normal(size=(H, C))
-    if kind == "peaked":
-        for c in range(C):
-            idx = rng.choice(H, size=max(1, H // 50), replace=False)
-            S[idx, c] += rng.uniform(5, 15, size=idx.size)
-    elif kind == "scaled":
-        S *= 5.0
-    return S
 
 
 # 54 instances in the default selection: 6 shape groups x 3 kinds x 3 seeds.

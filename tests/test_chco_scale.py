@@ -15,6 +15,8 @@ import pytest
 
 from mll_jax import chco
 
+from tests.chco_reference import make_instance  # the shared random instance families
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -28,7 +30,9 @@ def x64():
 
 
 def family(rng, kind, H, C):
-    """Instance families (float32 label matrices)."""
+    """Instance families (float32 label matrices): test_chco's normal / peaked / scaled, plus the hard ones."""
+    if kind in ("normal", "peaked", "scaled"):
+        return make_instance(rng, H, C, kind).astype(np.float32)
     S = rng.normal(size=(H, C))
     if kind.startswith("perfect"):  # one dominant head per class: an expert that separates the classes
         margin = float(kind.split("-")[1])
@@ -42,12 +46,8 @@ def family(rng, kind, H, C):
     elif kind == "twins":  # two target classes that are nearly the same node
         S *= 3
         S[:, 1] = S[:, 0] + 1e-3 * rng.normal(size=H)
-    elif kind == "peaked":
-        for c in range(C):
-            idx = rng.choice(H, size=max(1, H // 50), replace=False)
-            S[idx, c] += rng.uniform(5, 15, size=idx.size)
-    elif kind == "scaled":
-        S *= 5.0
+    elif kind != "normal":
+        raise ValueError(f"unknown instance family {kind!r}")
     return S.astype(np.float32)
 
 
