@@ -216,17 +216,17 @@ class Reuser:
                     f"expert {model_id!r} has {expert.num_heads} heads but its predictor columns have {heads} rows"
                 )
             self.experts[model_id] = expert
-        self._columns = [jnp.asarray(selection.columns[m], jnp.float32) for m in self.model_ids]
 
     def _batch_scores(self, images: np.ndarray) -> np.ndarray:
         n = len(images)
         C = self.selection.num_classes
         abstain = np.zeros(n, bool)
         outputs = {}
-        for model_id, X in zip(self.model_ids, self._columns):
+        for model_id in self.model_ids:
+            heads = self.selection.columns[model_id].shape[0]
             z = np.asarray(self.experts[model_id].logits(images))
-            if z.shape != (n, X.shape[0]):
-                raise ValueError(f"expert {model_id!r} returned logits of shape {z.shape}, expected ({n}, {X.shape[0]})")
+            if z.shape != (n, heads):
+                raise ValueError(f"expert {model_id!r} returned logits of shape {z.shape}, expected ({n}, {heads})")
             abstain |= self._check_finite(z, f"expert {model_id!r}")
             outputs[model_id] = z
         z_patch = None

@@ -554,7 +554,7 @@ class MLL:
             self._check_model(m)
             if m not in self.labels:
                 raise MissingLabelsError(f"model {m!r} has no labels: run MLL.label() (mll-jax label)")
-        stale = [m for m in self.stale_models(ids)]
+        stale = self.stale_models(ids)
         if stale:
             warnings.warn(f"labels of {stale} are stale (SDAG data, delta or weights changed): run MLL.label()",
                           RuntimeWarning, stacklevel=2)
