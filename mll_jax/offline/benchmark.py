@@ -741,7 +741,7 @@ class FolderBenchmark(ZeroShotBenchmark):
         return list(self._tasks)
 
     def _task_images(self, task: FolderTask) -> tuple[np.ndarray, np.ndarray]:
-        from mll_jax.images import IMAGE_EXTENSIONS, load_images
+        from mll_jax.images import list_image_files, load_images
 
         if task.name in self._test_cache:
             return self._test_cache[task.name]
@@ -752,7 +752,7 @@ class FolderBenchmark(ZeroShotBenchmark):
                 d = Path(self.config.test_dir) / f
                 if not d.is_dir():
                     raise FileNotFoundError(f"task {task.name!r}: test folder {d} does not exist")
-                files += sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+                files += list_image_files(d)
             if self.config.test_per_class is not None:
                 files = files[: self.config.test_per_class]
             if not files:
