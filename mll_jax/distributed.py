@@ -40,6 +40,12 @@ __all__ = ["DistributedError", "ProcessFailedError", "Processes", "initialize", 
 DEFAULT_TIMEOUT = 1800.0
 _POLL = 0.05
 _PIECE = 1 << 20  # key-value values are sent in pieces of at most 1 MiB
+_wait_timeout: float | None = None  # set by initialize(wait_timeout=...)
+_ALIVE = "mll_jax/alive"
+_dead_after = 100.0  # seconds without a heartbeat: initialize(heartbeat_timeout_seconds=...)
+_seen: dict[int, tuple] = {}  # process -> (last heartbeat value, when this process saw it change)
+_beating = False
+_orbax_patched = False
 
 
 class DistributedError(RuntimeError):
@@ -59,15 +65,23 @@ def _check_int(v, what: str, lo: int) -> int:
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, cluster: bool = False, cluster_detection_method: str | None = None,
                local_device_ids: Sequence[int] | None = None, initialization_timeout: int = 300,
-               heartbeat_timeout_seconds: int = 100) -> "Processes":
+               heartbeat_timeout_seconds: int = 100, wait_timeout: float | None = None) -> "Processes":
     """Start ``jax.distributed`` (once per process, before any JAX computation) and return :func:`current`.
 
     Give all three of ``coordinator_address`` (``host:port`` of process 0), ``num_processes`` and ``process_id``,
     or ``cluster=True`` (and none of them) to let JAX read them from the cluster environment.  ``num_processes=1``
     without an address is a plain single process (nothing is started).  Bad arguments raise ``ValueError`` naming
-    the argument.  Calling it again with the same settings returns the running runtime.
+    the argument.  Calling it again with the same settings returns the running runtime.  ``wait_timeout``: the
+    default of every wait's ``timeout`` (seconds without progress; default ``DEFAULT_TIMEOUT``).
     """
     import jax
+
+    global _wait_timeout, _dead_after
+    _dead_after = float(_check_int(heartbeat_timeout_seconds, "heartbeat_timeout_seconds", 1))
+    if wait_timeout is not None:
+        if not float(wait_timeout) > 0:
+            raise ValueError(f"wait_timeout must be > 0 seconds, got {wait_timeout!r}")
+        _wait_timeout = float(wait_timeout)
 
     given = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
     if cluster:
@@ -125,7 +139,33 @@ def current() -> "Processes":
         return Processes(0, 1, None)
     from jax._src import distributed as _d
 
-    return Processes(int(_d.global_state.process_id), int(_d.global_state.num_processes), c)
+    procs = Processes(int(_d.global_state.process_id), int(_d.global_state.num_processes), c)
+    if procs.multi:
+        _start_heartbeat(procs)
+        _orbax_process_local()
+    return procs
+
+
+def _start_heartbeat(procs: "Processes") -> None:
+    """A daemon thread that bumps ``mll_jax/alive/<process>`` every second: the others take a process whose key
+    stops changing for the heartbeat timeout as dead (JAX's own liveness query is a barrier, unusable here)."""
+    global _beating
+    if _beating:
+        return
+    _beating = True
+    import threading
+
+    def beat():
+        k = 0
+        while True:
+            try:
+                procs.client.key_value_set(f"{_ALIVE}/{procs.process_id}", str(k), allow_overwrite=True)
+            except Exception:  # noqa: BLE001  (runtime shut down at exit)
+                return
+            k += 1
+            time.sleep(1.0)
+
+    threading.Thread(target=beat, name="mll-heartbeat", daemon=True).start()
 
 
 def assign(units: Sequence, num_processes: int, process_id: int) -> list:
@@ -158,16 +198,26 @@ class Processes:
         return {k: v for k, v in self.client.key_value_dir_get(prefix)}
 
     def _dead(self, procs) -> list[int]:
-        try:
-            live = self.client.get_live_nodes(list(range(self.num_processes)))
-        except Exception:  # noqa: BLE001  (not every runtime answers; then only the timeout applies)
-            return []
-        return [p for p in procs if p not in live]
+        """The processes among ``procs`` whose heartbeat key (:func:`_start_heartbeat`) has not changed for the
+        heartbeat timeout, as seen by this process's clock."""
+        now = time.monotonic()
+        beats = self._dir(_ALIVE + "/")
+        dead = []
+        for p in procs:
+            v = beats.get(f"{_ALIVE}/{p}")
+            last = _seen.get(p)
+            if last is None or last[0] != v:
+                _seen[p] = (v, now)
+            elif now - last[1] > _dead_after:
+                dead.append(p)
+        return dead
 
     def _wait(self, tag: str, need: Callable[[dict], list[int]], what: str, timeout: float | None,
               progress_prefix: str | None = None) -> dict[str, str]:
         """Poll ``tag/`` until ``need(entries)`` (the processes still awaited) is empty."""
-        timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT if _wait_timeout is None else _wait_timeout
+        timeout = float(timeout)
         last_change, last_seen = time.monotonic(), None
         while True:
             entries = self._dir(tag + "/")
@@ -213,7 +263,7 @@ class Processes:
 
     def report_progress(self, prefix: str, count: int) -> None:
         if self.multi:
-            self.client.key_value_set(f"{prefix}/{self.process_id}", str(int(count)))
+            self.client.key_value_set(f"{prefix}/{self.process_id}", str(int(count)), allow_overwrite=True)
 
     def publish(self, tag: str, value: str | BaseException) -> None:
         """Process 0's outcome of a step (a string, or an exception the others re-raise as their error)."""
@@ -251,6 +301,28 @@ class Processes:
             out.append(b"".join(self.client.blocking_key_value_get_bytes(f"{tag}/data/{p}/{i}", 60_000)
                                 for i in range(k)))
         return out
+
+
+def _orbax_process_local() -> None:
+    """Make orbax treat every checkpoint save/restore of this process as process-local (once, multi-process only).
+
+    Orbax assumes every process of a ``jax.distributed`` run takes part in every checkpoint save and restore and
+    syncs them all with ``multihost_utils.sync_global_devices`` (a device collective).  Here every orbax use is
+    process-local file I/O on a shared file system: hub weights restored by each process when it needs them, label
+    matrices saved by process 0 alone.  With orbax's barriers the first would cross-match processes loading
+    different models (or fail on hosts with unequal device counts) and the second would wait for the others
+    forever.  The public per-call fix is ``ocp.Checkpointer(..., multiprocessing_options=
+    ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()}))``
+    at every orbax call site (mll_jax.hub, mll_jax.labelling); until those pass it, this skips the barriers."""
+    global _orbax_patched
+    if _orbax_patched:
+        return
+    try:
+        from orbax.checkpoint._src.multihost import multihost as _mh
+    except ImportError:  # pragma: no cover - another orbax layout: its barriers stay
+        return
+    _mh.should_skip_process_sync = lambda processes=None: True
+    _orbax_patched = True
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -761,7 +761,7 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
                 s, has = smooth_labels(own, has_own, idx.edge_parent, idx.edge_child, np.float32(delta), idx.height)
                 s, has = np.asarray(s), np.asarray(has)
                 labelled = [w for w, ok in zip(nodes, has) if ok]
-                store.commit(mid, labelled, s[has], delta=float(delta),
+                store.commit(mid, labelled, s[has], delta=float(delta),  # process 0 alone (orbax: distributed.py)
                              head_names=getattr(expert, "head_names", None),
                              extra={"num_images": {w: sdag.num_images(w) for w in with_data}}, fingerprint=fp)
                 store.compact_raw(mid, fp)
