@@ -26,8 +26,10 @@ the unit scheme and the failure semantics.
 
 from __future__ import annotations
 
+import atexit
 import io
 import itertools
+import threading
 import time
 from typing import Any, Callable, Sequence
 
@@ -45,6 +47,8 @@ _ALIVE = "mll_jax/alive"
 _dead_after = 100.0  # seconds without a heartbeat: initialize(heartbeat_timeout_seconds=...)
 _seen: dict[int, tuple] = {}  # process -> (last heartbeat value, when this process saw it change)
 _beating = False
+_stop = threading.Event()  # stops the heartbeat thread (at exit)
+_known_dead: set[int] = set()
 _orbax_patched = False
 
 
@@ -121,7 +125,38 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         jax.distributed.initialize(cluster_detection_method=cluster_detection_method, **kw)
     else:
         jax.distributed.initialize(str(coordinator_address), int(num_processes), int(process_id), **kw)
+    atexit.register(_goodbye)  # runs before jax's own shutdown handler (registered earlier)
     return current()
+
+
+def _goodbye(timeout: float = 30.0) -> None:
+    """Orderly exit: process 0 hosts the coordinator, so it leaves last.
+
+    With recoverable tasks JAX's shutdown barrier does not hold process 0 back; if it exits while another process
+    is still disconnecting, that process aborts.  So every other process says goodbye (a key) and disconnects, and
+    process 0 waits (at most ``timeout`` s; processes known dead are not awaited) for every goodbye, plus a second
+    for the disconnects to land, before it shuts the coordinator down."""
+    import jax
+
+    procs = current()
+    if not procs.multi:
+        return
+    _stop.set()
+    try:
+        if procs.process_id != 0:
+            procs.client.key_value_set(f"mll_jax/goodbye/{procs.process_id}", "1", allow_overwrite=True)
+            jax.distributed.shutdown()
+            return
+        others = [p for p in range(1, procs.num_processes) if p not in _known_dead]
+        end = time.monotonic() + timeout
+        while others and time.monotonic() < end:
+            seen = {k for k, _ in procs.client.key_value_dir_get("mll_jax/goodbye/")}
+            others = [p for p in others if f"mll_jax/goodbye/{p}" not in seen and p not in procs._dead([p])]
+            time.sleep(_POLL)
+        time.sleep(1.0)
+        jax.distributed.shutdown()
+    except Exception:  # noqa: BLE001  (exit path: never raise)
+        pass
 
 
 def _client():
@@ -153,17 +188,16 @@ def _start_heartbeat(procs: "Processes") -> None:
     if _beating:
         return
     _beating = True
-    import threading
 
     def beat():
         k = 0
-        while True:
+        while not _stop.is_set():
             try:
                 procs.client.key_value_set(f"{_ALIVE}/{procs.process_id}", str(k), allow_overwrite=True)
             except Exception:  # noqa: BLE001  (runtime shut down at exit)
                 return
             k += 1
-            time.sleep(1.0)
+            _stop.wait(1.0)
 
     threading.Thread(target=beat, name="mll-heartbeat", daemon=True).start()
 
@@ -234,6 +268,7 @@ class Processes:
                 last_seen, last_change = seen, time.monotonic()
             dead = self._dead(awaited)
             if dead:
+                _known_dead.update(dead)
                 raise ProcessFailedError(
                     f"process{'es' if len(dead) > 1 else ''} {', '.join(map(str, dead))} of {self.num_processes} "
                     f"died while {what} (process {self.process_id} waited); what they finished is kept: run the "

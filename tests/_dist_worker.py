@@ -4,7 +4,8 @@
         MLL.open(ROOT).label(unit_nodes=UNIT_NODES) as process PROCESS_ID; with ``kill`` this process SIGKILLs
         itself right after its first unit is written to the raw cache.  Prints ``SUMMARY <json>``.
     python tests/_dist_worker.py chco OUT PROCESS_ID NUM_PROCESSES PORT
-        mll_jax.distributed.solve_batch on tests' random CHCO instances; process 0 saves the result to OUT (.npz).
+        mll_jax.distributed.solve_batch on tests' random CHCO instances; process 0 saves the gathered result and a
+        plain one-process chco.solve_batch of the same instances to OUT (.npz).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import numpy as np
 
 
 def chco_instances():
+    """7 random models, 5-8 heads (one padded shape: one compile), 4 classes."""
     rng = np.random.default_rng(7)
     return [(rng.normal(size=(h, 4)) * s).astype(np.float32) for h, s in
-            [(3, 1.0), (10, 3.0), (7, 0.5), (30, 2.0), (10, 1.0), (64, 4.0), (5, 8.0)]]
+            [(5, 1.0), (6, 3.0), (7, 0.5), (8, 2.0), (5, 1.0), (8, 4.0), (6, 8.0)]]
 
 
 def main(argv):
@@ -31,9 +33,15 @@ def main(argv):
                                    initialization_timeout=60)
     if mode == "chco":
         res = distributed.solve_batch(chco_instances(), model_ids=[f"m{i}" for i in range(7)], progress=False)
-        if pid == 0:
-            np.savez(path, loss=res.loss, objective=res.objective, iterations=res.iterations,
-                     converged=res.converged, gap=res.gap, **{f"X{i}": x for i, x in enumerate(res.X)})
+        if pid == 0:  # the gathered result, and the one-process reference (plain chco.solve_batch on every model)
+            from mll_jax import chco
+
+            ref = chco.solve_batch(chco_instances(), model_ids=[f"m{i}" for i in range(7)], progress=False)
+            out = {}
+            for pre, r in (("", res), ("ref_", ref)):
+                out.update({pre + k: getattr(r, k) for k in ("loss", "objective", "iterations", "converged", "gap")})
+                out.update({f"{pre}X{i}": x for i, x in enumerate(r.X)})
+            np.savez(path, **out)
         print("DONE", procs)
         return 0
     from mll_jax import MLL

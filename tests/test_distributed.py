@@ -152,11 +152,10 @@ def test_killed_process_loses_only_its_unit_and_rerun_completes(system, tmp_path
 
 
 def test_chco_split_over_two_processes_equals_one(tmp_path):
-    from mll_jax import chco
-
-    sys.path.insert(0, str(WORKER.parent))
-    from _dist_worker import chco_instances
-
+    """Models 0, 2, 4, 6 solved by process 0 and 1, 3, 5 by process 1, gathered: bitwise the one-process result
+    (plain ``chco.solve_batch`` on all seven, run by process 0 after the split one).  Same padded head count, so
+    XLA vectorises every chunk alike; across head-count groups, chunk composition can move the last float32 bit
+    (docs/DISTRIBUTED.md)."""
     port = _free_port()
     out = tmp_path / "chco.npz"
     cmds = [[sys.executable, str(WORKER), "chco", str(out), str(i), "2", str(port)] for i in range(2)]
@@ -164,11 +163,9 @@ def test_chco_split_over_two_processes_equals_one(tmp_path):
     for i, (rc, o, e) in enumerate(res):
         assert rc == 0, f"process {i}: {e[-3000:]}"
     got = np.load(out)
-    ref = chco.solve_batch(chco_instances(), model_ids=[f"m{i}" for i in range(7)], progress=False)
-    for name in ("loss", "objective", "iterations", "converged", "gap"):
-        assert np.array_equal(got[name], np.asarray(getattr(ref, name))), name
-    for i, x in enumerate(ref.X):
-        assert np.array_equal(got[f"X{i}"], x), i
+    assert got["ref_converged"].all() and len(set(got["ref_iterations"].tolist())) > 1  # a real, varied instance
+    for name in ["loss", "objective", "iterations", "converged", "gap"] + [f"X{i}" for i in range(7)]:
+        assert np.array_equal(got[name], got["ref_" + name]), name
 
 
 def test_label_flag_errors_are_one_line_exit_2(tmp_path):
