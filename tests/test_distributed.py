@@ -219,3 +219,31 @@ def test_assign_is_round_robin_and_single_process_is_a_no_op():
     with pytest.raises(ValueError, match="process_id=3 must be < num_processes=2"):
         distributed.initialize("127.0.0.1:1", 2, 3)
     assert distributed.initialize(num_processes=1).num_processes == 1  # one process: nothing started
+
+
+def test_chco_selection_takes_the_split_solver(system):
+    """The hub's CHCO scoring (``select_models`` -> ``chco_scores``) calls the ``solver`` it is given
+    (``distributed.solve_batch``; ``MLLConfig.chco_options={"solver": ...}`` reaches it the same way) with every
+    candidate model's label sub-matrix, and selects from what it returns.  (The split solver itself:
+    test_chco_split_over_two_processes_equals_one.)"""
+    from mll_jax import chco
+    from mll_jax.labelling import LabelStore
+    from mll_jax.selection import select_models
+
+    base, _, ref = system
+    store = LabelStore(base.parent / "ref" / "labels")
+    wnids = ["n02958343", "n02084071", "n04490091"]  # car, dog, truck: CIFAR-10 nodes with images
+    ids = ["cifar10-cnn", "efficientnet-lite0-r64"]
+    seen = {}
+
+    def solver(S, *, model_ids, **kw):  # no solve (no compile): losses that make model 1 best on class 0 only
+        seen.update(shapes=[np.shape(x) for x in S], ids=list(model_ids), method=kw.get("method"))
+        loss = np.array([[0.5, 0.1, 0.1], [0.2, 0.3, 0.3]], np.float32)
+        return chco.BatchResult([np.full(np.shape(x), 1.0 / np.shape(x)[0], np.float32) for x in S], loss,
+                                loss.sum(1), np.ones(2, np.int32), np.ones(2, bool), np.zeros(2, np.float32),
+                                list(model_ids))
+
+    sel = select_models(store, wnids, k=1, beta=None, model_ids=ids, solver=solver)
+    assert seen == {"shapes": [(10, 3), (1000, 3)], "ids": ids, "method": chco.DEFAULT_METHOD}
+    assert np.array_equal(sel.loss, np.float32([[0.5, 0.1, 0.1], [0.2, 0.3, 0.3]]))  # float64 of the float32
+    assert [list(e) for e in sel.experts] == [[1], [0], [0]]
