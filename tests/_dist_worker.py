@@ -29,7 +29,7 @@ def main(argv):
     from mll_jax import distributed
 
     mode, path, pid, n, port = argv[1], argv[2], int(argv[3]), int(argv[4]), int(argv[5])
-    procs = distributed.initialize(f"127.0.0.1:{port}", n, pid, heartbeat_timeout_seconds=3, wait_timeout=120,
+    procs = distributed.initialize(f"127.0.0.1:{port}", n, pid, heartbeat_timeout_seconds=5, wait_timeout=120,
                                    initialization_timeout=60)
     if mode == "chco":
         res = distributed.solve_batch(chco_instances(), model_ids=[f"m{i}" for i in range(7)], progress=False)
