@@ -386,7 +386,8 @@ def cmd_label(argv) -> int:
     if not summary:
         print("every model is labelled and up to date")
     for m, s in summary.items():
-        here = f", {s['computed_here']} by process {procs.process_id}" if procs is not None and "computed_here" in s else ""
+        here = (f", {s['computed_here']} by process {procs.process_id}"
+                if procs is not None and "computed_here" in s else "")
         print(f"{m}: labelled {s.get('labelled')} nodes ({s.get('computed')} computed{here})")
     return 0
 

@@ -697,8 +697,9 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
             if committed != fp:
                 old_fps.add(committed or _NO_FP)
         if old_fps and me == 0:
-            warnings.warn(f"model {mid!r} changed since it was labelled (fingerprint {sorted(old_fps)[0][:12] or 'none'}"
-                          f" -> {(fp or 'none')[:12]}): its labels are recomputed", stacklevel=2)
+            warnings.warn(f"model {mid!r} changed since it was labelled (fingerprint "
+                          f"{sorted(old_fps)[0][:12] or 'none'} -> {(fp or 'none')[:12]}): its labels are recomputed",
+                          stacklevel=2)
         raw = store.load_raw(mid, fp)
         stale = [w for w, (_, m) in raw.items() if m.shape != (h,)]
         for w in stale:
