@@ -247,3 +247,58 @@ def test_chco_selection_takes_the_split_solver(system):
     assert seen == {"shapes": [(10, 3), (1000, 3)], "ids": ids, "method": chco.DEFAULT_METHOD}
     assert np.array_equal(sel.loss, np.float32([[0.5, 0.1, 0.1], [0.2, 0.3, 0.3]]))  # float64 of the float32
     assert [list(e) for e in sel.experts] == [[1], [0], [0]]
+
+
+class _FakeKV:
+    """The key-value part of a jax.distributed client, in memory (one process's view of the store)."""
+
+    def __init__(self):
+        self.kv = {}
+
+    def key_value_set(self, k, v, allow_overwrite=False):
+        assert allow_overwrite or k not in self.kv, k
+        self.kv[k] = v
+
+    def key_value_dir_get(self, prefix):
+        return [(k, v) for k, v in self.kv.items() if k.startswith(prefix)]
+
+
+def test_waits_name_the_failed_dead_or_late_process(monkeypatch):
+    """Barrier semantics without a runtime: a peer's published error, a peer whose heartbeat stopped, a wait without
+    progress: each raises ProcessFailedError naming the process; a complete barrier returns."""
+    import time
+
+    from mll_jax import distributed as d
+
+    monkeypatch.setattr(d, "_POLL", 0.01)
+    monkeypatch.setattr(d, "_seen", {})
+    kv = _FakeKV()
+    p0 = d.Processes(0, 3, kv)
+    kv.key_value_set("t1/1", "ok")
+    kv.key_value_set("t1/2", "ok")
+    p0.barrier("t1", "step one", timeout=5)  # everybody there: returns
+    kv.key_value_set("t2/2", "error:NonFiniteLogitsError: model 'm' produced NaN")
+    with pytest.raises(d.ProcessFailedError, match=r"process 2 of 3 failed while step two: NonFiniteLogitsError"):
+        p0.barrier("t2", "step two", timeout=5)
+    # process 2 arrived; process 1 did not and its heartbeat key never changes: named after the heartbeat timeout
+    monkeypatch.setattr(d, "_dead_after", 0.2)
+    kv.key_value_set("t3/2", "ok")
+    t = time.monotonic()
+    with pytest.raises(d.ProcessFailedError, match=r"process 1 of 3 died while step three"):
+        p0.barrier("t3", "step three", timeout=30)
+    assert time.monotonic() - t < 5
+    # alive but stuck: no progress for `timeout` seconds -> timed out, naming whom it waited for
+    monkeypatch.setattr(d, "_dead_after", 1e9)
+    with pytest.raises(d.ProcessFailedError, match=r"timed out after 0.3 s .*step four: waiting for processes 1, 2"):
+        p0.barrier("t4", "step four", timeout=0.3)
+    # a process's own failure: published for the others, re-raised here
+    with pytest.raises(ValueError, match="boom"):
+        p0.barrier("t5", "step five", error=ValueError("boom"))
+    assert kv.kv["t5/0"] == "error:ValueError: boom"
+    # process 0's outcome reaches the others; its error becomes theirs
+    p1 = d.Processes(1, 3, kv)
+    p0.publish("r", "38")
+    assert p1.wait_for("r", "committing", timeout=5) == "38"
+    p0.publish("r2", RuntimeError("disk full"))
+    with pytest.raises(d.ProcessFailedError, match="process 0 of 3 failed while committing: RuntimeError: disk full"):
+        p1.wait_for("r2", "committing", timeout=5)
