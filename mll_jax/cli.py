@@ -355,8 +355,13 @@ def _start_processes():
     if FLAGS.cluster:
         if given:
             raise _Usage(f"--cluster reads the processes from the cluster environment; do not also give --{given[0]}")
-        return distributed.initialize(cluster=True, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
-                                      wait_timeout=FLAGS.wait_timeout)
+        try:
+            return distributed.initialize(cluster=True, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+                                          wait_timeout=FLAGS.wait_timeout)
+        except ValueError as e:
+            raise _Usage(f"--cluster: JAX found no usable cluster environment (SLURM srun, Open MPI mpirun, "
+                         f"Kubernetes, Cloud TPU): {e}; give --num_processes, --process_id and "
+                         "--coordinator_address instead") from None
     if not given or (FLAGS.num_processes == 1 and FLAGS.coordinator_address is None and not FLAGS.process_id):
         return None
     missing = [f"--{f}" for f in ("num_processes", "process_id", "coordinator_address") if FLAGS[f].value is None]

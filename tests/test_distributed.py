@@ -175,9 +175,12 @@ def test_label_flag_errors_are_one_line_exit_2(tmp_path):
                         "--process_id=2 must be < --num_processes=2"),
                        (["--num_processes=2", "--process_id=0", "--coordinator_address=localhost"],
                         "must be host:port"),
-                       (["--cluster", "--num_processes=2"], "do not also give --num_processes")]:
+                       (["--cluster", "--num_processes=2"], "do not also give --num_processes"),
+                       (["--cluster"], "--cluster: JAX found no usable cluster environment")]:
+        env = {k: v for k, v in _env(tmp_path).items()  # no cluster environment for JAX to detect
+               if not k.startswith(("SLURM_", "OMPI_", "PMI_", "TPU_", "JOBSET_", "KUBERNETES_"))}
         p = subprocess.run([sys.executable, "-m", "mll_jax.cli", "label", f"--root={root}", *flags],
-                           env=_env(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=120)
+                           env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert p.returncode == 2, (flags, p.stderr)
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mll-jax label: error:") and msg in lines[0], (flags, lines)
