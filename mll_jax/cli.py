@@ -9,6 +9,7 @@ configuration (see :mod:`mll_jax.system`).  The commands::
     mll-jax hub list   --root=DIR
     mll-jax hub remove --root=DIR ID...
     mll-jax label      --root=DIR [--models=ID,...] [--recompute]
+                       [--num_processes=N --process_id=I --coordinator_address=HOST:PORT | --cluster]
     mll-jax classify   --root=DIR --classes="tabby cat,golden retriever" PATH... [--output=FILE.csv|.json]
                        [--explain] [--save_classifier=FILE | --classifier=FILE] [--k --beta --scorer --image_size]
     mll-jax bench      [flags]        # the built-in benchmarks (same as ``python -m mll_jax.run``)
@@ -101,6 +102,20 @@ def define_label_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = N
     _define_root(d)
     d("list", "models", [], "model ids to label (default: every unlabelled or stale model of the hub)")
     d("bool", "recompute", False, "recompute the labels even if they are up to date")
+    d("integer", "num_processes", None, "run as this many cooperating processes (jax.distributed; every process runs "
+      "the same command with its own --process_id; docs/DISTRIBUTED.md)", lower_bound=1)
+    d("integer", "process_id", None, "with --num_processes: this process's id, 0 .. num_processes-1 (0 hosts the "
+      "coordinator and commits the labels)", lower_bound=0)
+    d("string", "coordinator_address", None, "with --num_processes: host:port of process 0's coordinator, e.g. "
+      "127.0.0.1:12345")
+    d("bool", "cluster", False, "take the process count, id and coordinator from the cluster environment as JAX "
+      "detects it (SLURM srun, Open MPI mpirun, Kubernetes, Cloud TPU)")
+    d("integer", "unit_nodes", 64, "nodes per unit of work: a (model, node block) unit is computed by one process and "
+      "written at once (a killed process loses at most its unfinished unit)", lower_bound=1)
+    d("integer", "heartbeat_timeout", 100, "with several processes: seconds without heartbeats after which a "
+      "process counts as dead", lower_bound=1)
+    d("float", "wait_timeout", 1800.0, "with several processes: seconds a process waits for the others without "
+      "any unit finishing before it fails", lower_bound=1.0)
 
 
 def define_classify_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = None) -> None:
@@ -332,8 +347,39 @@ def cmd_hub_list(argv) -> int:
     return 0
 
 
+def _start_processes():
+    """jax.distributed from the label flags (before any JAX computation); None for one process."""
+    from mll_jax import distributed
+
+    given = [f for f in ("num_processes", "process_id", "coordinator_address") if FLAGS[f].value is not None]
+    if FLAGS.cluster:
+        if given:
+            raise _Usage(f"--cluster reads the processes from the cluster environment; do not also give --{given[0]}")
+        try:
+            return distributed.initialize(cluster=True, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+                                          wait_timeout=FLAGS.wait_timeout)
+        except ValueError as e:
+            raise _Usage(f"--cluster: JAX found no usable cluster environment (SLURM srun, Open MPI mpirun, "
+                         f"Kubernetes, Cloud TPU): {e}; give --num_processes, --process_id and "
+                         "--coordinator_address instead") from None
+    if not given or (FLAGS.num_processes == 1 and FLAGS.coordinator_address is None and not FLAGS.process_id):
+        return None
+    missing = [f"--{f}" for f in ("num_processes", "process_id", "coordinator_address") if FLAGS[f].value is None]
+    if missing:
+        raise _Usage(f"several processes need --num_processes, --process_id and --coordinator_address "
+                     f"({', '.join(missing)} missing)")
+    try:
+        return distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                      heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+                                      wait_timeout=FLAGS.wait_timeout)
+    except ValueError as e:
+        raise _Usage(str(e).replace("coordinator_address", "--coordinator_address").replace(
+            "process_id=", "--process_id=").replace("num_processes=", "--num_processes=")) from None
+
+
 def cmd_label(argv) -> int:
     _no_args(argv)
+    procs = _start_processes()
     mll = _open()
     models = [m.strip() for m in FLAGS.models if m.strip()] or None  # unknown ids: UnknownModelError -> exit 2
     if not mll.model_ids():
@@ -341,11 +387,13 @@ def cmd_label(argv) -> int:
     if not mll.sdag.nodes_with_images():
         raise _Usage(f"the SDAG of {FLAGS.root} has no node images: add some "
                      f"(mll-jax sdag build --root={FLAGS.root} --images=FOLDER)")
-    summary = mll.label(models, recompute=FLAGS.recompute)
+    summary = mll.label(models, recompute=FLAGS.recompute, processes=procs, unit_nodes=FLAGS.unit_nodes)
     if not summary:
         print("every model is labelled and up to date")
     for m, s in summary.items():
-        print(f"{m}: labelled {s.get('labelled')} nodes ({s.get('computed')} computed)")
+        here = (f", {s['computed_here']} by process {procs.process_id}"
+                if procs is not None and "computed_here" in s else "")
+        print(f"{m}: labelled {s.get('labelled')} nodes ({s.get('computed')} computed{here})")
     return 0
 
 

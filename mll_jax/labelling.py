@@ -490,6 +490,12 @@ class LabelStore:
         return self._model_dir(model_id) / "raw"
 
     def _raw_files(self, model_id: str) -> list[tuple[int, Path]]:
+        """Raw chunks ``raw-<seq>-<hex>.npz`` in the order they apply (later ones win), by (seq, name).
+
+        ``<hex>`` was 8 random hex digits before processes cooperated and is 32 (a full uuid4) now: two processes
+        that list the directory at the same time pick the same ``seq`` but never the same name.  Chunks of equal
+        ``seq`` come from one multi-process run, whose units are disjoint node sets, so their order does not
+        matter."""
         d = self._raw_dir(model_id)
         if not d.is_dir():
             return []
@@ -540,7 +546,8 @@ class LabelStore:
 
     def append_raw(self, model_id: str, entries: Mapping[str, tuple[str, np.ndarray]], *,
                    fingerprint: str | None = None) -> None:
-        """Persist Eq. 1 means made by the model version ``fingerprint`` (one new atomically written chunk)."""
+        """Persist Eq. 1 means made by the model version ``fingerprint`` (one new atomically written chunk; several
+        processes may append to the same model at once)."""
         if not entries:
             return
         d = self._raw_dir(model_id)
@@ -549,7 +556,7 @@ class LabelStore:
         files = self._raw_files(model_id)
         seq = files[-1][0] + 1 if files else 0
         nodes = list(entries)
-        buf_path = d / f"raw-{seq:08d}-{uuid.uuid4().hex[:8]}.npz"
+        buf_path = d / f"raw-{seq:08d}-{uuid.uuid4().hex}.npz"  # unique across processes (see _raw_files)
         import io
 
         bio = io.BytesIO()
@@ -601,37 +608,61 @@ def _check_expert(expert) -> tuple[str, int]:
     return mid, int(h)
 
 
+def _node_blocks(nodes: Sequence[str], size: int) -> list[list[str]]:
+    return [list(nodes[i:i + size]) for i in range(0, len(nodes), size)]
+
+
 def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike", *, delta: float = DEFAULT_DELTA,
-                 batch_size: int = 64, flush_every: int = 16, recompute: bool = False,
-                 progress: bool = True, workers: int = 2) -> dict[str, dict]:
+                 batch_size: int = 64, flush_every: int = 64, recompute: bool = False,
+                 progress: bool = True, workers: int = 2, processes=None, devices=None,
+                 timeout: float | None = None) -> dict[str, dict]:
     """Label every expert on the SDAG (Eq. 1-2) and commit the labels to ``store``.
 
     Eq. 1 raw means are computed only for nodes whose images are not already in the store's raw cache for that
-    model (new nodes, changed images, or nodes not reached by a killed run) and persisted every ``flush_every``
-    nodes (and when the expert raises); smoothing (Eq. 2) is always recomputed.  A model whose logits are NaN/inf
-    raises :class:`NonFiniteLogitsError` naming model and node; its committed labels (if any) are untouched and the
-    unflushed means of that run are dropped.  ``recompute=True`` discards the raw cache first.
+    model (new nodes, changed images, or nodes not reached by a killed run); smoothing (Eq. 2) is always
+    recomputed.  A model whose logits are NaN/inf raises :class:`NonFiniteLogitsError` naming model and node; its
+    committed labels (if any) are untouched and the unwritten means of that run are dropped.  ``recompute=True``
+    discards the raw cache first.
+
+    **Units.**  The SDAG nodes with images (in SDAG order) are cut into blocks of ``flush_every`` nodes; a
+    (model, node block) is a unit of work.  A unit's missing nodes are computed together (no device batch mixes
+    two units: :mod:`mll_jax.packing`) and written to the raw cache as ONE atomically written chunk, so a killed
+    process loses at most its unfinished unit (on a Python exception the finished nodes of the current unit are
+    written too), and a rerun computes only the nodes still missing.
+
+    **Many processes** (``processes``: a :class:`mll_jax.distributed.Processes`; default
+    :func:`mll_jax.distributed.current`, i.e. cooperating whenever ``jax.distributed`` is initialized with more
+    than one process).  Every process calls ``label_models`` with the same arguments on the same shared store;
+    per model, process 0 first clears the raw cache (``recompute``), every process reads which units still have
+    work, and unit ``i`` of that list goes to process ``i mod N``.  After every process wrote its units (a
+    key-value barrier; a process that failed or died is named in a :class:`mll_jax.distributed.ProcessFailedError`,
+    ``timeout`` seconds without any unit finishing is an error too), process 0 smooths and commits, and the others
+    wait for its outcome.  Units are computed the same way in any process, so the committed labels are bitwise
+    those of a one-process run.  Within a process, batches of Flax experts are split over ``devices`` (default
+    ``jax.local_devices()``).
 
     An expert's ``fingerprint`` attribute (hub experts have one) keys its raw cache: when it differs from the one
     the cache (or the committed labels) were made with, every node is recomputed and a warning says so.
 
-    Images of many nodes are packed into full device batches (:func:`mll_jax.packing.iter_node_means`: the
-    expert's own fixed batch size for Flax experts, ``batch_size`` images per ``logits`` call otherwise), loaded
-    and preprocessed on ``workers`` host threads ahead of the device; each node's mean is summed in float64 on the
-    host and equals the node-by-node :func:`node_mean_logits` up to float32 round-off.
+    Images are packed into full device batches (:func:`mll_jax.packing.iter_node_means`: the expert's own fixed
+    batch size for Flax experts, ``batch_size`` images per ``logits`` call otherwise), loaded and preprocessed on
+    ``workers`` host threads ahead of the device; each node's mean is summed in float64 on the host and equals the
+    node-by-node :func:`node_mean_logits` up to float32 round-off.
 
-    Returns {model_id: {"labelled": nodes with a label, "computed": nodes run through the expert,
-    "cached": nodes taken from the raw cache}}, plus ``"fingerprint_changed": True`` for a model whose
-    fingerprint changed.
+    Returns {model_id: {"labelled": nodes with a label, "computed": nodes run through the expert (by all
+    processes), "cached": nodes taken from the raw cache}}, plus ``"fingerprint_changed": True`` for a model whose
+    fingerprint changed, and with several processes ``"processes"`` (N) and ``"computed_here"`` (this process).
     """
     from tqdm.auto import tqdm
 
+    from . import distributed
     from .packing import iter_node_means
 
     if not 0.0 <= float(delta) <= 1.0:
         raise ValueError(f"delta must lie in [0, 1], got {delta}")
     _positive_int(batch_size, "batch_size")
     _positive_int(flush_every, "flush_every")
+    procs = distributed.current() if processes is None else processes
     if not isinstance(store, LabelStore):
         store = LabelStore(store)
     experts = list(experts)
@@ -646,12 +677,17 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     idx = dag_index(sdag)
     pos = {w: i for i, w in enumerate(nodes)}
     keys = {w: sdag.data_key(w) for w in with_data}
+    blocks = _node_blocks(with_data, int(flush_every))
+    me, n_proc = procs.process_id, procs.num_processes
+    who = f" [process {me + 1}/{n_proc}]" if procs.multi else ""
     summary: dict[str, dict] = {}
     for expert in experts:
         mid, h = _check_expert(expert)
         fp = getattr(expert, "fingerprint", None)
-        if recompute:
+        tag = procs.new_tag(f"label/{mid}") if procs.multi else ""
+        if recompute and me == 0:
             store.clear_raw(mid)
+        procs.barrier(f"{tag}/cleared", f"preparing the labelling of {mid!r}", timeout=timeout)
         old_fps = store.raw_fingerprints(mid) - {fp or _NO_FP}
         if mid in store:
             try:
@@ -660,48 +696,87 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
                 committed = fp  # damaged labels are replaced by this commit
             if committed != fp:
                 old_fps.add(committed or _NO_FP)
-        if old_fps:
-            warnings.warn(f"model {mid!r} changed since it was labelled (fingerprint {sorted(old_fps)[0][:12] or 'none'}"
-                          f" -> {(fp or 'none')[:12]}): its labels are recomputed", stacklevel=2)
+        if old_fps and me == 0:
+            warnings.warn(f"model {mid!r} changed since it was labelled (fingerprint "
+                          f"{sorted(old_fps)[0][:12] or 'none'} -> {(fp or 'none')[:12]}): its labels are recomputed",
+                          stacklevel=2)
         raw = store.load_raw(mid, fp)
         stale = [w for w, (_, m) in raw.items() if m.shape != (h,)]
         for w in stale:
             del raw[w]
-        todo = [w for w in with_data if w not in raw or raw[w][0] != keys[w]]
-        pbar = tqdm(total=len(with_data), initial=len(with_data) - len(todo), desc=f"labelling {mid}",
-                    unit="node", disable=not progress)
+        todo_set = {w for w in with_data if w not in raw or raw[w][0] != keys[w]}
+        units = [(b, [w for w in blk if w in todo_set]) for b, blk in enumerate(blocks)]
+        units = [u for u in units if u[1]]  # units with work, in block order: the same list in every process
+        # every process has read the cache before anyone writes to it (the unit list must not depend on timing)
+        procs.barrier(f"{tag}/scanned", f"reading the raw cache of {mid!r}", timeout=timeout)
+        mine = distributed.assign(units, n_proc, me)
+        n_mine = sum(len(u[1]) for u in mine)
+        done_here = 0
+        pbar = tqdm(total=len(with_data) if not procs.multi else n_mine,
+                    initial=len(with_data) - len(todo_set) if not procs.multi else 0,
+                    desc=f"labelling {mid}{who}", unit="node", disable=not progress)
         buffer: dict[str, tuple[str, np.ndarray]] = {}
+        error = None
         try:
-            items = ((w, functools.partial(sdag.images, w)) for w in todo)
-            for w, mean in iter_node_means(expert, items, logits_batch_size=batch_size, workers=workers):
+            left = {b: len(ws) for b, ws in mine}
+            block_of = {w: b for b, ws in mine for w in ws}
+            items = ((w, functools.partial(sdag.images, w), b) for b, ws in mine for w in ws)
+            for w, mean in iter_node_means(expert, items, logits_batch_size=batch_size, workers=workers,
+                                           devices=devices):
                 buffer[w] = (keys[w], mean)
                 pbar.update(1)
-                if len(buffer) >= flush_every:
+                b = block_of[w]
+                left[b] -= 1
+                if left[b] == 0:  # the unit is complete: one atomic chunk
                     store.append_raw(mid, buffer, fingerprint=fp)
                     raw.update(buffer)
+                    done_here += 1
                     buffer = {}
-        except NonFiniteLogitsError:
+                    procs.report_progress(f"{tag}/progress", done_here)
+        except NonFiniteLogitsError as e:
             buffer = {}
-            raise
-        except BaseException:
+            error = e
+        except BaseException as e:
             store.append_raw(mid, buffer, fingerprint=fp)  # keep the finished nodes of a crashed / interrupted run
-            raise
+            error = e
         finally:
             pbar.close()
-        store.append_raw(mid, buffer, fingerprint=fp)
-        raw.update(buffer)
-        own = np.zeros((len(nodes), h), dtype=np.float32)
-        has_own = np.zeros(len(nodes), dtype=bool)
-        for w in with_data:
-            own[pos[w]] = raw[w][1]
-            has_own[pos[w]] = True
-        s, has = smooth_labels(own, has_own, idx.edge_parent, idx.edge_child, np.float32(delta), idx.height)
-        s, has = np.asarray(s), np.asarray(has)
-        labelled = [w for w, ok in zip(nodes, has) if ok]
-        store.commit(mid, labelled, s[has], delta=float(delta), head_names=getattr(expert, "head_names", None),
-                     extra={"num_images": {w: sdag.num_images(w) for w in with_data}}, fingerprint=fp)
-        store.compact_raw(mid, fp)
-        summary[mid] = {"labelled": len(labelled), "computed": len(todo), "cached": len(with_data) - len(todo)}
+        if error is not None:
+            if procs.multi and not isinstance(error, Exception):
+                raise error  # KeyboardInterrupt & co.: leave; the others see this process die
+            procs.barrier(f"{tag}/computed", f"labelling {mid!r}", error=error, timeout=timeout)
+        procs.barrier(f"{tag}/computed", f"labelling {mid!r}", timeout=timeout, progress_prefix=f"{tag}/progress")
+        if me == 0:
+            try:
+                if procs.multi:  # the other processes' units
+                    raw = {w: v for w, v in store.load_raw(mid, fp).items() if v[1].shape == (h,)}
+                missing = [w for w in with_data if w not in raw or raw[w][0] != keys[w]]
+                if missing:
+                    raise LabellingError(f"model {mid!r}: {len(missing)} nodes have no raw label after every unit "
+                                         f"was reported done (first: {missing[:3]}); run label_models again")
+                own = np.zeros((len(nodes), h), dtype=np.float32)
+                has_own = np.zeros(len(nodes), dtype=bool)
+                for w in with_data:
+                    own[pos[w]] = raw[w][1]
+                    has_own[pos[w]] = True
+                s, has = smooth_labels(own, has_own, idx.edge_parent, idx.edge_child, np.float32(delta), idx.height)
+                s, has = np.asarray(s), np.asarray(has)
+                labelled = [w for w, ok in zip(nodes, has) if ok]
+                store.commit(mid, labelled, s[has], delta=float(delta),  # process 0 alone (orbax: distributed.py)
+                             head_names=getattr(expert, "head_names", None),
+                             extra={"num_images": {w: sdag.num_images(w) for w in with_data}}, fingerprint=fp)
+                store.compact_raw(mid, fp)
+            except Exception as e:
+                procs.publish(f"{tag}/result", e)
+                raise
+            procs.publish(f"{tag}/result", str(len(labelled)))
+        else:
+            labelled = range(int(procs.wait_for(f"{tag}/result", f"waiting for process 0 to commit {mid!r}",
+                                                timeout)))
+        summary[mid] = {"labelled": len(labelled), "computed": len(todo_set),
+                        "cached": len(with_data) - len(todo_set)}
+        if procs.multi:
+            summary[mid].update(processes=n_proc, computed_here=n_mine)
         if old_fps:
             summary[mid]["fingerprint_changed"] = True
     return summary

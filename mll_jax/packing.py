@@ -26,6 +26,19 @@ Two expert interfaces are supported:
 * any other expert with ``logits(images)`` (the contract of ``docs/INTERFACES.md``): images of the same shape
   from consecutive nodes are packed into ``batch_size``-image calls of ``expert.logits``.
 
+**Units** (:func:`mll_jax.labelling.label_models` over many processes): an item may be a triple ``(node, images,
+group)``; when ``group`` changes between consecutive items, the batches of the previous group are flushed (the last
+one zero-padded), so no device batch mixes images of two groups.  A group's logit rows then sit at the same batch
+positions whatever ran before it, in whichever process computes it: the means of a (model, node block) unit are
+bitwise the same in a one-process and an N-process run.
+
+**Local devices** (``devices``, default ``jax.local_devices()``): on the fast path with D > 1 devices every device
+call carries ``D * batch_size`` images, sharded over the devices along the batch axis (the parameters replicated),
+so each device runs the expert's compiled ``batch_size`` forward on its slice.  Image ``i`` of a group lands at
+position ``i mod batch_size`` of its device's slice, the position it has on one device: the per-image rows are
+the ones a one-device run computes (measured bitwise equal for the shipped experts on 2 host devices,
+``tests/test_distributed.py``).  With one device this is a no-op.
+
 **Exactness.**  The per-node means equal the node-by-node path (:func:`mll_jax.labelling.node_mean_logits`) up
 to float32 round-off: each image's logit row is the same forward pass; what can differ is (a) the float32
 round-off of a row when XLA computes it at another position in a batch (different vectorisation remainder; a
@@ -100,20 +113,37 @@ class _Packer:
             self._new()
 
 
+def _local_mesh(devices):
+    """``(mesh, batch sharding, replicated sharding)`` over ``devices`` (None: ``jax.local_devices()``), or None for
+    one device."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devs = list(jax.local_devices() if devices is None else devices)
+    if len(devs) <= 1:
+        return None
+    mesh = Mesh(np.asarray(devs, dtype=object), ("batch",))
+    return mesh, NamedSharding(mesh, PartitionSpec("batch")), NamedSharding(mesh, PartitionSpec())
+
+
 def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_size: int = 64,
-                    workers: int = 2, prefetch: int = 4, in_flight: int = 2) -> Iterator[tuple[Any, np.ndarray]]:
+                    workers: int = 2, prefetch: int = 4, in_flight: int = 2,
+                    devices: Any = None) -> Iterator[tuple[Any, np.ndarray]]:
     """Yield ``(node, mean logits float32 (H,))`` for every ``(node, images)`` item, packing nodes into full batches.
 
     Args:
         expert: a :class:`mll_jax.models.FlaxModuleExpert` (fast path) or any expert with ``model_id``,
             ``num_heads`` and ``logits(images)``.
-        items: ``(node, images)`` pairs; ``images`` is a uint8 image batch (``docs/INTERFACES.md``) or a
-            zero-argument callable returning one (called on a host thread).  Node ids must be unique.
+        items: ``(node, images)`` pairs or ``(node, images, group)`` triples; ``images`` is a uint8 image batch
+            (``docs/INTERFACES.md``) or a zero-argument callable returning one (called on a host thread).  Node
+            ids must be unique.  No device batch mixes two groups (see "Units" above).
         logits_batch_size: images per ``expert.logits`` call on the generic path.  On the fast path every
             device call has the expert's own ``batch_size`` (its forward is compiled for that size).
         workers: host threads that load and preprocess images.
         prefetch: nodes loaded/preprocessed ahead of the device.
         in_flight: device batches dispatched before the oldest result is read back.
+        devices: the local devices a fast-path batch is sharded over (default: ``jax.local_devices()``; one
+            device: no sharding).
 
     Nodes are yielded in the order of ``items``.  Raises :class:`PackingError` for an empty or duplicate node,
     :class:`mll_jax.labelling.LabellingError` for logits of the wrong shape and
@@ -126,6 +156,15 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
     bs = int(expert.batch_size) if fast else int(logits_batch_size)
     if bs < 1 or workers < 1 or prefetch < 1 or in_flight < 1:
         raise PackingError("logits_batch_size, workers, prefetch and in_flight must be >= 1")
+    shard = _local_mesh(devices) if fast else None
+    params = expert.params if fast else None
+    if shard is not None:
+        import jax
+
+        params = jax.device_put(expert.params, shard[2])  # replicated on every local device
+        device_batch = bs * len(shard[0].devices.flat)
+    else:
+        device_batch = bs
     from .models import as_uint8_rgb
 
     def prepare(node, images):
@@ -143,7 +182,11 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
 
     def run(x: np.ndarray, used: int):
         if fast:
-            return expert._forward(expert.params, x)  # asynchronous: a jax array
+            if shard is not None:
+                import jax
+
+                x = jax.device_put(x, shard[1])  # batch axis split over the local devices
+            return expert._forward(params, x)  # asynchronous: a jax array
         return expert.logits(x[:used])
 
     sums: dict[Any, np.ndarray] = {}
@@ -181,6 +224,7 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
                 collect_one()
 
     seen: set = set()
+    current_group = None
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mll-pack") as pool:
         futures: collections.deque = collections.deque()
         it = iter(items)
@@ -194,23 +238,31 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
                         exhausted = True
                         break
                     try:
-                        node, images = item
+                        node, images, *grp = item
+                        if len(grp) > 1:
+                            raise ValueError
                     except (TypeError, ValueError):
-                        raise PackingError(f"items must be (node, images) pairs, got {type(item).__name__}") from None
+                        raise PackingError("items must be (node, images) pairs or (node, images, group) triples, "
+                                           f"got {type(item).__name__}") from None
                     if node in seen:
                         raise PackingError(f"node {node!r} appears twice in the items")
                     seen.add(node)
-                    futures.append(pool.submit(prepare, node, images))
+                    futures.append((grp[0] if grp else None, pool.submit(prepare, node, images)))
                 if not futures:
                     break
-                node, x = futures.popleft().result()
+                group, fut = futures.popleft()
+                node, x = fut.result()
+                if group != current_group:  # a new unit: no batch mixes two groups
+                    for packer in packers.values():
+                        dispatch(packer.flush())
+                    current_group = group
                 sums[node] = np.zeros(h, np.float64)
                 left[node] = total[node] = int(x.shape[0])
                 order.append(node)
                 key = x.shape[1:] if not fast else ()
                 packer = packers.get(key)
                 if packer is None:
-                    packer = packers[key] = _Packer(bs, tuple(x.shape[1:]), x.dtype)
+                    packer = packers[key] = _Packer(device_batch, tuple(x.shape[1:]), x.dtype)
                 dispatch(packer.add(node, x))
                 yield from ready()
             for packer in packers.values():
@@ -219,7 +271,7 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
                 collect_one()
             yield from ready()
         finally:
-            for f in futures:
+            for _, f in futures:
                 f.cancel()
     if order:  # pragma: no cover - bookkeeping invariant
         raise AssertionError(f"packer lost rows of nodes {list(order)[:5]}")

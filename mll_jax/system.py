@@ -448,12 +448,21 @@ class MLL:
         fp = _sdag_fingerprint(self.sdag)
         return [m for m in ids if m not in self.labels or state.get(m) != self._wanted_state(m, fp)]
 
-    def label(self, model_ids: Sequence[str] | None = None, *, recompute: bool = False) -> dict[str, dict]:
+    def label(self, model_ids: Sequence[str] | None = None, *, recompute: bool = False,
+              processes=None, unit_nodes: int = 64) -> dict[str, dict]:
         """Label (Eq. 1-2) every model whose labels are missing or stale; only new node data is run through the
         experts (resumable after a kill).  Returns ``label_models``' summary for the models it labelled.  The hub's
         VLMs are labelled too (only stale ones; :func:`mll_jax.vlm.system.label_vlms`, summary rows with
-        ``"vlm": True``)."""
+        ``"vlm": True``).
+
+        With ``jax.distributed`` initialized over N processes (or ``processes``, a
+        :class:`mll_jax.distributed.Processes`) every process calls ``label()`` on the same ``root`` and the experts'
+        units (``unit_nodes`` nodes each) are split between them (docs/DISTRIBUTED.md); VLMs and the label state are
+        handled by process 0."""
+        from mll_jax import distributed
         from mll_jax.labelling import label_models
+
+        procs = distributed.current() if processes is None else processes
 
         if model_ids is not None:
             model_ids = list(model_ids)
@@ -463,7 +472,7 @@ class MLL:
         if model_ids is not None:
             model_ids = [m for m in model_ids if m not in vlms]
         summary = {}
-        if vlms:  # VLM labels: root/vlm_labels (mll_jax.vlm.system), only the stale VLMs
+        if vlms and procs.process_id == 0:  # VLM labels: root/vlm_labels (mll_jax.vlm.system), only the stale VLMs
             from mll_jax.vlm import system as vsys
 
             summary.update(vsys.label_vlms(self, vlms, recompute=recompute))
@@ -477,9 +486,10 @@ class MLL:
             # label_models recomputes every node itself when the model's fingerprint changed (new weights)
             summary.update(label_models(self.sdag, [self.expert(m)], self.labels, delta=self.config.delta,
                                         batch_size=self.config.label_batch_size, recompute=recompute,
-                                        progress=self.config.progress))
+                                        progress=self.config.progress, processes=procs, flush_every=unit_nodes))
             state[m] = self._wanted_state(m, fp)
-            self._write_state(state)
+            if procs.process_id == 0:
+                self._write_state(state)
         return summary
 
     # ------------------------------------------------------------------ matching
