@@ -138,6 +138,7 @@ def run(cfg: "VLMBenchConfig") -> dict:
         es_labels = {m: es_mod.expert_style_labels(labels[m], nlogits[m], es_sdag, scale=cfg.chco_scale,
                                                    delta=cfg.chco_delta) for m in ids}
         es_text = {m: node_text_embeddings(store, labels[m]) for m in ids}
+        es_cand_emb = tf.encoder.encode([lemma_node_text(w, wn) for w in es_mod.common_nodes(es_labels.values())])
         timings["chco_vlm_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -191,7 +192,8 @@ def run(cfg: "VLMBenchConfig") -> dict:
             row["random"][k] = float(np.mean(accs))
         if es_labels is not None:  # CHCO-VLM baseline (same test images, same k)
             t0 = time.perf_counter()
-            es_match = es_mod.match_nodes(names, es_labels, lambda w: lemma_node_text(w, wn), tf.encoder)
+            es_match = es_mod.match_nodes(names, es_labels, node_emb=es_cand_emb, class_emb=class_emb
+                                          if cfg.descriptions == "none" else tf.encoder.encode(list(names)))
             es_wnids = [mt.wnid for mt in es_match]
             hl = {m: es_mod.head_logits(test_emb[m][idx], es_text[m], cfg.chco_scale) for m in ids}
             sel_mll1 = select_vlms(names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=1,
@@ -200,8 +202,9 @@ def run(cfg: "VLMBenchConfig") -> dict:
 
             mll_patch = _patch_logits(reuse_scores(sel_mll1, logits))
             row["chco"], row["chco_patched"], row["chco_cov"] = {}, {}, {}
+            cscores = es_mod.chco_vlm_scores(es_labels, es_wnids)  # CHCO solved once per task
             for k in range(1, min(cfg.max_k, len(ids)) + 1):
-                csel = es_mod.select_vlms_chco(names, es_labels, es_wnids, k=k, beta=cfg.chco_beta,
+                csel = es_mod.select_vlms_chco(names, es_labels, es_wnids, k=k, beta=cfg.chco_beta, scores=cscores,
                                                similarities=[mt.similarity for mt in es_match])
                 cov = np.asarray(csel.covered)
                 pred = es_mod.chco_reuse_scores(csel, hl).argmax(1)
@@ -255,6 +258,8 @@ def run(cfg: "VLMBenchConfig") -> dict:
             row["union"] = evaluate_scores(union, y, cov, patched=True)["acc_all"]
             row["expert_coverage"] = float(np.mean(cov[y]))
             row["expert_selection"] = {c: (esel.expert_ids(i) if cov[i] else None) for i, c in enumerate(names)}
+            if es_labels is not None:  # CHCO-VLM matched the classes to the same nodes as the experts?
+                row["chco_same_match_as_experts"] = [mt.wnid for mt in matches] == es_wnids
         results.append(row)
         print(f"{task.name:28s} MLL k=1 {row['mll'][1]:.3f} task-scope {row['mll_task'][1]:.3f}  "
               f"INB {row['inb']:.3f}  oracle {row['oracle']:.3f} "

@@ -47,7 +47,7 @@ import numpy as np
 from mll_jax.config import DEFAULT_BETA, DEFAULT_DELTA, DEFAULT_MATCH_THRESHOLD
 
 __all__ = ["DEFAULT_HEAD_SCALE", "ExpertStyleLabels", "raw_node_labels", "expert_style_labels", "label_source",
-           "common_nodes", "match_nodes", "select_vlms_chco", "head_logits", "vlm_head_logits", "chco_reuse_scores"]
+           "common_nodes", "match_nodes", "chco_vlm_scores", "select_vlms_chco", "head_logits", "vlm_head_logits", "chco_reuse_scores"]
 
 #: Scale of the heads' logits: the issue's VLM labelling logits ``100 * cos(image, text(node))``.
 DEFAULT_HEAD_SCALE = 100.0
@@ -159,45 +159,77 @@ def common_nodes(es_labels: Sequence[ExpertStyleLabels]) -> list[str]:
     return [w for w in es_labels[0].wnids if w in common]
 
 
-def match_nodes(class_names: Sequence[str], es_labels, node_text, encoder, *,
-                threshold: float = DEFAULT_MATCH_THRESHOLD, cache_dir=None):
-    """Each class to one labelled node (the expert pipeline's matching, :func:`mll_jax.text.match_classes`).
+def match_nodes(class_names: Sequence[str], es_labels, node_text=None, encoder=None, *,
+                threshold: float = DEFAULT_MATCH_THRESHOLD, cache_dir=None, node_emb=None, class_emb=None):
+    """Each class to one node labelled for every VLM (:func:`common_nodes`), by the expert pipeline's matching
+    (:func:`mll_jax.text.match_classes`; returns a list of :class:`mll_jax.text.Match`).
 
     ``node_text(wnid) -> str``: the node's matching text (the system's ``MLL.node_text``; offline:
-    :func:`mll_jax.text.lemma_node_text`).  Returns a list of :class:`mll_jax.text.Match`.
+    :func:`mll_jax.text.lemma_node_text`), embedded by ``encoder``; or precomputed unit embeddings ``node_emb``
+    (rows in :func:`common_nodes` order) and ``class_emb`` (of the plain class names), matched by
+    :func:`mll_jax.text.match_embeddings` with the same rule.
     """
-    from mll_jax.text import match_classes
+    from mll_jax import text
 
+    names = list(class_names)
     if isinstance(es_labels, Mapping):
         es_labels = list(es_labels.values())
     cand = common_nodes(es_labels)
-    return match_classes(list(class_names), cand, [node_text(w) for w in cand], encoder, threshold=threshold,
-                         cache_dir=cache_dir)
+    if node_emb is None or class_emb is None:
+        if node_text is None or encoder is None:
+            raise ValueError("give node_text and a text encoder, or node_emb and class_emb")
+        return text.match_classes(names, cand, [node_text(w) for w in cand], encoder, threshold=threshold,
+                                  cache_dir=cache_dir)
+    if len(node_emb) != len(cand) or len(class_emb) != len(names):
+        raise ValueError(f"embedding rows ({len(class_emb)} classes, {len(node_emb)} nodes) do not match "
+                         f"{len(names)} classes / {len(cand)} candidate nodes")
+    if not cand:
+        return [text.Match(c, None, float("nan")) for c in names]
+    res = text.match_embeddings(jnp.asarray(class_emb), jnp.asarray(node_emb), float(threshold))
+    node, sim = np.asarray(res.node), np.asarray(res.similarity)
+    return [text.Match(c, cand[k] if k >= 0 else None, float(v)) for c, k, v in zip(names, node, sim)]
 
 
-def select_vlms_chco(class_names: Sequence[str], es_labels, wnids: Sequence[str | None], *, k: int = 1,
-                     beta: float | None = DEFAULT_BETA, similarities: Sequence[float] | None = None,
-                     match_threshold: float | None = None, **chco_options):
-    """The expert pipeline's CHCO selection over VLMs' expert-style labels: a :class:`mll_jax.selection.Selection`
-    (method ``"chco"``; ``columns[m]`` is the ``(H, C)`` combination mapping the VLM's node-text heads to the
-    classes).  ``wnids[c]``: class ``c``'s matched node (``None``: uncovered)."""
-    import warnings
-
-    from mll_jax.selection import select_models
+def chco_vlm_scores(es_labels, wnids: Sequence[str | None], **chco_options):
+    """CHCO of every VLM over the matched nodes: :class:`mll_jax.selection.ModelScores` ``(M, C)`` (unmatched
+    classes, or fewer than two matched ones: ``+inf``) with the combination ``X_m`` of every VLM.  Solved once;
+    :func:`select_vlms_chco` can then select for several ``k`` / ``beta`` from it.  ``chco_options``: ``method``,
+    ``tol`` and solver keywords of :func:`mll_jax.selection.chco_scores`."""
+    from mll_jax.selection import ModelScores, chco_scores, expand_classes, label_submatrices
 
     if isinstance(es_labels, Mapping):
         es_labels = list(es_labels.values())
     es_labels = list(es_labels)
     if not es_labels:
         raise ValueError("no VLM labels given: label at least one VLM first")
+    ids = [e.model_id for e in es_labels]
+    wnids = list(wnids)
+    matched = [c for c, w in enumerate(wnids) if w is not None]
+    if len(matched) < 2:  # CHCO contrasts a class with the others
+        return ModelScores("chco", ids, np.full((len(ids), len(wnids)), np.inf))
+    S_list = label_submatrices(label_source(es_labels), ids, [wnids[c] for c in matched])
+    sc = chco_scores(S_list, ids, progress=False, **chco_options)
+    return expand_classes(sc, matched, len(wnids))
+
+
+def select_vlms_chco(class_names: Sequence[str], es_labels, wnids: Sequence[str | None], *, k: int = 1,
+                     beta: float | None = DEFAULT_BETA, similarities: Sequence[float] | None = None,
+                     match_threshold: float | None = None, scores=None, **chco_options):
+    """The expert pipeline's CHCO selection over VLMs' expert-style labels: a :class:`mll_jax.selection.Selection`
+    (method ``"chco"``; ``columns[m]`` is the ``(H, C)`` combination mapping the VLM's node-text heads to the
+    classes): per class the top ``k`` VLMs with loss ``<= beta`` (:func:`mll_jax.selection.select`).
+    ``wnids[c]``: class ``c``'s matched node (``None``: uncovered).  ``scores``: :func:`chco_vlm_scores` already
+    computed for these labels and nodes (else solved here with ``chco_options``)."""
+    from mll_jax.selection import select
+
     if len(wnids) != len(class_names):
         raise ValueError(f"{len(wnids)} matched nodes for {len(class_names)} classes")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # uncovered classes are explained in the Selection
-        return select_models(label_source(es_labels), list(wnids), scorer="chco", k=int(k), beta=beta,
-                             model_ids=[e.model_id for e in es_labels], class_names=list(class_names),
-                             similarities=similarities, match_threshold=match_threshold, progress=False,
-                             **chco_options)
+    if scores is None:
+        scores = chco_vlm_scores(es_labels, wnids, **chco_options)
+    elif scores.loss.shape[1] != len(class_names):
+        raise ValueError(f"scores cover {scores.loss.shape[1]} classes, expected {len(class_names)}")
+    return select(scores, k=int(k), beta=beta, class_names=list(class_names), wnids=list(wnids),
+                  similarities=similarities, match_threshold=match_threshold)
 
 
 def head_logits(image_emb: np.ndarray, text_emb: np.ndarray, scale: float = DEFAULT_HEAD_SCALE) -> np.ndarray:
