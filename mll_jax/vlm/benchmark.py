@@ -201,7 +201,7 @@ def run(cfg: "VLMBenchConfig") -> dict:
                                    alpha=cfg.alpha, top=cfg.top)
             from mll_jax.vlm.system import patch_logits as _patch_logits
 
-            mll_patch = _patch_logits(reuse_scores(sel_mll1, logits))
+            mll_patch = _patch_logits(reuse_scores(sel_mll1, logits))  # MLL-VLM k=1 for uncovered classes
             row["chco"], row["chco_patched"], row["chco_cov"] = {}, {}, {}
             cscores = es_mod.chco_vlm_scores(es_labels, es_wnids)  # CHCO solved once per task
             for k in range(1, min(cfg.max_k, len(ids)) + 1):
@@ -211,8 +211,11 @@ def run(cfg: "VLMBenchConfig") -> dict:
                 pred = es_mod.chco_reuse_scores(csel, hl).argmax(1)
                 row["chco"][k] = float(np.mean(cov[y] & (pred == y)))  # uncovered classes count as wrong
                 row["chco_cov"][k] = float(np.mean(cov[y]))
-                pp = es_mod.chco_reuse_scores(csel, hl, mll_patch).argmax(1)
-                row["chco_patched"][k] = float(np.mean(pp == y))
+                if cov.all():  # the patch only serves uncovered classes: the same predictions
+                    row["chco_patched"][k] = float(np.mean(pred == y))
+                else:
+                    pp = es_mod.chco_reuse_scores(csel, hl, mll_patch).argmax(1)
+                    row["chco_patched"][k] = float(np.mean(pp == y))
                 if k == 1:
                     row["chco_selection"] = {c: (csel.expert_ids(i) if cov[i] else None) for i, c in enumerate(names)}
                     row["chco_match"] = {c: (g_name(mt.wnid) if mt.wnid else None, round(mt.similarity, 3))
