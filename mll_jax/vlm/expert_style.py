@@ -47,7 +47,8 @@ import numpy as np
 from mll_jax.config import DEFAULT_BETA, DEFAULT_DELTA, DEFAULT_MATCH_THRESHOLD
 
 __all__ = ["DEFAULT_HEAD_SCALE", "ExpertStyleLabels", "raw_node_labels", "expert_style_labels", "label_source",
-           "common_nodes", "match_nodes", "chco_vlm_scores", "select_vlms_chco", "head_logits", "vlm_head_logits", "chco_reuse_scores"]
+           "common_nodes", "match_nodes", "chco_vlm_scores", "select_vlms_chco", "head_logits", "vlm_head_logits",
+           "chco_reuse_scores"]
 
 #: Scale of the heads' logits: the issue's VLM labelling logits ``100 * cos(image, text(node))``.
 DEFAULT_HEAD_SCALE = 100.0
@@ -114,7 +115,8 @@ def expert_style_labels(labels, node_logits: tuple[np.ndarray, np.ndarray], sdag
     raw, has = raw_node_labels(float(scale) * cos, idx, len(heads))
     raw, has = np.asarray(raw), np.asarray(has)
     if not has.all():
-        raise ValueError(f"VLM {labels.model_id!r}: labelled nodes without images {[h for h, ok in zip(heads, has) if not ok][:5]}")
+        bad = [h for h, ok in zip(heads, has) if not ok]
+        raise ValueError(f"VLM {labels.model_id!r}: labelled nodes without images {bad[:5]}")
     if sdag is None:
         return ExpertStyleLabels(labels.model_id, heads, heads, raw.astype(np.float32), float(scale), None)
     from mll_jax.labelling import dag_index, smooth_labels

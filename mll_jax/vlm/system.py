@@ -54,8 +54,8 @@ from mll_jax.utils import atomic_write_json, file_hash, texts_hash
 
 __all__ = ["VLM_KINDS", "is_vlm_entry", "use_text_features", "register_loaders", "add_vlm", "load_vlm", "vlm_ids",
            "vlm_store", "stale_vlms", "label_vlms", "vlm_labels", "select_vlms", "patch_logits", "VLMPatch", "VLMClassifier",
-           "vlm_classifier", "BothClassifier", "load_classifier", "VLM_SELECT_OPTIONS", "select_vlms_chco",
-           "VLMExpertClassifier"]
+           "vlm_classifier", "BothClassifier", "load_classifier", "VLM_SELECT_OPTIONS",
+           "select_vlms_chco", "VLMExpertClassifier"]
 
 VLM_KINDS = ("clip_vlm", "dual_encoder_vlm")
 #: Keys accepted in ``vlm_options`` (:func:`select_vlms`).
