@@ -37,6 +37,9 @@ def define_flags() -> None:
                       "experts + VLMs")
     flags.DEFINE_integer("hub_orders", d.hub_orders, "random hub orders for the accuracy-vs-hub-size curve",
                          lower_bound=1)
+    flags.DEFINE_bool("chco", d.chco, "also the CHCO-style baseline (VLMs as experts over their node-text heads)")
+    flags.DEFINE_float("chco_scale", d.chco_scale, "CHCO-VLM: the heads' logit scale (scale * cos)", lower_bound=0)
+    flags.DEFINE_float("chco_beta", d.chco_beta, "CHCO-VLM: the CHCO loss threshold")
 
 
 def main(argv):
@@ -46,7 +49,8 @@ def main(argv):
     run(VLMBenchConfig(home=FLAGS.home, out_dir=FLAGS.out_dir, max_k=FLAGS.max_k, random_draws=FLAGS.random_draws,
                        test_per_class=FLAGS.test_per_class, alpha=FLAGS.alpha, descriptions=FLAGS.descriptions,
                        top=FLAGS.top, models=tuple(FLAGS.models), rebuild=FLAGS.rebuild,
-                       with_experts=FLAGS.with_experts, hub_orders=FLAGS.hub_orders))
+                       with_experts=FLAGS.with_experts, hub_orders=FLAGS.hub_orders, chco=FLAGS.chco,
+                       chco_scale=FLAGS.chco_scale, chco_beta=FLAGS.chco_beta))
 
 
 if __name__ == "__main__":

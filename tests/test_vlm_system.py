@@ -156,6 +156,48 @@ def test_classifier_both_experts_where_covered_vlm_patch_elsewhere(system, plain
         mll.classifier(names, models="both", patch=object())
 
 
+@pytest.mark.filterwarnings("ignore:CHCO did not converge")  # random tiny CLIP: peaked 100 * cos heads
+def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_vlms, tmp_path):
+    """vlm_options={"method": "chco"}: the CHCO-style baseline (mll_jax.vlm.expert_style) through the system equals
+    the functional pipeline on the system's stored labels, SDAG, matching and config."""
+    from mll_jax.vlm import expert_style as es
+    from mll_jax.vlm.labels import node_logits
+    from mll_jax.vlm.system import VLMExpertClassifier, vlm_labels, vlm_store
+
+    mll, _ = system
+    names = ["jersey", "trousers", "violin"]
+    clf = mll.classifier(names, models="vlms", vlm_options={"method": "chco", "k": 2}, beta=None)
+    assert isinstance(clf, VLMExpertClassifier) and clf.class_names == names
+    labels, store = vlm_labels(mll), vlm_store(mll)
+    esl = {m: es.expert_style_labels(labels[m], node_logits(store, labels[m]), mll.sdag, delta=mll.config.delta)
+           for m in labels}
+    matches = es.match_nodes(names, esl, mll.node_text, mll.encoder, threshold=mll.config.match_threshold)
+    wnids = [mt.wnid for mt in matches]
+    assert wnids == WNIDS[:2] + [None] and list(clf.selection.wnids) == wnids
+    sel = es.select_vlms_chco(names, esl, wnids, k=2, beta=None)
+    np.testing.assert_allclose(clf.selection.loss, sel.loss, rtol=1e-5)
+    assert clf.selection.experts == sel.experts and clf.selection.covered.tolist() == [True, True, False]
+    images = np.concatenate([_images(0, 3, 21), _images(1, 3, 22), _images(3, 2, 23)])
+    hl = {v.model_id: es.vlm_head_logits(v, images, store, labels[v.model_id]) for v in plain_vlms}
+    want = es.chco_reuse_scores(sel, hl)
+    assert np.all(want[:, 2] == 0) and want[:, :2].min() > 0  # uncovered: 0; covered: the expert ensemble
+    np.testing.assert_allclose(clf.scores(images), want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(clf.predict(images), want.argmax(1))
+    ex = clf.explain()
+    assert [(r["served_by"], r["method"]) for r in ex] == [("vlms", "chco")] * 3
+    assert [[v["model"] for v in r["vlms"]] for r in ex[:2]] == [sel.expert_ids(0), sel.expert_ids(1)]
+    assert ex[2]["uncovered"].startswith("no SDAG node matched") and "CHCO loss" in clf.explain_text()
+    again = mll.load_classifier(clf.save(tmp_path / "chco.npz"))  # no re-selection
+    assert isinstance(again, VLMExpertClassifier) and again.selection.experts == sel.experts
+    np.testing.assert_array_equal(again.scores(images), clf.scores(images))
+    with pytest.raises(MLLError, match="do not apply to method 'chco'"):
+        mll.classifier(names, models="vlms", vlm_options={"method": "chco", "alpha": 0.5})
+    with pytest.raises(MLLError, match="models='vlms' only"):
+        mll.classifier(names, models="both", vlm_options={"method": "chco"})
+    with pytest.raises(MLLError, match="method must be one of"):
+        mll.classifier(names, models="vlms", vlm_options={"method": "heu"})
+
+
 def test_relabel_only_when_stale(system, plain_vlms, tmp_path):
     mll, _ = system  # last test of the module: it changes the SDAG data
     assert mll.label() == {}

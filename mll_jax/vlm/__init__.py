@@ -7,4 +7,6 @@
   over an SDAG).
 * :mod:`mll_jax.vlm.select` -- :func:`select_vlms` (class names -> per-class VLMs, from labels alone) and
   :func:`reuse_scores` / :func:`predict`.
+* :mod:`mll_jax.vlm.expert_style` -- the CHCO-style baseline: VLMs as experts over their node-text heads
+  (expert-style labels from the stored labelling embeddings, the expert pipeline's CHCO selection and reuse).
 """

@@ -19,7 +19,13 @@
    per task the expert selection (CHCO, its default config); "experts" is its Acc(a) (uncovered classes count as
    wrong) and "union" serves the classes the experts do not cover with the MLL-VLM k=1 ensemble as the patch
    (:func:`mll_jax.vlm.system.patch_logits`, the rule of ``MLL.classifier(models="both")``).
-5. Accuracy vs hub size: MLL-VLM k=1 with the hub restricted to its first n VLMs in ````hub_orders```` random
+5. CHCO-VLM (:mod:`mll_jax.vlm.expert_style`): every VLM as an expert whose heads are its ``chco_scale * cos``
+   logits over the SDAG node texts; expert-style labels (Eq. 1 means over each node's images, from the stored
+   labelling embeddings; Eq. 2 smoothing over the expert benchmark's SDAG, the WordNet subtrees of
+   ``mll_jax.offline.data.SUBTREE_ROOTS``); each class matched to one node (the expert matching); CHCO per VLM,
+   top-k under ``chco_beta``; reuse by the expert ensemble (Eq. 12-13).  Uncovered classes count as wrong ("CHCO-VLM
+   k"), or take the MLL-VLM k=1 ensemble as the patch ("CHCO-VLM k=1 + MLL patch").
+6. Accuracy vs hub size: MLL-VLM k=1 with the hub restricted to its first n VLMs in ````hub_orders```` random
    orders (mean over orders and tasks), with the oracle single VLM of the same sub-hub for reference.
 
 Writes ``vlm_offline.json``, ``vlm_offline.md``, ``vlm_accuracy_vs_k.png`` and ``vlm_accuracy_vs_hub_size.png``
@@ -55,6 +61,10 @@ class VLMBenchConfig:
     rebuild: bool = False  # retrain the VLMs
     with_experts: bool = True  # also the expert benchmark's selection and the union experts + VLMs
     hub_orders: int = 10  # random hub orders for the accuracy-vs-hub-size curve
+    chco: bool = True  # the CHCO-VLM baseline (VLMs as experts over their node-text heads)
+    chco_scale: float = 100.0  # the heads' logit scale (scale * cos; the issue's labelling logits: 100)
+    chco_beta: float | None = 0.8  # CHCO loss threshold (the expert default, mll_jax.config.DEFAULT_BETA)
+    chco_delta: float = 0.5  # Eq. 2 discount (the expert default, mll_jax.config.DEFAULT_DELTA)
 
 
 def extra_tasks():
@@ -88,6 +98,8 @@ def run(cfg: "VLMBenchConfig") -> dict:
     from mll_jax.vlm.labels import VLMLabelStore, label_vlms, node_logits
     from mll_jax.vlm.offline import VLM_SPECS, TextFeatures, train_vlm_hub
     from mll_jax.vlm.select import class_descriptions, class_query_texts, reuse_scores, select_vlms
+    from mll_jax.vlm import expert_style as es_mod
+    from mll_jax.vlm.labels import node_text_embeddings
 
     from absl import logging as absl_logging
 
@@ -119,11 +131,23 @@ def run(cfg: "VLMBenchConfig") -> dict:
     sdag_acc = np.array([labels[m].sdag_accuracy for m in ids])
     inb = int(core.inb_choice(np.full(len(ids), np.nan), sdag_acc))
 
+    es_labels, es_text = None, None
+    if cfg.chco:  # CHCO-VLM: expert-style labels from the stored labelling embeddings (no tower runs)
+        t0, c0 = time.perf_counter(), time.process_time()
+        es_sdag = SDAG.from_roots([wordnet.wnid(wn.synset(r)) for r in fdata.SUBTREE_ROOTS], wn=wn)
+        es_labels = {m: es_mod.expert_style_labels(labels[m], nlogits[m], es_sdag, scale=cfg.chco_scale,
+                                                   delta=cfg.chco_delta) for m in ids}
+        es_text = {m: node_text_embeddings(store, labels[m]) for m in ids}
+        es_cand_emb = tf.encoder.encode([lemma_node_text(w, wn) for w in es_mod.common_nodes(es_labels.values())])
+        timings["chco_vlm_s"] = time.perf_counter() - t0
+        timings["chco_vlm_cpu_s"] = time.process_time() - c0
+
     t0 = time.perf_counter()
     test_emb = {v.model_id: v.encode_images(data.test_images) for v in vlms}
     timings["test_embed_s"] = time.perf_counter() - t0
 
     tasks = list(fdata.TASKS) + list(extra_tasks())
+    g_name = (lambda w: es_sdag.name(w)) if cfg.chco else None  # noqa: E731
     bench = None
     if cfg.with_experts:
         from mll_jax.offline.benchmark import OfflineBenchmark
@@ -167,6 +191,41 @@ def run(cfg: "VLMBenchConfig") -> dict:
                 rs = sel.with_chosen(np.asarray(core.random_topk(sub, len(ids), len(names), k)))
                 accs.append(float(np.mean(reuse_scores(rs, logits).argmax(1) == y)))
             row["random"][k] = float(np.mean(accs))
+        if es_labels is not None:  # CHCO-VLM baseline (same test images, same k)
+            t0, c0 = time.perf_counter(), time.process_time()
+            es_match = es_mod.match_nodes(names, es_labels, node_emb=es_cand_emb, class_emb=class_emb
+                                          if cfg.descriptions == "none" else tf.encoder.encode(list(names)))
+            es_wnids = [mt.wnid for mt in es_match]
+            hl = {m: es_mod.head_logits(test_emb[m][idx], es_text[m], cfg.chco_scale) for m in ids}
+            mll_patch = None  # MLL-VLM k=1 ensemble for uncovered classes (computed when one is uncovered)
+            row["chco"], row["chco_patched"], row["chco_cov"] = {}, {}, {}
+            cscores = es_mod.chco_vlm_scores(es_labels, es_wnids)  # CHCO solved once per task
+            for k in range(1, min(cfg.max_k, len(ids)) + 1):
+                csel = es_mod.select_vlms_chco(names, es_labels, es_wnids, k=k, beta=cfg.chco_beta, scores=cscores,
+                                               similarities=[mt.similarity for mt in es_match])
+                cov = np.asarray(csel.covered)
+                pred = es_mod.chco_reuse_scores(csel, hl).argmax(1)
+                row["chco"][k] = float(np.mean(cov[y] & (pred == y)))  # uncovered classes count as wrong
+                row["chco_cov"][k] = float(np.mean(cov[y]))
+                if cov.all():  # the patch only serves uncovered classes: the same predictions
+                    row["chco_patched"][k] = float(np.mean(pred == y))
+                else:
+                    if mll_patch is None:
+                        from mll_jax.vlm.system import patch_logits as _patch_logits
+
+                        mll_patch = _patch_logits(reuse_scores(select_vlms(
+                            names, labels, nodes, node_emb=node_emb, class_emb=class_emb, k=1, alpha=cfg.alpha,
+                            top=cfg.top), logits))
+                    pp = es_mod.chco_reuse_scores(csel, hl, mll_patch).argmax(1)
+                    row["chco_patched"][k] = float(np.mean(pp == y))
+                if k == 1:
+                    row["chco_selection"] = {c: (csel.expert_ids(i) if cov[i] else None) for i, c in enumerate(names)}
+                    row["chco_match"] = {c: (g_name(mt.wnid) if mt.wnid else None, round(mt.similarity, 3))
+                                         for c, mt in zip(names, es_match)}
+                    row["chco_loss"] = {m: [None if not np.isfinite(v) else round(float(v), 4) for v in r_]
+                                        for m, r_ in zip(csel.model_ids, csel.loss)}
+            timings["chco_vlm_s"] += time.perf_counter() - t0
+            timings["chco_vlm_cpu_s"] += time.process_time() - c0
         allsel = sel.with_chosen(np.tile(np.arange(len(ids)), (len(names), 1)))
         row["all_ensemble"] = float(np.mean(reuse_scores(allsel, logits).argmax(1) == y))
         # accuracy vs hub size: MLL k=1 on the first n VLMs of random orders (oracle of the same sub-hub)
@@ -206,6 +265,8 @@ def run(cfg: "VLMBenchConfig") -> dict:
             row["union"] = evaluate_scores(union, y, cov, patched=True)["acc_all"]
             row["expert_coverage"] = float(np.mean(cov[y]))
             row["expert_selection"] = {c: (esel.expert_ids(i) if cov[i] else None) for i, c in enumerate(names)}
+            if es_labels is not None:  # CHCO-VLM matched the classes to the same nodes as the experts?
+                row["chco_same_match_as_experts"] = [mt.wnid for mt in matches] == es_wnids
         results.append(row)
         print(f"{task.name:28s} MLL k=1 {row['mll'][1]:.3f} task-scope {row['mll_task'][1]:.3f}  "
               f"INB {row['inb']:.3f}  oracle {row['oracle']:.3f} "
@@ -221,6 +282,10 @@ def run(cfg: "VLMBenchConfig") -> dict:
                "mean_single": mean(lambda r: r["mean_single"]), "all_ensemble": mean(lambda r: r["all_ensemble"]),
                "hub_size": {n: {key: mean(lambda r: r["hub_size"][n][key]) for key in ("mll", "oracle")}
                             for n in results[0]["hub_size"]}}
+    if es_labels is not None:
+        summary.update(chco={k: mean(lambda r: r["chco"][k]) for k in ks},
+                       chco_cov={k: mean(lambda r: r["chco_cov"][k]) for k in ks},
+                       chco_patched={k: mean(lambda r: r["chco_patched"][k]) for k in ks})
     if bench is not None:
         summary.update(experts=mean(lambda r: r["experts"]), union=mean(lambda r: r["union"]),
                        expert_coverage=mean(lambda r: r["expert_coverage"]))
@@ -230,7 +295,8 @@ def run(cfg: "VLMBenchConfig") -> dict:
                  "sdag_accuracy": float(a), "logit_scale": v.logit_scale} for v, a in zip(vlms, sdag_acc)]
     doc = {"config": {"alpha": cfg.alpha, "top": cfg.top, "max_k": cfg.max_k, "random_draws": cfg.random_draws,
                       "test_per_class": cfg.test_per_class, "descriptions": cfg.descriptions,
-                      "with_experts": cfg.with_experts, "hub_orders": cfg.hub_orders},
+                      "with_experts": cfg.with_experts, "hub_orders": cfg.hub_orders, "chco": cfg.chco,
+                      "chco_scale": cfg.chco_scale, "chco_beta": cfg.chco_beta, "chco_delta": cfg.chco_delta},
            "hub": hub_info, "tasks": results, "summary": summary, "timings_s": timings}
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "vlm_offline.json", doc, default=str)
@@ -238,23 +304,31 @@ def run(cfg: "VLMBenchConfig") -> dict:
     pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
     head = (["task"] + [f"MLL k={k}" for k in ks] + [f"MLL-task k={k}" for k in ks] + [f"Random k={k}" for k in ks] +
             ["INB", "mean single", "oracle", "all-ensemble"] +
+            ([f"CHCO-VLM k={k} (cov.)" for k in ks] + ["CHCO-VLM k=1 + MLL patch"] if es_labels is not None else []) +
             (["experts (cov.)", "experts + VLMs"] if bench is not None else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results + [dict(task="**mean**", mll=summary["mll"], mll_task=summary["mll_task"],
                              random=summary["random"], inb=summary["inb"],
                              mean_single=summary["mean_single"], oracle=summary["oracle"],
                              all_ensemble=summary["all_ensemble"], experts=summary.get("experts"),
+                             chco=summary.get("chco"), chco_cov=summary.get("chco_cov"),
+                             chco_patched=summary.get("chco_patched"),
                              union=summary.get("union"), expert_coverage=summary.get("expert_coverage"))]:
         cells = [r["task"]] + [pct(r["mll"][k]) for k in ks] + [pct(r["mll_task"][k]) for k in ks] + \
                 [pct(r["random"][k]) for k in ks] + \
                 [pct(r["inb"]), pct(r["mean_single"]), pct(r["oracle"]), pct(r["all_ensemble"])]
+        if es_labels is not None:
+            cells += [f"{pct(r['chco'][k])} ({pct(r['chco_cov'][k])})" for k in ks] + [pct(r["chco_patched"][1])]
         if bench is not None:
             cells += [f"{pct(r['experts'])} ({pct(r['expert_coverage'])})", pct(r["union"])]
         lines.append("| " + " | ".join(cells) + " |")
     sel_lines = [f"- **{r['task']}**: all-node scope: "
                  + "; ".join(f"{c} -> {', '.join(m)}" for c, m in r["selection"].items())
                  + ". Task scope: " + "; ".join(f"{c} -> {', '.join(m)}" for c, m in r["selection_task"].items())
-                 + f". (INB: {r['inb_model']}, oracle: {r['oracle_model']})" for r in results]
+                 + f". (INB: {r['inb_model']}, oracle: {r['oracle_model']})"
+                 + ("" if es_labels is None else ". CHCO-VLM: " + "; ".join(
+                     f"{c} [{r['chco_match'][c][0]}] -> {', '.join(m) if m else 'uncovered'}"
+                     for c, m in r["chco_selection"].items())) for r in results]
     hub_lines = ["| model | arch | trained classes | imgs/class | steps | width | dim | SDAG acc |", "|" + "---|" * 8]
     hub_lines += [f"| {h['model_id']} | {h['arch']} | {', '.join(h['classes'])} | {h['per_class']} | {h['steps']} | "
                   f"{h['width']} | {h['dim']} | {pct(h['sdag_accuracy'])} |" for h in hub_info]
@@ -262,6 +336,10 @@ def run(cfg: "VLMBenchConfig") -> dict:
           f"Top-1 accuracy (%) on the official Fashion-MNIST test images of each task; alpha={cfg.alpha}, "
           f"top-{cfg.top} nodes per class, "
           f"Random = mean of {cfg.random_draws} draws; descriptions={cfg.descriptions}. "
+          + ("" if es_labels is None else
+             f"CHCO-VLM: heads {cfg.chco_scale:g} * cos over the node texts, beta={cfg.chco_beta}, "
+             f"delta={cfg.chco_delta}, uncovered classes count as wrong (cov. = share of test images whose class "
+             f"is covered; {timings['chco_vlm_s']:.1f} s wall, {timings['chco_vlm_cpu_s']:.1f} s CPU in all). ") +
           f"Total run time {timings['total_s']:.0f} s (train/load {timings['train_or_load_s']:.0f} s, "
           f"label {timings['label_s']:.0f} s).", "", *lines, "", "## Hub", "", *hub_lines, "",
           "## Accuracy vs hub size (MLL-VLM k=1)", "",
@@ -284,6 +362,9 @@ def run(cfg: "VLMBenchConfig") -> dict:
     ax.plot(ks, [100 * summary["mll"][k] for k in ks], "o-", label="MLL-VLM (labels among all nodes)")
     ax.plot(ks, [100 * summary["mll_task"][k] for k in ks], "^-", label="MLL-VLM (task-scoped labels)")
     ax.plot(ks, [100 * summary["random"][k] for k in ks], "s--", label="Random (same k, same reuse)")
+    if es_labels is not None:
+        ax.plot(ks, [100 * summary["chco"][k] for k in ks], "d-", color="tab:purple",
+                label="CHCO-VLM (expert-style labels; uncovered wrong)")
     for name, style in (("oracle", ":"), ("inb", "-."), ("mean_single", "--"), ("all_ensemble", "-")):
         ax.axhline(100 * summary[name], ls=style, color="gray" if name != "oracle" else "k", lw=1,
                    label={"oracle": "oracle single VLM", "inb": "INB (best SDAG acc.)",

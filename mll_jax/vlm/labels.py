@@ -33,7 +33,7 @@ from mll_jax.vlm import core
 from mll_jax.vlm.models import check_vlm, node_text
 
 __all__ = ["VLMLabels", "VLMLabelStore", "LabelsMissingError", "sdag_node_texts", "label_vlm", "label_vlms",
-           "node_logits"]
+           "node_logits", "node_text_embeddings"]
 
 
 LABELS_FORMAT = "mll-jax-vlm-labels/2"
@@ -191,14 +191,26 @@ def label_vlm(store: VLMLabelStore, sdag, vlm, *, nodes: Sequence[str] | None = 
     return VLMLabels(vlm.model_id, tuple(nodes), counts, key)
 
 
-def node_logits(store: VLMLabelStore, labels: VLMLabels) -> tuple[np.ndarray, np.ndarray]:
-    """``(logits (N, V), node index (N,))`` of every node image against every node text (cosine; the argmax is
-    what labels count), read from the stored embeddings of ``labels`` (for task-scoped selection)."""
+def _labels_doc(store: VLMLabelStore, labels: VLMLabels) -> tuple[Path, dict]:
     d = store.model_dir(labels.model_id)
     doc = json.loads((d / "labels.json").read_text())
     if doc["key"] != labels.key:
         raise LabelsMissingError(f"VLM {labels.model_id!r}: stored labels changed since these were read; reload them")
-    txt = np.concatenate([np.load(d / "txt" / f) for f in doc["txt_files"]])
+    return d, doc
+
+
+def node_text_embeddings(store: VLMLabelStore, labels: VLMLabels) -> np.ndarray:
+    """``(V, D)`` stored embeddings of the node texts of ``labels`` (rows in ``labels.nodes`` order)."""
+    d, doc = _labels_doc(store, labels)
+    return np.concatenate([np.load(d / "txt" / f) for f in doc["txt_files"]])
+
+
+def node_logits(store: VLMLabelStore, labels: VLMLabels) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits (N, V), node index (N,))`` of every node image against every node text (cosine; the argmax is
+    what labels count), read from the stored embeddings of ``labels`` (for task-scoped selection and the
+    expert-style labels of :mod:`mll_jax.vlm.expert_style`)."""
+    d, doc = _labels_doc(store, labels)
+    txt = node_text_embeddings(store, labels)
     imgs = [np.load(d / "img" / f) for f in doc["img_files"]]
     lab = np.concatenate([np.full(len(x), i, np.int32) for i, x in enumerate(imgs)])
     return (np.concatenate(imgs) @ txt.T).astype(np.float32), lab

@@ -7,6 +7,7 @@
     mll.add_vlm("offline:vlm-footwear", hub=vlm_hub)        # an offline dual encoder (mll_jax.vlm.offline)
     mll.label()                                             # experts -> root/labels, VLMs -> root/vlm_labels
     mll.classifier(names, models="vlms")                    # VLM selection + entropy-weighted VLM ensemble
+    mll.classifier(names, models="vlms", vlm_options={"method": "chco"})   # baseline: VLMs as CHCO experts
     mll.classifier(names, models="both")                    # experts where they cover a class, VLMs elsewhere
 
 Hub kinds (loaders registered with :meth:`mll_jax.hub.ModelHub.register_loader` when this module is imported;
@@ -53,11 +54,16 @@ from mll_jax.utils import atomic_write_json, file_hash, texts_hash
 
 __all__ = ["VLM_KINDS", "is_vlm_entry", "use_text_features", "register_loaders", "add_vlm", "load_vlm", "vlm_ids",
            "vlm_store", "stale_vlms", "label_vlms", "vlm_labels", "select_vlms", "patch_logits", "VLMPatch", "VLMClassifier",
-           "vlm_classifier", "BothClassifier", "load_classifier", "VLM_SELECT_OPTIONS"]
+           "vlm_classifier", "BothClassifier", "load_classifier", "VLM_SELECT_OPTIONS",
+           "select_vlms_chco", "VLMExpertClassifier"]
 
 VLM_KINDS = ("clip_vlm", "dual_encoder_vlm")
 #: Keys accepted in ``vlm_options`` (:func:`select_vlms`).
-VLM_SELECT_OPTIONS = ("k", "alpha", "top", "scope", "descriptions")
+VLM_SELECT_OPTIONS = ("k", "alpha", "top", "scope", "descriptions", "method", "scale")
+#: Options of each selection ``method`` (``"mll"``: the MLL-VLM selection; ``"chco"``: the CHCO-style baseline of
+#: :mod:`mll_jax.vlm.expert_style`, VLMs as experts over their node-text heads).
+VLM_METHOD_OPTIONS = {"mll": ("k", "alpha", "top", "scope", "descriptions", "method"),
+                      "chco": ("k", "method", "scale")}
 
 _TEXT_FEATURES = None
 
@@ -300,6 +306,13 @@ def _check_options(opts: Mapping[str, Any] | None) -> dict:
     bad = sorted(set(opts) - set(VLM_SELECT_OPTIONS))
     if bad:
         raise MLLError(f"unknown vlm_options {bad}; accepted: {list(VLM_SELECT_OPTIONS)}")
+    method = opts.get("method", "mll")
+    if method not in VLM_METHOD_OPTIONS:
+        raise MLLError(f"vlm_options method must be one of {sorted(VLM_METHOD_OPTIONS)}, got {method!r}")
+    bad = sorted(set(opts) - set(VLM_METHOD_OPTIONS[method]))
+    if bad:
+        raise MLLError(f"vlm_options {bad} do not apply to method {method!r} (its options: "
+                       f"{list(VLM_METHOD_OPTIONS[method])})")
     return opts
 
 
@@ -322,6 +335,8 @@ def select_vlms(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | N
     stale = stale_vlms(mll, ids)
     if stale:
         warnings.warn(f"VLM labels of {stale} are stale or missing: run MLL.label()", RuntimeWarning, stacklevel=3)
+    if opts.get("method", "mll") != "mll":
+        raise MLLError(f"select_vlms is the MLL-VLM selection; method {opts['method']!r}: use select_vlms_chco")
     labels = vlm_labels(mll, ids)
     nodes = list(labels[ids[0]].nodes)
     kw = {k: opts[k] for k in ("k", "alpha", "top") if k in opts}
@@ -332,6 +347,53 @@ def select_vlms(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | N
         nl = {m: node_logits(store, labels[m]) for m in ids}
     return vsel.select_vlms(names, labels, nodes, [mll.node_text(v) for v in nodes], mll.encoder,
                             descriptions=opts.get("descriptions"), scope=scope, node_logits=nl, **kw)
+
+
+def _expert_style(mll, ids: Sequence[str], scale: float):
+    """``({id: ExpertStyleLabels}, {id: VLMLabels})`` of the hub VLMs ``ids`` (from the stored labelling
+    embeddings, smoothed over the system's SDAG with its ``delta``)."""
+    from mll_jax.vlm import expert_style as es
+    from mll_jax.vlm.labels import node_logits
+
+    labels = vlm_labels(mll, ids)
+    store = vlm_store(mll)
+    return ({m: es.expert_style_labels(labels[m], node_logits(store, labels[m]), mll.sdag, scale=scale,
+                                       delta=mll.config.delta) for m in ids}, labels)
+
+
+def select_vlms_chco(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | None = None,
+                     vlm_options: Mapping[str, Any] | None = None):
+    """The CHCO-style baseline (:mod:`mll_jax.vlm.expert_style`) over the hub's labelled VLMs: expert-style labels
+    (``scale * cos`` over the node texts, Eq. 1 from the stored labelling embeddings, Eq. 2 over the system's SDAG
+    with ``config.delta``), each class matched to one node by the expert matching (``config.match_threshold``,
+    ``mll.node_text``), CHCO with the system's solver settings, top ``k`` (``vlm_options``, default 1) under
+    ``config.beta``.  Returns the expert pipeline's :class:`mll_jax.selection.Selection`."""
+    import warnings
+
+    from mll_jax.system import MLLError, check_class_names
+    from mll_jax.vlm import expert_style as es
+
+    names = check_class_names(class_names)
+    opts = _check_options(dict(vlm_options or {}, method="chco"))
+    ids = _check_vlm_ids(mll, model_ids)
+    if not ids:
+        raise MLLError("the hub has no VLMs: add one with MLL.add_vlm()")
+    stale = stale_vlms(mll, ids)
+    if stale:
+        warnings.warn(f"VLM labels of {stale} are stale or missing: run MLL.label()", RuntimeWarning, stacklevel=3)
+    k = opts.get("k", 1)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(ids):
+        raise MLLError(f"vlm_options k must be an int in [1, {len(ids)}] (the number of VLMs), got {k!r}")
+    esl, _ = _expert_style(mll, ids, float(opts.get("scale", es.DEFAULT_HEAD_SCALE)))
+    cfg = mll.config
+    matches = es.match_nodes(names, esl, mll.node_text, mll.encoder, threshold=cfg.match_threshold,
+                             cache_dir=mll.text_cache)
+    chco_opts = dict(cfg.chco_options)
+    if cfg.chco_method is not None:
+        chco_opts["method"] = cfg.chco_method
+    return es.select_vlms_chco(names, esl, [mt.wnid for mt in matches], k=int(k), beta=cfg.beta,
+                               similarities=[mt.similarity for mt in matches], match_threshold=cfg.match_threshold,
+                               tol=cfg.chco_tol, **chco_opts)
 
 
 def patch_logits(scores) -> np.ndarray:
@@ -424,6 +486,8 @@ def load_classifier(path, mll, *, check: bool = True):
         vsel = _selection_from_json(meta["selection"])
         return VLMClassifier(vsel, {m: load_vlm(mll, m) for m in vsel.used_models}, mll)
     extra = (meta.get("extra") or {})
+    if extra.get("format") == VLM_CHCO_FORMAT:
+        return VLMExpertClassifier.load(path, mll, check=check)
     if extra.get("models") == BOTH_MODELS:
         return BothClassifier.load(path, mll, check=check)
     if extra.get("format") == "mll_jax.classifier/1":
@@ -498,6 +562,111 @@ class VLMClassifier:
         return f"VLMClassifier({len(self.class_names)} classes, VLMs {self.selection.used_models})"
 
 
+VLM_CHCO_FORMAT = "mll_jax.vlm_chco_classifier/1"
+
+
+def _node_text_embeddings(mll, model_ids: Sequence[str]) -> dict:
+    from mll_jax.vlm.labels import node_text_embeddings
+
+    labels = vlm_labels(mll, list(model_ids)) if model_ids else {}
+    store = vlm_store(mll)
+    return {m: node_text_embeddings(store, labels[m]) for m in model_ids}
+
+
+class VLMExpertClassifier:
+    """``MLL.classifier(..., models="vlms", vlm_options={"method": "chco"})``: the CHCO-style VLM baseline
+    (:mod:`mll_jax.vlm.expert_style`).  Each selected VLM's heads are ``scale * cos(image, node text)`` over the
+    node texts of its labelling (the stored text embeddings); the scores are the expert ensemble
+    (:func:`mll_jax.reuse.ensemble_scores`) with the CHCO columns.  Uncovered classes score 0."""
+
+    models = "vlms"
+    method = "chco"
+    progress = False
+
+    def __init__(self, selection, vlms: Mapping[str, Any], text_emb: Mapping[str, np.ndarray], scale: float,
+                 mll=None):
+        self.selection = selection
+        self.vlms = dict(vlms)
+        self.text_emb = dict(text_emb)
+        self.scale = float(scale)
+        self._mll = mll
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.selection.class_names)
+
+    def head_logits(self, images) -> dict:
+        from mll_jax.images import as_image_batch
+        from mll_jax.vlm.expert_style import head_logits
+
+        images = as_image_batch(images)
+        return {m: head_logits(self.vlms[m].encode_images(images), self.text_emb[m], self.scale)
+                for m in self.selection.used_model_ids}
+
+    def scores(self, images) -> np.ndarray:
+        from mll_jax.images import as_image_batch
+        from mll_jax.reuse import ensemble_scores
+
+        images = as_image_batch(images)
+        return ensemble_scores(self.selection, self.head_logits(images), len(images))
+
+    def predict(self, images) -> np.ndarray:
+        return self.predictions(self.scores(images))
+
+    def predictions(self, scores) -> np.ndarray:
+        """Argmax; -1 where a row is not finite or every class scores 0 (no selected VLM says anything)."""
+        s = np.asarray(scores)
+        ok = np.isfinite(s).all(axis=1) & (np.nan_to_num(s).max(axis=1) > 0)
+        return np.where(ok, np.argmax(np.nan_to_num(s, nan=-np.inf), axis=1), -1)
+
+    def predict_names(self, images) -> list[str | None]:
+        return [self.class_names[i] if i >= 0 else None for i in self.predict(images)]
+
+    def explain(self) -> list[dict]:
+        """Per class: ``served_by="vlms"``, ``method="chco"``, the matched node and similarity, the VLMs with their
+        CHCO loss (and top heads), or why the class is uncovered."""
+        return [{"class": r["class"], "served_by": "vlms", "method": "chco", "node": r["node"],
+                 "similarity": r["similarity"],
+                 "vlms": [{"model": e["model"], "loss": e["loss"], "heads": e["heads"]} for e in r["experts"]],
+                 "uncovered": r["uncovered"]} for r in self.selection.explain()]
+
+    def explain_text(self) -> str:
+        lines = []
+        for r in self.explain():
+            if r["uncovered"]:
+                lines.append(f"{r['class']!r} -> uncovered ({r['uncovered']})")
+                continue
+            lines.append(f"{r['class']!r} -> VLMs as CHCO experts (node {r['node']}, similarity {r['similarity']:.2f})")
+            for v in r["vlms"]:
+                lines.append(f"    {v['model']}: CHCO loss {v['loss']:.3f}")
+        return "\n".join(lines)
+
+    def save(self, path, mll=None) -> Path:
+        """Write the selection (the expert pipeline's ``.npz``, atomic) with the head scale and, for
+        :func:`load_classifier`, the fingerprints and label keys of the candidate VLMs."""
+        self.selection.save(path, extra={"format": VLM_CHCO_FORMAT, "models": "vlms", "method": "chco",
+                                         "scale": self.scale,
+                                         "vlm_state": _vlm_state(mll or self._mll, self.selection.model_ids)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path, mll, *, check: bool = True) -> "VLMExpertClassifier":
+        from mll_jax.selection import Selection
+        from mll_jax.system import MLLError
+
+        extra = Selection.read_extra(path)
+        if extra.get("format") != VLM_CHCO_FORMAT:
+            raise MLLError(f"{path} is not a saved CHCO-style VLM classifier")
+        if check:
+            _check_vlm_state(mll, path, extra["vlm_state"])
+        sel = Selection.load(path)
+        used = list(sel.used_model_ids)
+        return cls(sel, {m: load_vlm(mll, m) for m in used}, _node_text_embeddings(mll, used), extra["scale"], mll)
+
+    def __repr__(self) -> str:
+        return f"VLMExpertClassifier({len(self.class_names)} classes, VLMs {list(self.selection.used_model_ids)})"
+
+
 def vlm_classifier(mll, class_names: Sequence[str], models: str, *, patch=None, scorer: str | None = None,
                    vlm_options: Mapping[str, Any] | None = None, **overrides):
     """The ``models="vlms"`` / ``"both"`` branch of :meth:`mll_jax.system.MLL.classifier`."""
@@ -512,6 +681,15 @@ def vlm_classifier(mll, class_names: Sequence[str], models: str, *, patch=None, 
     if models == "both" and not sysm.labelled_models():
         raise MLLError("models='both' needs labelled experts in the hub (MLL.add_model, MLL.label); with VLMs only "
                        "use models='vlms'")
+    if (vlm_options or {}).get("method", "mll") == "chco":
+        if models != "vlms":
+            raise MLLError("vlm_options method='chco' (the CHCO-style VLM baseline) serves models='vlms' only")
+        from mll_jax.vlm.expert_style import DEFAULT_HEAD_SCALE
+
+        csel = select_vlms_chco(sysm, class_names, vlm_options=vlm_options)
+        scale = float(vlm_options.get("scale", DEFAULT_HEAD_SCALE))
+        return VLMExpertClassifier(csel, {m: load_vlm(sysm, m) for m in csel.used_model_ids},
+                                   _node_text_embeddings(sysm, csel.used_model_ids), scale, sysm)
     vsel = select_vlms(sysm, class_names, vlm_options=vlm_options)
     vlms = {m: load_vlm(sysm, m) for m in vsel.used_models}
     if models == "vlms":
