@@ -62,6 +62,7 @@ import re
 import shutil
 import threading
 import uuid
+import zlib
 import warnings
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
@@ -71,7 +72,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .images import as_image_batch
-from .utils import array_hash, atomic_write_bytes
+from .utils import array_hash, atomic_write_bytes, texts_hash
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -82,12 +83,46 @@ __all__ = [
     "LabelStore",
     "LabellingError",
     "LabelStoreCorruptError",
+    "LabelPrecisionError",
+    "LABEL_DTYPES",
+    "quantisation_bound",
     "NonFiniteLogitsError",
     "label_models",
 ]
 
 from mll_jax.config import DEFAULT_DELTA  # noqa: E402  (the one default, kept importable here)
-_FORMAT = "mll_jax.labels/1"
+_FORMAT = "mll_jax.labels/2"     # written by commit: one row file per model (see the module docstring)
+_FORMAT_V1 = "mll_jax.labels/1"  # orbax / tensorstore checkpoint per model: still read, written with format=1
+
+# Storage dtypes of format 2: name -> (unit roundoff u, half the smallest subnormal spacing eta, largest finite).
+# Round to nearest even: |x - q(x)| <= u * |x| + eta for every finite |x| <= largest (see quantisation_bound).
+LABEL_DTYPES = {
+    "float32": (0.0, 0.0, float(np.finfo(np.float32).max)),
+    "float16": (2.0 ** -11, 2.0 ** -25, 65504.0),
+    "bfloat16": (2.0 ** -8, 2.0 ** -134, float(np.finfo(np.float32).max)),
+}
+
+
+def _storage_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name).newbyteorder("<")
+
+
+def quantisation_bound(labels, dtype: str) -> np.ndarray:
+    """Elementwise bound on ``|read(x) - x|`` for labels committed with storage ``dtype`` (0 for float32).
+
+    Float16 and bfloat16 round to nearest even with unit roundoff ``u`` (2^-11, 2^-8): the error of a normal
+    number is at most ``u * |x|``; below the normal range at most half the subnormal spacing ``eta``
+    (2^-25, 2^-134).  So ``|q(x) - x| <= u * |x| + eta``.  On softmax probabilities over heads (CHCO's P) a
+    logit error of at most ``d`` changes every probability by a factor in ``[exp(-2d), exp(2d)]``.
+    """
+    if dtype not in LABEL_DTYPES:
+        raise ValueError(f"unknown label dtype {dtype!r}; one of {sorted(LABEL_DTYPES)}")
+    u, eta, _ = LABEL_DTYPES[dtype]
+    return u * np.abs(np.asarray(labels, dtype=np.float64)) + eta
 
 
 class LabellingError(ValueError):
@@ -100,6 +135,10 @@ class NonFiniteLogitsError(LabellingError):
 
 class LabelStoreCorruptError(ValueError):
     """A label-store file is damaged or was edited (names the file, the model and how to recover)."""
+
+
+class LabelPrecisionError(ValueError):
+    """Labels do not fit the store's reduced-precision storage dtype (float16 overflow)."""
 
 
 def _positive_int(v, what: str) -> int:
@@ -233,12 +272,22 @@ class LabelStore:
     ``path`` is created if needed.  Methods raise ``KeyError`` for unknown models or unlabelled nodes.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, dtype: str = "float32", format: int = 2):
+        if format not in (1, 2):
+            raise ValueError(f"label store format must be 1 (orbax checkpoints) or 2 (row files), got {format!r}")
+        dtype = str(np.dtype(dtype)) if not (isinstance(dtype, str) and dtype == "bfloat16") else dtype
+        if dtype not in LABEL_DTYPES:
+            raise ValueError(f"label dtype must be one of {sorted(LABEL_DTYPES)}, got {dtype!r}")
+        if format == 1 and dtype != "float32":
+            raise ValueError(f"format 1 (orbax) stores float32 only; {dtype} needs format=2")
         self.root = Path(path)
         (self.root / "models").mkdir(parents=True, exist_ok=True)
+        self.dtype = dtype    # storage dtype of new commits (reads always return float32)
+        self.format = format  # format of new commits (both formats are read)
         self._lock = threading.Lock()
         self._meta_cache: dict[str, tuple] = {}  # model -> (mtime_ns, meta, index doc, row index)
         self._ts_cache: dict[tuple[str, str], object] = {}
+        self._nodesets: dict[str, tuple[list, dict]] = {}  # format 2: node-list hash -> (nodes, {node: row})
 
     def __repr__(self) -> str:
         return f"LabelStore({str(self.root)!r}, {len(self.model_ids())} models)"
@@ -297,7 +346,9 @@ class LabelStore:
     def check(self, model_id: str) -> None:
         """Verify every file of ``model_id`` (meta, index and label checksums, raw chunks); raises
         :class:`LabelStoreCorruptError` naming the damaged file, ``KeyError`` for an unknown model."""
-        self._meta(model_id)
+        meta, _, _ = self._meta(model_id)
+        if meta.get("format") == _FORMAT:  # reads may have used a cached node list: verify this model's own
+            self._nodeset(model_id, meta, cached=False)
         self.read_all(model_id)
         self.load_raw(model_id)
 
@@ -314,7 +365,8 @@ class LabelStore:
                            f"{known[:10]}{' ...' if len(known) > 10 else ''})") from None
         return mtime, self._read_meta_file(f, model_id)
 
-    def _read_index(self, model_id: str, meta: dict) -> dict:
+    def _read_index(self, model_id: str, meta: dict, parse: bool = True) -> dict | None:
+        """The row index document, verified against ``index_sha256`` (``parse=False``: verify only)."""
         f = self._model_dir(model_id) / str(meta["index"])
         try:
             data = f.read_bytes()
@@ -323,6 +375,8 @@ class LabelStore:
         want = meta.get("index_sha256")
         if want is not None and _sha256(data) != want:
             raise self._corrupt(model_id, f, "checksum mismatch: edited or damaged")
+        if not parse:
+            return None
         try:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -333,7 +387,12 @@ class LabelStore:
         return doc
 
     def _meta(self, model_id: str) -> tuple[dict, dict, dict]:
-        """(meta, index document, {node: row}) of the committed labels, cached while meta.json is unchanged."""
+        """(meta, index document, {node: row}) of the committed labels, cached while meta.json is unchanged.
+
+        Format 2: the document holds only ``nodes`` (head names and ``extra`` are read by :meth:`info`); the node
+        list is parsed once per distinct list (``nodes_sha256`` in meta.json) and shared by every model labelled
+        on the same SDAG, so opening M models costs M meta.json reads and index checksums, not M JSON parses.
+        """
         f = self._model_dir(model_id) / "meta.json"
         try:
             st = f.stat()
@@ -344,14 +403,56 @@ class LabelStore:
         if cached is not None and mtime is not None and cached[0] == mtime:
             return cached[1], cached[2], cached[3]
         _, meta = self._small_meta(model_id)
-        doc = self._read_index(model_id, meta)
-        rows = {w: i for i, w in enumerate(doc["nodes"])}
+        fmt = meta.get("format", _FORMAT_V1)
+        if fmt == _FORMAT:
+            self._check_meta_v2(model_id, meta)
+            nodes, rows = self._nodeset(model_id, meta)
+            doc = {"nodes": nodes}
+        elif fmt == _FORMAT_V1:
+            doc = self._read_index(model_id, meta)
+            rows = {w: i for i, w in enumerate(doc["nodes"])}
+        else:
+            raise self._corrupt(model_id, f, f"unknown label format {fmt!r} (this mll_jax reads {_FORMAT_V1!r} "
+                                             f"and {_FORMAT!r}; a newer version wrote it?)")
         self._meta_cache[model_id] = (mtime, meta, doc, rows)
         return meta, doc, rows
+
+    def _check_meta_v2(self, model_id: str, meta: dict) -> None:
+        f = self._model_dir(model_id) / "meta.json"
+        ok = (meta.get("dtype") in LABEL_DTYPES and meta.get("rows") == f"{meta['checkpoint']}.rows"
+              and isinstance(meta.get("nodes_sha256"), str) and isinstance(meta.get("rows_sha256"), str)
+              and isinstance(meta.get("num_nodes"), int) and meta["num_nodes"] > 0
+              and isinstance(meta.get("num_heads"), int) and meta["num_heads"] > 0)
+        if not ok:
+            raise self._corrupt(model_id, f, "missing or invalid format-2 fields (dtype, rows, checksums, shape)")
+
+    def _nodeset(self, model_id: str, meta: dict, cached: bool = True) -> tuple[list, dict]:
+        """Format 2: (nodes, {node: row}) for ``meta['nodes_sha256']``.  This model's index file is always checked
+        against ``index_sha256``; it is parsed only when no other model with the same node list was parsed yet."""
+        key = meta["nodes_sha256"]
+        hit = self._nodesets.get(key) if cached else None
+        if hit is not None:  # the same node list, parsed for another model: check this model's index bytes only
+            self._read_index(model_id, meta, parse=False)
+            return hit
+        doc = self._read_index(model_id, meta)
+        nodes = doc["nodes"]
+        if not all(isinstance(w, str) for w in nodes) or texts_hash(nodes) != key:
+            raise self._corrupt(model_id, self._model_dir(model_id) / meta["index"],
+                                "its node list does not match meta.json (nodes_sha256)")
+        rows = {w: i for i, w in enumerate(nodes)}
+        if len(rows) != len(nodes):
+            raise self._corrupt(model_id, self._model_dir(model_id) / meta["index"], "duplicate node ids")
+        with self._lock:
+            if len(self._nodesets) >= 64:
+                self._nodesets.pop(next(iter(self._nodesets)))
+            self._nodesets[key] = (nodes, rows)
+        return nodes, rows
 
     def info(self, model_id: str) -> dict:
         """The model's metadata: num_heads, num_nodes, delta, fingerprint, head_names, num_images per node, ..."""
         meta, doc, _ = self._meta(model_id)
+        if meta.get("format") == _FORMAT:  # the cached document holds only the nodes
+            doc = self._read_index(model_id, meta)
         return {**meta, **{k: v for k, v in doc.items() if k != "nodes"}}
 
     def fingerprint(self, model_id: str) -> str | None:
@@ -383,8 +484,57 @@ class LabelStore:
                 self._ts_cache[key] = t
         return t
 
+    def _row_dtype(self, meta: dict) -> np.dtype:
+        """Format 2 record: the row in its storage dtype (bfloat16 as its uint16 bits) then a uint32 CRC-32."""
+        h, name = int(meta["num_heads"]), meta["dtype"]
+        bits = "<u2" if name == "bfloat16" else _storage_dtype(name).str
+        return np.dtype([("v", bits, (h,)), ("crc", "<u4")])
+
+    @staticmethod
+    def _to_float32(v: np.ndarray, name: str) -> np.ndarray:
+        if name == "bfloat16":
+            v = v.view(_storage_dtype("bfloat16"))
+        return np.asarray(v, dtype=np.float32)
+
+    def _read_rows_v2(self, model_id: str, meta: dict, uniq: np.ndarray) -> np.ndarray:
+        """Rows ``uniq`` (sorted, unique) of a format-2 row file, each checked against its CRC-32."""
+        rec = self._row_dtype(meta)
+        f = self._model_dir(model_id) / meta["rows"]
+        size = rec.itemsize
+        buf = bytearray(len(uniq) * size)
+        mv = memoryview(buf)
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except FileNotFoundError:
+            raise self._corrupt(model_id, f, "missing") from None
+        try:
+            if os.fstat(fd).st_size != int(meta["num_nodes"]) * size:
+                raise self._corrupt(model_id, f, f"size {os.fstat(fd).st_size} bytes, expected "
+                                                 f"{int(meta['num_nodes']) * size} (truncated or damaged)")
+            i = 0
+            while i < len(uniq):  # one pread per run of consecutive rows
+                j = i + 1
+                while j < len(uniq) and uniq[j] == uniq[j - 1] + 1:
+                    j += 1
+                n = os.preadv(fd, [mv[i * size:j * size]], int(uniq[i]) * size)
+                if n != (j - i) * size:
+                    raise self._corrupt(model_id, f, "short read (truncated)")
+                i = j
+        finally:
+            os.close(fd)
+        arr = np.frombuffer(buf, dtype=rec)
+        vbytes = rec.fields["v"][0].itemsize
+        for k, r in enumerate(uniq):
+            if zlib.crc32(mv[k * size:k * size + vbytes], int(r) & 0xFFFFFFFF) != int(arr["crc"][k]):
+                raise self._corrupt(model_id, f, f"checksum mismatch in row {int(r)}: edited or damaged")
+        return self._to_float32(arr["v"], meta["dtype"])
+
     def read(self, model_id: str, wnids: Sequence[str]) -> np.ndarray:
-        """Labels of ``wnids`` for ``model_id``: float32 (len(wnids), H), reading only those rows."""
+        """Labels of ``wnids`` for ``model_id``: float32 (len(wnids), H), reading only those rows.
+
+        Format 2: one ``pread`` per run of consecutive rows of the model's row file, every row verified by its
+        CRC-32 (no checkpoint to open); format 1: a tensorstore read of the rows' chunks.
+        """
         meta, _, index = self._meta(model_id)
         wnids = list(wnids)
         missing = [w for w in wnids if w not in index]
@@ -397,6 +547,8 @@ class LabelStore:
             return np.zeros((0, h), dtype=np.float32)
         rows = np.asarray([index[w] for w in wnids], dtype=np.int64)
         uniq, inv = np.unique(rows, return_inverse=True)
+        if meta.get("format") == _FORMAT:
+            return self._read_rows_v2(model_id, meta, uniq)[inv.reshape(-1)]
         try:
             t = self._open(model_id, meta)
             out = np.asarray(t.oindex[uniq].read().result(), dtype=np.float32)
@@ -409,10 +561,20 @@ class LabelStore:
         return out[inv.reshape(-1)]
 
     def read_all(self, model_id: str) -> tuple[list[str], np.ndarray]:
-        """(labelled nodes, full (N, H) float32 matrix) via a plain orbax restore."""
+        """(labelled nodes, full (N, H) float32 matrix), checked against the whole-matrix checksum."""
+        meta, doc, _ = self._meta(model_id)
+        if meta.get("format") == _FORMAT:
+            f = self._model_dir(model_id) / meta["rows"]
+            try:
+                data = f.read_bytes()
+            except FileNotFoundError:
+                raise self._corrupt(model_id, f, "missing") from None
+            rec = self._row_dtype(meta)
+            if len(data) != int(meta["num_nodes"]) * rec.itemsize or _sha256(data) != meta["rows_sha256"]:
+                raise self._corrupt(model_id, f, "label checksum mismatch: edited or damaged")
+            return list(doc["nodes"]), self._to_float32(np.frombuffer(data, dtype=rec)["v"], meta["dtype"])
         import orbax.checkpoint as ocp
 
-        meta, doc, _ = self._meta(model_id)
         ckpt = self._model_dir(model_id) / meta["checkpoint"]
         try:
             with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
@@ -431,12 +593,12 @@ class LabelStore:
                fingerprint: str | None = None) -> None:
         """Atomically replace the labels of ``model_id`` by ``labels`` (row i = ``nodes[i]``).
 
-        Writes the orbax checkpoint and the row index (``<checkpoint>.index.json``: nodes, head names, ``extra``)
-        first, then replaces the small ``meta.json`` that points to them (with their checksums and the model's
-        ``fingerprint``), then removes the previous ones.
+        Writes the label data (format 2: ``<checkpoint>.rows`` in the store's ``dtype``; format 1: an orbax
+        checkpoint) and the row index (``<checkpoint>.index.json``: nodes, head names, ``extra``) first, then
+        replaces the small ``meta.json`` that points to them (with their checksums and the model's
+        ``fingerprint``), then removes the previous ones.  Raises :class:`LabelPrecisionError` when a label does
+        not fit a float16 store.
         """
-        import orbax.checkpoint as ocp
-
         labels = np.ascontiguousarray(labels, dtype=np.float32)
         nodes = [str(w) for w in nodes]
         if labels.ndim != 2 or labels.shape[0] != len(nodes) or labels.shape[0] == 0:
@@ -448,21 +610,42 @@ class LabelStore:
             raise NonFiniteLogitsError(f"refusing to store non-finite labels for model {model_id!r}")
         if head_names is not None and len(head_names) != labels.shape[1]:
             raise ValueError(f"{len(head_names)} head names for {labels.shape[1]} heads of {model_id!r}")
+        big = float(np.abs(labels).max())
+        if big > LABEL_DTYPES[self.dtype][2]:
+            raise LabelPrecisionError(f"labels of model {model_id!r} reach |{big:g}|, beyond the largest "
+                                      f"{self.dtype} ({LABEL_DTYPES[self.dtype][2]:g}); use a float32 or bfloat16 "
+                                      "store (LabelStore(path, dtype='float32'))")
         mdir = self._model_dir(model_id)
         mdir.mkdir(parents=True, exist_ok=True)
         self._write_id(model_id)
         name = f"labels-{uuid.uuid4().hex[:12]}"
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
-            ck.save(mdir / name, args=ocp.args.StandardSave(
-                {"labels": labels}, save_args={"labels": ocp.SaveArgs(shard_axes=(0,))}))
-        doc = {"nodes": nodes, "head_names": None if head_names is None else [str(h) for h in head_names],
+        h = int(labels.shape[1])
+        meta = {"format": _FORMAT if self.format == 2 else _FORMAT_V1, "model_id": model_id, "num_heads": h,
+                "num_nodes": len(nodes), "delta": delta, "checkpoint": name, "index": f"{name}.index.json"}
+        if self.format == 2:
+            meta.update(rows=f"{name}.rows", dtype=self.dtype)
+            rec = self._row_dtype(meta)
+            out = np.zeros(len(nodes), dtype=rec)
+            q = labels.astype(_storage_dtype(self.dtype))
+            out["v"] = q.view(np.uint16) if self.dtype == "bfloat16" else q
+            data = out.tobytes()
+            mv, size, vbytes = memoryview(data), rec.itemsize, rec.fields["v"][0].itemsize
+            out["crc"] = [zlib.crc32(mv[r * size:r * size + vbytes], r & 0xFFFFFFFF) for r in range(len(nodes))]
+            data = out.tobytes()
+            atomic_write_bytes(mdir / meta["rows"], data)
+            meta.update(nodes_sha256=texts_hash(nodes), rows_sha256=_sha256(data))
+        else:
+            import orbax.checkpoint as ocp
+
+            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+                ck.save(mdir / name, args=ocp.args.StandardSave(
+                    {"labels": labels}, save_args={"labels": ocp.SaveArgs(shard_axes=(0,))}))
+            meta.update(use_zarr3=False, labels_sha256=array_hash(labels))
+        doc = {"nodes": nodes, "head_names": None if head_names is None else [str(x) for x in head_names],
                **dict(extra or {})}
         index_bytes = json.dumps(doc, ensure_ascii=False).encode("utf-8")
         atomic_write_bytes(mdir / f"{name}.index.json", index_bytes)
-        meta = {"format": _FORMAT, "model_id": model_id, "num_heads": int(labels.shape[1]),
-                "num_nodes": len(nodes), "delta": delta, "checkpoint": name, "index": f"{name}.index.json",
-                "use_zarr3": False, "fingerprint": fingerprint, "index_sha256": _sha256(index_bytes),
-                "labels_sha256": array_hash(labels)}
+        meta.update(fingerprint=fingerprint, index_sha256=_sha256(index_bytes))
         atomic_write_bytes(mdir / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         self._meta_cache.pop(model_id, None)
         for p in mdir.iterdir():
