@@ -501,32 +501,30 @@ class LabelStore:
         rec = self._row_dtype(meta)
         f = self._model_dir(model_id) / meta["rows"]
         size = rec.itemsize
-        buf = bytearray(len(uniq) * size)
-        mv = memoryview(buf)
+        rows = uniq.tolist()
+        cut = [0, *(np.flatnonzero(np.diff(uniq) != 1) + 1).tolist(), len(rows)]
         try:
             fd = os.open(f, os.O_RDONLY)
         except FileNotFoundError:
             raise self._corrupt(model_id, f, "missing") from None
         try:
-            if os.fstat(fd).st_size != int(meta["num_nodes"]) * size:
-                raise self._corrupt(model_id, f, f"size {os.fstat(fd).st_size} bytes, expected "
-                                                 f"{int(meta['num_nodes']) * size} (truncated or damaged)")
-            i = 0
-            while i < len(uniq):  # one pread per run of consecutive rows
-                j = i + 1
-                while j < len(uniq) and uniq[j] == uniq[j - 1] + 1:
-                    j += 1
-                n = os.preadv(fd, [mv[i * size:j * size]], int(uniq[i]) * size)
-                if n != (j - i) * size:
-                    raise self._corrupt(model_id, f, "short read (truncated)")
-                i = j
+            have = os.fstat(fd).st_size
+            if have != int(meta["num_nodes"]) * size:
+                raise self._corrupt(model_id, f, f"size {have} bytes, expected {int(meta['num_nodes']) * size} "
+                                                 "(truncated or damaged)")
+            parts = [os.pread(fd, (b - a) * size, rows[a] * size) for a, b in zip(cut[:-1], cut[1:])]
         finally:
             os.close(fd)
+        buf = parts[0] if len(parts) == 1 else b"".join(parts)  # one pread per run of consecutive rows
+        if len(buf) != len(rows) * size:
+            raise self._corrupt(model_id, f, "short read (truncated)")
         arr = np.frombuffer(buf, dtype=rec)
-        vbytes = rec.fields["v"][0].itemsize
-        for k, r in enumerate(uniq):
-            if zlib.crc32(mv[k * size:k * size + vbytes], int(r) & 0xFFFFFFFF) != int(arr["crc"][k]):
-                raise self._corrupt(model_id, f, f"checksum mismatch in row {int(r)}: edited or damaged")
+        mv, vbytes = memoryview(buf), rec.fields["v"][0].itemsize
+        got = [zlib.crc32(mv[k * size:k * size + vbytes], r & 0xFFFFFFFF) for k, r in enumerate(rows)]
+        want = arr["crc"].tolist()
+        if got != want:
+            bad = next(r for r, a, b in zip(rows, got, want) if a != b)
+            raise self._corrupt(model_id, f, f"checksum mismatch in row {bad}: edited or damaged")
         return self._to_float32(arr["v"], meta["dtype"])
 
     def read(self, model_id: str, wnids: Sequence[str]) -> np.ndarray:
