@@ -92,6 +92,7 @@ __all__ = [
 
 from mll_jax.config import DEFAULT_DELTA  # noqa: E402  (the one default, kept importable here)
 _FORMAT = "mll_jax.labels/2"     # written by commit: one row file per model (see the module docstring)
+_PACK_FORMAT = "mll_jax.labelpack/1"  # consolidated read-optimised copy (LabelStore.pack)
 _FORMAT_V1 = "mll_jax.labels/1"  # orbax / tensorstore checkpoint per model: still read, written with format=1
 
 # Storage dtypes of format 2: name -> (unit roundoff u, half the smallest subnormal spacing eta, largest finite).
@@ -288,6 +289,7 @@ class LabelStore:
         self._meta_cache: dict[str, tuple] = {}  # model -> (mtime_ns, meta, index doc, row index)
         self._ts_cache: dict[tuple[str, str], object] = {}
         self._nodesets: dict[str, tuple[list, dict]] = {}  # format 2: node-list hash -> (nodes, {node: row})
+        self._bad_meta: dict[str, tuple] = {}  # model -> (meta.json identity, error) of labels found damaged
 
     def __repr__(self) -> str:
         return f"LabelStore({str(self.root)!r}, {len(self.model_ids())} models)"
@@ -391,7 +393,7 @@ class LabelStore:
 
         Format 2: the document holds only ``nodes`` (head names and ``extra`` are read by :meth:`info`); the node
         list is parsed once per distinct list (``nodes_sha256`` in meta.json) and shared by every model labelled
-        on the same SDAG, so opening M models costs M meta.json reads and index checksums, not M JSON parses.
+        on the same SDAG, so opening M models costs M small meta.json reads, not M index reads and parses.
         """
         f = self._model_dir(model_id) / "meta.json"
         try:
@@ -402,6 +404,19 @@ class LabelStore:
         cached = self._meta_cache.get(model_id)
         if cached is not None and mtime is not None and cached[0] == mtime:
             return cached[1], cached[2], cached[3]
+        bad = self._bad_meta.get(model_id)
+        if bad is not None and mtime is not None and bad[0] == mtime:
+            raise bad[1]  # found damaged before (the node list may since be cached from another model's index)
+        try:
+            meta, doc, rows = self._load_meta(model_id, f)
+        except LabelStoreCorruptError as e:
+            if mtime is not None:
+                self._bad_meta[model_id] = (mtime, e)
+            raise
+        self._meta_cache[model_id] = (mtime, meta, doc, rows)
+        return meta, doc, rows
+
+    def _load_meta(self, model_id: str, f: Path) -> tuple[dict, dict, dict]:
         _, meta = self._small_meta(model_id)
         fmt = meta.get("format", _FORMAT_V1)
         if fmt == _FORMAT:
@@ -414,7 +429,6 @@ class LabelStore:
         else:
             raise self._corrupt(model_id, f, f"unknown label format {fmt!r} (this mll_jax reads {_FORMAT_V1!r} "
                                              f"and {_FORMAT!r}; a newer version wrote it?)")
-        self._meta_cache[model_id] = (mtime, meta, doc, rows)
         return meta, doc, rows
 
     def _check_meta_v2(self, model_id: str, meta: dict) -> None:
@@ -427,12 +441,12 @@ class LabelStore:
             raise self._corrupt(model_id, f, "missing or invalid format-2 fields (dtype, rows, checksums, shape)")
 
     def _nodeset(self, model_id: str, meta: dict, cached: bool = True) -> tuple[list, dict]:
-        """Format 2: (nodes, {node: row}) for ``meta['nodes_sha256']``.  This model's index file is always checked
-        against ``index_sha256``; it is parsed only when no other model with the same node list was parsed yet."""
+        """Format 2: (nodes, {node: row}) for ``meta['nodes_sha256']``.  This model's index file is read (and
+        checked against ``index_sha256`` and ``nodes_sha256``) only when no model with the same node list was read
+        yet: reads use nothing else from it.  :meth:`info` and :meth:`check` always verify it."""
         key = meta["nodes_sha256"]
         hit = self._nodesets.get(key) if cached else None
-        if hit is not None:  # the same node list, parsed for another model: check this model's index bytes only
-            self._read_index(model_id, meta, parse=False)
+        if hit is not None:  # the same node list, parsed and verified for another model
             return hit
         doc = self._read_index(model_id, meta)
         nodes = doc["nodes"]
@@ -584,6 +598,151 @@ class LabelStore:
                                                                         and array_hash(arr) != want):
             raise self._corrupt(model_id, ckpt, "label checksum mismatch: edited or damaged")
         return list(doc["nodes"]), arr
+
+    # ------------------------------------------------------------------ consolidated packs (read-optimised)
+    def _packs(self) -> list[dict]:
+        """Valid pack documents under ``<root>/packs`` (a pack whose files are damaged is ignored with a warning:
+        its models fall back to their own row files)."""
+        d = self.root / "packs"
+        if not d.is_dir():
+            return []
+        cache = self.__dict__.setdefault("_pack_cache", {})
+        out = []
+        for p in sorted(d.iterdir()):
+            f = p / "pack.json"
+            try:
+                key = (p.name, f.stat().st_mtime_ns)
+            except FileNotFoundError:
+                continue
+            doc = cache.get(key)
+            if doc is None:
+                try:
+                    doc = json.loads(f.read_text(encoding="utf-8"))
+                    if doc.get("format") != _PACK_FORMAT or doc.get("dtype") not in LABEL_DTYPES:
+                        raise ValueError(f"unknown pack format {doc.get('format')!r}")
+                    doc["_dir"] = p
+                    doc["_member"] = {m: j for j, m in enumerate(doc["models"])}
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    warnings.warn(f"label store {self.root}: ignoring pack {p.name} ({type(e).__name__}: {e})",
+                                  stacklevel=3)
+                    continue
+                cache[key] = doc
+            out.append(doc)
+        return out
+
+    def pack(self, model_ids: Sequence[str] | None = None) -> list[str]:
+        """Build read-optimised consolidated copies of the format-2 labels of ``model_ids`` (default: all).
+
+        Models with the same node list, head count and storage dtype (a family: e.g. every ImageNet-1k
+        classifier labelled on the same SDAG) go into one pack ``<root>/packs/<name>/``: ``rows.bin`` holds the
+        (N nodes, M models, H) array node-major, so the rows of one node for every model of the family are one
+        contiguous block, with one CRC-32 per node block in ``pack.json`` (written last: a pack is complete or
+        absent).  :meth:`read_many` reads a query's C nodes as C block reads per family instead of opening M
+        files.  A pack is a copy: the per-model files stay the source of truth, and a model committed again after
+        packing is read from its own files until the next ``pack()``.  Returns the new pack directories' names.
+        """
+        ids = self.model_ids() if model_ids is None else list(model_ids)
+        groups: dict[tuple, list[str]] = {}
+        for m in ids:
+            meta = self._meta(m)[0]
+            if meta.get("format") != _FORMAT:
+                continue  # format 1 models are read from their checkpoints
+            groups.setdefault((meta["nodes_sha256"], int(meta["num_heads"]), meta["dtype"]), []).append(m)
+        made = []
+        (self.root / "packs").mkdir(exist_ok=True)
+        for (nodes_sha, h, dtype), members in groups.items():
+            metas = [self._meta(m)[0] for m in members]
+            n = int(metas[0]["num_nodes"])
+            vb = self._row_dtype(metas[0]).fields["v"][0].itemsize
+            name = f"pack-{nodes_sha[:12]}-h{h}-{dtype}-{uuid.uuid4().hex[:8]}"
+            pdir = self.root / "packs" / name
+            pdir.mkdir()
+            try:
+                out = np.lib.format.open_memmap(pdir / "rows.tmp.npy", mode="w+", dtype=np.uint8,
+                                                shape=(n, len(members), vb))
+                for j, m in enumerate(members):  # every model's rows, verified (whole-file checksum) on the way
+                    meta, rec = metas[j], self._row_dtype(metas[j])
+                    data = (self._model_dir(m) / meta["rows"]).read_bytes()
+                    if _sha256(data) != meta["rows_sha256"]:
+                        raise self._corrupt(m, self._model_dir(m) / meta["rows"], "label checksum mismatch")
+                    out[:, j, :] = np.frombuffer(data, dtype=rec)["v"].view(np.uint8).reshape(n, vb)
+                out.flush()
+                crcs = [zlib.crc32(out[i].tobytes(), i) for i in range(n)]
+                off = out.offset
+                del out
+                os.replace(pdir / "rows.tmp.npy", pdir / "rows.npy")
+                doc = {"format": _PACK_FORMAT, "models": members, "checkpoints": [mt["checkpoint"] for mt in metas],
+                       "nodes_sha256": nodes_sha, "num_nodes": n, "num_heads": h, "dtype": dtype,
+                       "data_offset": int(off), "block_crc32": crcs}
+                atomic_write_bytes(pdir / "pack.json", json.dumps(doc).encode("utf-8"))
+            except BaseException:
+                shutil.rmtree(pdir, ignore_errors=True)
+                raise
+            made.append(name)
+            for q in (self.root / "packs").iterdir():  # older packs of the same family are superseded
+                if q.name != name and q.name.startswith(f"pack-{nodes_sha[:12]}-h{h}-{dtype}-"):
+                    shutil.rmtree(q, ignore_errors=True)
+        return made
+
+    def read_many(self, model_ids: Sequence[str], wnids: Sequence[str]) -> list[np.ndarray]:
+        """``[self.read(m, wnids) for m in model_ids]``, with the same values, faster for many models.
+
+        Models whose current labels are in a pack (:meth:`pack`) are read from it: one read of each requested
+        node's block per pack (every block checked against its CRC-32); the others row file by row file.
+        """
+        model_ids, wnids = list(model_ids), list(wnids)
+        out: list = [None] * len(model_ids)
+        packs = self._packs() if wnids else []
+        by_pack: dict[int, list[tuple[int, int]]] = {}
+        for i, m in enumerate(model_ids):
+            meta = self._meta(m)[0]
+            for k, doc in enumerate(packs):
+                j = doc["_member"].get(m)
+                if (j is not None and meta.get("format") == _FORMAT and doc["checkpoints"][j] == meta["checkpoint"]
+                        and doc["nodes_sha256"] == meta["nodes_sha256"]):
+                    by_pack.setdefault(k, []).append((i, j))
+                    break
+        for k, pairs in by_pack.items():
+            doc = packs[k]
+            try:
+                vals = self._read_pack(doc, model_ids[pairs[0][0]], wnids, [j for _, j in pairs])
+            except FileNotFoundError:  # the pack was superseded while we read: fall back to the row files
+                continue
+            except LabelStoreCorruptError as e:  # the row files are the source of truth: use them
+                warnings.warn(str(e), stacklevel=2)
+                continue
+            for (i, _), v in zip(pairs, vals):
+                out[i] = v
+        return [self.read(m, wnids) if v is None else v for m, v in zip(model_ids, out)]
+
+    def _read_pack(self, doc: dict, mid: str, wnids: list, cols: list[int]) -> list[np.ndarray]:
+        _, _, index = self._meta(mid)  # the node list of every member (same nodes_sha256)
+        missing = [w for w in wnids if w not in index]
+        if missing:
+            self.read(mid, wnids)  # raises the usual KeyError
+        rows = np.asarray([index[w] for w in wnids], dtype=np.int64)
+        uniq, inv = np.unique(rows, return_inverse=True)
+        h, n_models = int(doc["num_heads"]), len(doc["models"])
+        vb = h * (4 if doc["dtype"] == "float32" else 2)
+        block = n_models * vb
+        f = doc["_dir"] / "rows.npy"
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            parts = [os.pread(fd, block, int(doc["data_offset"]) + int(r) * block) for r in uniq.tolist()]
+        finally:
+            os.close(fd)
+        crcs = doc["block_crc32"]
+        for r, b in zip(uniq.tolist(), parts):
+            if len(b) != block or zlib.crc32(b, r) != crcs[r]:
+                raise LabelStoreCorruptError(f"label store {self.root}: pack {f} is damaged (checksum mismatch in "
+                                             f"node block {r}); recover by removing {doc['_dir']} (store.pack() "
+                                             "rebuilds it)")
+        bits = "<u2" if doc["dtype"] == "bfloat16" else _storage_dtype(doc["dtype"]).str
+        arr = np.frombuffer(b"".join(parts), dtype=bits).reshape(len(uniq), n_models, h)
+        inv = inv.reshape(-1)
+        if np.array_equal(inv, np.arange(len(uniq))):
+            return [self._to_float32(arr[:, c, :], doc["dtype"]) for c in cols]
+        return [self._to_float32(arr[inv, c, :], doc["dtype"]) for c in cols]
 
     # ------------------------------------------------------------------ writing
     def commit(self, model_id: str, nodes: Sequence[str], labels: np.ndarray, *, delta: float | None = None,

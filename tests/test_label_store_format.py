@@ -15,7 +15,7 @@ NODES = [f"n{i:08d}" for i in range(1, 41)]
 def _labels(seed=0, n=len(NODES), h=7):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((n, h)) * rng.choice([1e-6, 0.1, 3.0, 40.0], size=(n, 1))).astype(np.float32)
-    x[0, :4] = [0.0, -0.0, 1e-30, -6.5e4]  # zeros, a float16 underflow, near the float16 limit
+    x[0, :4] = [0.0, -0.0, 1e-30, -6.5e4][:h]  # zeros, a float16 underflow, near the float16 limit
     return x
 
 
@@ -177,10 +177,18 @@ def test_shared_node_list_still_checks_each_models_index(tmp_path):
     doc["head_names"] = ["x"] * 7
     f.write_text(json.dumps(doc))
     fresh = LabelStore(tmp_path / "s")
-    fresh.read("a", [NODES[0]])  # caches the node list shared by a and b
-    with pytest.raises(LabelStoreCorruptError, match=r"index\.json of model 'b' is damaged \(checksum mismatch"):
-        fresh.read("b", [NODES[0]])
-    assert fresh.model_ids() == ["a"] and list(fresh.damaged_models()) == ["b"]
+    fresh.read("a", [NODES[0]])  # parses (and verifies) the node list shared by a and b
+    # b's rows are read with the verified node list of the same hash: b's damaged index is not used by reads ...
+    np.testing.assert_array_equal(fresh.read("b", [NODES[3]]), _labels(6)[[3]])
+    # ... but info (which returns its head names) and check verify it
+    for call in (fresh.info, fresh.check):
+        with pytest.raises(LabelStoreCorruptError, match=r"index\.json of model 'b' is damaged \(checksum mismatch"):
+            call("b")
+    # a store that meets b's node list first in b's damaged file refuses it
+    other = LabelStore(tmp_path / "s")
+    with pytest.raises(LabelStoreCorruptError, match=r"index\.json of model 'b' is damaged"):
+        other.read("b", [NODES[0]])
+    np.testing.assert_array_equal(other.read("a", [NODES[3]]), _labels(6)[[3]])
 
 
 def test_interrupted_commit_leaves_the_old_labels(tmp_path, monkeypatch):
@@ -209,3 +217,53 @@ def test_interrupted_commit_leaves_the_old_labels(tmp_path, monkeypatch):
     assert len(list(mdir.glob("labels-*.rows"))) == 1
     np.testing.assert_allclose(LabelStore(tmp_path / "s").read_all("m")[1], old + 5,
                                atol=float(quantisation_bound(old + 5, "float16").max()))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_packs_read_the_same_values_and_follow_recommits(tmp_path, dtype):
+    store = LabelStore(tmp_path / "s", dtype=dtype)
+    LabelStore(tmp_path / "s", format=1).commit("v1-model", NODES, _labels(10))  # not packed: read as before
+    for i in range(5):
+        store.commit(f"h7-{i}", NODES, _labels(20 + i))
+        store.commit(f"h3-{i}", NODES, _labels(30 + i, h=3))
+    store.commit("fewer-nodes", NODES[:9], _labels(40, n=9))
+    made = store.pack()
+    assert len(made) == 3 and all((tmp_path / "s" / "packs" / p / "pack.json").is_file() for p in made)
+    ids = store.model_ids()
+    for wnids in ([NODES[8], NODES[2], NODES[2], NODES[0]], [NODES[3], NODES[4]], []):
+        got = LabelStore(tmp_path / "s").read_many(ids, wnids)
+        for m, g in zip(ids, got):
+            assert g.dtype == np.float32
+            np.testing.assert_array_equal(g, store.read(m, wnids))
+    with pytest.raises(KeyError, match="no label for node"):
+        store.read_many(ids, [NODES[20]])  # 'fewer-nodes' has no label there
+    store.commit("h7-2", NODES, np.full((len(NODES), 7), 2.5, np.float32))  # newer than the pack
+    assert np.all(store.read_many(["h7-1", "h7-2"], [NODES[5]])[1] == 2.5)
+    store.pack(["h7-2", "h7-0"])  # a new pack of that family supersedes the old one
+    assert len(list((tmp_path / "s" / "packs").iterdir())) == 3
+    got = LabelStore(tmp_path / "s").read_many(["h7-0", "h7-1", "h7-2"], [NODES[5]])
+    np.testing.assert_array_equal(got[2], np.full((1, 7), 2.5, np.float32))
+    np.testing.assert_array_equal(got[1], store.read("h7-1", [NODES[5]]))
+
+
+def test_damaged_or_unfinished_packs_fall_back_to_the_row_files(tmp_path):
+    store = LabelStore(tmp_path / "s", dtype="float16")
+    for i in range(3):
+        store.commit(f"m{i}", NODES, _labels(50 + i))
+    (name,) = store.pack()
+    pdir = tmp_path / "s" / "packs" / name
+    doc = json.loads((pdir / "pack.json").read_text())
+    f = pdir / "rows.npy"
+    data = bytearray(f.read_bytes())
+    data[doc["data_offset"] + 6 * 3 * 7 * 2 + 5] ^= 0x04  # node block 6
+    f.write_bytes(bytes(data))
+    want = [store.read(m, [NODES[6], NODES[1]]) for m in ("m0", "m1", "m2")]
+    fresh = LabelStore(tmp_path / "s")
+    with pytest.warns(UserWarning, match=r"pack .* is damaged \(checksum mismatch in node block 6\)"):
+        got = fresh.read_many(["m0", "m1", "m2"], [NODES[6], NODES[1]])
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    (pdir / "pack.json").unlink()  # a pack killed before pack.json was written is not used
+    got = LabelStore(tmp_path / "s").read_many(["m0", "m1", "m2"], [NODES[6], NODES[1]])
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
