@@ -29,6 +29,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 
 from absl import app, flags
 
@@ -185,6 +186,22 @@ def _table(results):
     print(f"  load average after part 1: {_load_average()}")
 
 
+def _softmax0(a):
+    import numpy as np
+
+    e = np.exp(a - a.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def _min_gap(loss):
+    """Smallest difference between two models' finite losses on the same class (how close a swap is)."""
+    import numpy as np
+
+    gaps = [np.diff(np.sort(col[np.isfinite(col)])) for col in np.asarray(loss).T]
+    gaps = [g.min() for g in gaps if g.size]
+    return float(min(gaps)) if gaps else float("inf")
+
+
 def part2() -> None:
     import numpy as np
 
@@ -206,11 +223,13 @@ def part2() -> None:
         print(f"  store {src}: {len(ids)} models (heads {sorted(set(heads.values()))}), {len(common)} common "
               f"nodes, max |label| {amax:.2f}")
         stores = {"float32": s32}
-        for dt in ("float16", "bfloat16"):
+        for dt in ("float32+1ulp", "float16", "bfloat16"):
             root = os.path.join(FLAGS.dir, f"real-{dt}")
             shutil.rmtree(root, ignore_errors=True)
-            st = LabelStore(root, dtype=dt)
+            st = LabelStore(root, dtype=dt.split("+")[0])
             for m, (nodes, a) in full.items():
+                if dt == "float32+1ulp":  # control: every label moved by one float32 ulp, up or down at random
+                    a = np.nextafter(a, np.where(rng.random(a.shape) < 0.5, -np.inf, np.inf)).astype(np.float32)
                 st.commit(m, nodes, a)
             stores[dt] = st
             err = max(float(np.abs(st.read_all(m)[1] - a).max()) for m, (_, a) in full.items())
@@ -222,17 +241,30 @@ def part2() -> None:
                 continue
             tasks = [[common[i] for i in rng.choice(len(common), c, replace=False)] for _ in range(FLAGS.tasks)]
             res = {}
+            unconv = {}
             for dt, st in stores.items():
                 out = []
+                unconv[dt] = 0
                 for wnids in tasks:
-                    sc = chco_scores(label_submatrices(st, ids, wnids), ids, progress=False)
+                    S = label_submatrices(st, ids, wnids)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        sc = chco_scores(S, ids, progress=False)
+                    unconv[dt] += int((~np.asarray(sc.info["converged"])).sum())
                     idx, valid = select_top_k(sc.loss, FLAGS.k, FLAGS.beta)
-                    out.append((sc.loss, np.asarray(idx), sc.columns))
+                    # Q = P^T X: each model's one-vs-rest predictor on the matched nodes (P = softmax over heads
+                    # of the float32 labels, the same for every precision, so only X's effect is measured)
+                    S32 = label_submatrices(stores["float32"], ids, wnids)
+                    q = [_softmax0(a).T @ x for a, x in zip(S32, sc.columns)]
+                    out.append((sc.loss, np.asarray(idx), q))
                 res[dt] = out
-            for dt in ("float16", "bfloat16"):
+            print(f"    C={c:2d}: CHCO models not converged (of {FLAGS.tasks * len(ids)}): "
+                  + ", ".join(f"{dt} {n}" for dt, n in unconv.items()))
+            for dt in ("float32+1ulp", "float16", "bfloat16"):
                 n_sel = n_slot = n_task = 0
                 dloss = dcol = 0.0
                 n_top1 = 0
+                margin = np.inf
                 for (l32, i32, x32), (lq, iq, xq) in zip(res["float32"], res[dt]):
                     n_slot += int((i32 != iq).sum())
                     n_sel += int(sum(set(i32[:, j]) != set(iq[:, j]) for j in range(i32.shape[1])))
@@ -240,11 +272,13 @@ def part2() -> None:
                     n_task += int((i32 != iq).any())
                     dloss = max(dloss, float(np.abs(l32 - lq).max()))
                     dcol = max(dcol, max(float(np.abs(a - b).max()) for a, b in zip(x32, xq)))
+                    margin = min(margin, _min_gap(l32))
                 print(f"    C={c:2d}, {FLAGS.tasks} tasks, {dt}: tasks with any change {n_task}, classes whose "
                       f"selected set changed {n_sel} of {FLAGS.tasks * c} (top-1 changed {n_top1}; ranked slots "
-                      f"changed {n_slot} of {FLAGS.tasks * c * FLAGS.k}); max |loss diff| {dloss:.2e}; max |X diff| "
+                      f"changed {n_slot} of {FLAGS.tasks * c * FLAGS.k}); max |loss diff| {dloss:.2e} (smallest "
+                      f"float32 loss gap between models {margin:.2e}); max |Q diff| (predictor on the nodes) "
                       f"{dcol:.2e}")
-        for dt in ("float16", "bfloat16"):
+        for dt in ("float32+1ulp", "float16", "bfloat16"):
             shutil.rmtree(os.path.join(FLAGS.dir, f"real-{dt}"), ignore_errors=True)
 
 

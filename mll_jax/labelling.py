@@ -29,12 +29,23 @@ height h (longest path down to a leaf) is exact after h updates, so ``num_iters 
 :func:`dag_index`) gives exactly the sequential reverse-topological result, at O((N + E) H) per update.
 
 Storage (:class:`LabelStore`): ``<path>/models/<model-dir>/`` per model (``<model-dir>`` = sanitised model id + a
-hash of it) holds a small ``meta.json`` (model id, heads, delta, names of the current checkpoint and row index),
-``labels-<id>/``, an orbax checkpoint of the (num_labelled_nodes, H) float32 array saved with one row per
-tensorstore chunk so that :meth:`LabelStore.read` reads only the requested rows, and ``labels-<id>.index.json``
-(labelled node ids in row order, head names, images per node).  A commit writes a new checkpoint and index, then
-atomically replaces ``meta.json``, then removes the old ones: readers always see a complete label set.  ``raw/``
-holds the Eq. 1 raw means, appended in small atomically written ``.npz`` chunks while labelling runs, keyed by node
+hash of it) holds a small ``meta.json`` (format, model id, heads, delta, storage dtype, names and checksums of the
+current files), ``labels-<id>.rows`` and ``labels-<id>.index.json`` (labelled node ids in row order, head names,
+images per node).  Format 2 (``mll_jax.labels/2``, written by default): the rows file holds one fixed-size record
+per labelled node: the H label values in the store's ``dtype`` (``LabelStore(path, dtype="float32" | "float16" |
+"bfloat16")``, little-endian) followed by a CRC-32 of those bytes seeded with the row number; :meth:`LabelStore.read`
+reads only the requested records (one ``pread`` per run of consecutive rows), checks each CRC and returns float32.
+Reduced precision rounds to nearest: ``|read - committed| <= u |x| + eta`` (:func:`quantisation_bound`; float16
+u = 2^-11, bfloat16 u = 2^-8).  Models labelled on the same SDAG share their node list, which is parsed once per
+process (``nodes_sha256`` in meta.json).  Format 1 (``mll_jax.labels/1``: an orbax checkpoint ``labels-<id>/`` of
+the float32 matrix, one row per tensorstore chunk) is still read, and written with ``format=1``.
+:meth:`LabelStore.pack` builds read-optimised copies: per family (same node list, head count and dtype) one
+node-major array in ``<path>/packs/`` whose node blocks hold that node's rows of every model, each block with a
+CRC-32; :meth:`LabelStore.read_many` (what selection uses) then reads a query's C nodes as C block reads per family
+instead of opening every model's file; models committed after the pack are read from their own files.  A commit
+writes the new rows (or checkpoint) and index first, then atomically replaces ``meta.json``, then removes the old
+ones: readers always see a complete label set.  ``raw/`` holds the Eq. 1 raw means, appended in small
+atomically written ``.npz`` chunks while labelling runs, keyed by node
 id and the node's image content hash: a killed run restarts where it stopped, and after nodes are added to (or
 re-imaged in) the SDAG only those nodes are run through the expert again.
 
@@ -44,8 +55,10 @@ record it; :func:`label_models` ignores raw means made under another fingerprint
 same id) and recomputes every node, saying so (a warning and ``"fingerprint_changed": True`` in its summary).
 :meth:`LabelStore.fingerprint` tells which model version the committed labels come from.
 
-Integrity: ``meta.json`` records SHA-256 checksums of the row index and of the label matrix; they are verified
-when read (the index on every read, the matrix by :meth:`LabelStore.read_all` and :meth:`LabelStore.check`).  A
+Integrity: ``meta.json`` records SHA-256 checksums of the row index and of the label matrix (format 2: of the
+rows file, plus the node-list hash; every record carries its own CRC-32); they are verified when read (format 1:
+the index on every read; format 2: the node list when first parsed, each row read by :meth:`LabelStore.read`; the
+matrix by :meth:`LabelStore.read_all`; everything by :meth:`LabelStore.check`).  A
 damaged or edited file raises :class:`LabelStoreCorruptError` naming the file and the model, with the recovery
 (relabel that model: ``store.delete(model_id)`` then :func:`label_models`).  A damaged model is isolated:
 :meth:`LabelStore.model_ids` lists the models whose labels can be opened and :meth:`LabelStore.damaged_models`
@@ -433,7 +446,7 @@ class LabelStore:
 
     def _check_meta_v2(self, model_id: str, meta: dict) -> None:
         f = self._model_dir(model_id) / "meta.json"
-        ok = (meta.get("dtype") in LABEL_DTYPES and meta.get("rows") == f"{meta['checkpoint']}.rows"
+        ok = (meta.get("dtype") in LABEL_DTYPES
               and isinstance(meta.get("nodes_sha256"), str) and isinstance(meta.get("rows_sha256"), str)
               and isinstance(meta.get("num_nodes"), int) and meta["num_nodes"] > 0
               and isinstance(meta.get("num_heads"), int) and meta["num_heads"] > 0)
@@ -513,7 +526,7 @@ class LabelStore:
     def _read_rows_v2(self, model_id: str, meta: dict, uniq: np.ndarray) -> np.ndarray:
         """Rows ``uniq`` (sorted, unique) of a format-2 row file, each checked against its CRC-32."""
         rec = self._row_dtype(meta)
-        f = self._model_dir(model_id) / meta["rows"]
+        f = self._model_dir(model_id) / f"{meta['checkpoint']}.rows"
         size = rec.itemsize
         rows = uniq.tolist()
         cut = [0, *(np.flatnonzero(np.diff(uniq) != 1) + 1).tolist(), len(rows)]
@@ -576,7 +589,7 @@ class LabelStore:
         """(labelled nodes, full (N, H) float32 matrix), checked against the whole-matrix checksum."""
         meta, doc, _ = self._meta(model_id)
         if meta.get("format") == _FORMAT:
-            f = self._model_dir(model_id) / meta["rows"]
+            f = self._model_dir(model_id) / f"{meta['checkpoint']}.rows"
             try:
                 data = f.read_bytes()
             except FileNotFoundError:
@@ -662,9 +675,9 @@ class LabelStore:
                                                 shape=(n, len(members), vb))
                 for j, m in enumerate(members):  # every model's rows, verified (whole-file checksum) on the way
                     meta, rec = metas[j], self._row_dtype(metas[j])
-                    data = (self._model_dir(m) / meta["rows"]).read_bytes()
+                    data = (self._model_dir(m) / f"{meta['checkpoint']}.rows").read_bytes()
                     if _sha256(data) != meta["rows_sha256"]:
-                        raise self._corrupt(m, self._model_dir(m) / meta["rows"], "label checksum mismatch")
+                        raise self._corrupt(m, self._model_dir(m) / f"{meta['checkpoint']}.rows", "label checksum mismatch")
                     out[:, j, :] = np.frombuffer(data, dtype=rec)["v"].view(np.uint8).reshape(n, vb)
                 out.flush()
                 crcs = [zlib.crc32(out[i].tobytes(), i) for i in range(n)]
@@ -780,7 +793,7 @@ class LabelStore:
         meta = {"format": _FORMAT if self.format == 2 else _FORMAT_V1, "model_id": model_id, "num_heads": h,
                 "num_nodes": len(nodes), "delta": delta, "checkpoint": name, "index": f"{name}.index.json"}
         if self.format == 2:
-            meta.update(rows=f"{name}.rows", dtype=self.dtype)
+            meta.update(dtype=self.dtype)  # the rows file is f"{checkpoint}.rows"
             rec = self._row_dtype(meta)
             out = np.zeros(len(nodes), dtype=rec)
             q = labels.astype(_storage_dtype(self.dtype))
@@ -789,7 +802,7 @@ class LabelStore:
             mv, size, vbytes = memoryview(data), rec.itemsize, rec.fields["v"][0].itemsize
             out["crc"] = [zlib.crc32(mv[r * size:r * size + vbytes], r & 0xFFFFFFFF) for r in range(len(nodes))]
             data = out.tobytes()
-            atomic_write_bytes(mdir / meta["rows"], data)
+            atomic_write_bytes(mdir / f"{name}.rows", data)
             meta.update(nodes_sha256=texts_hash(nodes), rows_sha256=_sha256(data))
         else:
             import orbax.checkpoint as ocp

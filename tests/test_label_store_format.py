@@ -42,7 +42,7 @@ def test_float32_round_trip_is_exact_and_reads_only_the_asked_rows(tmp_path):
     assert info["head_names"] == list("abcdefg") and info["num_images"] == {NODES[3]: 2}
     assert fresh.fingerprint("a/b c") == "fp" and fresh.nodes("a/b c") == NODES
     meta = _meta(fresh, "a/b c")
-    assert (fresh._model_dir("a/b c") / meta["rows"]).stat().st_size == len(NODES) * (7 * 4 + 4)
+    assert (fresh._model_dir("a/b c") / (meta["checkpoint"] + ".rows")).stat().st_size == len(NODES) * (7 * 4 + 4)
     fresh.check("a/b c")
 
 
@@ -61,7 +61,7 @@ def test_reduced_precision_within_the_rounding_bound(tmp_path, dtype, u, eta, it
     assert np.max(err / bound) > 0.5  # the bound is nearly attained: the rows really are rounded
     meta = _meta(store, "m")
     assert meta["dtype"] == dtype
-    assert (store._model_dir("m") / meta["rows"]).stat().st_size == len(NODES) * (7 * itemsize + 4)
+    assert (store._model_dir("m") / (meta["checkpoint"] + ".rows")).stat().st_size == len(NODES) * (7 * itemsize + 4)
     np.testing.assert_array_equal(store.read("m", [NODES[9], NODES[2]]), got[[9, 2]])
 
 
@@ -128,7 +128,7 @@ def test_damaged_rows_are_detected(tmp_path, dtype):
     store.commit("m", NODES, x)
     store.commit("other", NODES, x)
     meta = _meta(store, "m")
-    f = store._model_dir("m") / meta["rows"]
+    f = store._model_dir("m") / (meta["checkpoint"] + ".rows")
     rec = 7 * (4 if dtype == "float32" else 2) + 4
     data = bytearray(f.read_bytes())
     data[12 * rec + 3] ^= 0x10  # one bit of row 12's values
@@ -159,7 +159,7 @@ def test_damaged_rows_are_detected(tmp_path, dtype):
 def test_rows_swapped_within_a_file_are_detected(tmp_path):
     store = LabelStore(tmp_path / "s")
     store.commit("m", NODES, _labels(5))
-    f = store._model_dir("m") / _meta(store, "m")["rows"]
+    f = store._model_dir("m") / (_meta(store, "m")["checkpoint"] + ".rows")
     rec = 7 * 4 + 4
     data = bytearray(f.read_bytes())
     data[0:rec], data[rec:2 * rec] = data[rec:2 * rec], data[0:rec]  # records intact, rows exchanged
