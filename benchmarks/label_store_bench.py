@@ -229,7 +229,9 @@ def part2() -> None:
             st = LabelStore(root, dtype=dt.split("+")[0])
             for m, (nodes, a) in full.items():
                 if dt == "float32+1ulp":  # control: every label moved by one float32 ulp, up or down at random
-                    a = np.nextafter(a, np.where(rng.random(a.shape) < 0.5, -np.inf, np.inf)).astype(np.float32)
+                    to = np.where(rng.random(a.shape) < 0.5, -np.inf, np.inf).astype(np.float32)
+                    a = np.nextafter(a, to)
+                    assert a.dtype == np.float32
                 st.commit(m, nodes, a)
             stores[dt] = st
             err = max(float(np.abs(st.read_all(m)[1] - a).max()) for m, (_, a) in full.items())

@@ -125,6 +125,11 @@ def _storage_dtype(name: str) -> np.dtype:
     return np.dtype(name).newbyteorder("<")
 
 
+@functools.lru_cache(maxsize=1)
+def _f16_table() -> np.ndarray:
+    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
 def quantisation_bound(labels, dtype: str) -> np.ndarray:
     """Elementwise bound on ``|read(x) - x|`` for labels committed with storage ``dtype`` (0 for float32).
 
@@ -512,15 +517,18 @@ class LabelStore:
         return t
 
     def _row_dtype(self, meta: dict) -> np.dtype:
-        """Format 2 record: the row in its storage dtype (bfloat16 as its uint16 bits) then a uint32 CRC-32."""
+        """Format 2 record: the row (float32, or float16 / bfloat16 as uint16 bits) then a uint32 CRC-32."""
         h, name = int(meta["num_heads"]), meta["dtype"]
-        bits = "<u2" if name == "bfloat16" else _storage_dtype(name).str
+        bits = "<f4" if name == "float32" else "<u2"
         return np.dtype([("v", bits, (h,)), ("crc", "<u4")])
 
     @staticmethod
     def _to_float32(v: np.ndarray, name: str) -> np.ndarray:
+        """Stored values (float32, or the uint16 bits of float16 / bfloat16) as float32, exactly."""
         if name == "bfloat16":
-            v = v.view(_storage_dtype("bfloat16"))
+            return v.view(_storage_dtype("bfloat16")).astype(np.float32)
+        if name == "float16":  # a 65536-entry table: 2x faster than numpy's float16 -> float32 cast here
+            return _f16_table()[v]
         return np.asarray(v, dtype=np.float32)
 
     def _read_rows_v2(self, model_id: str, meta: dict, uniq: np.ndarray) -> np.ndarray:
@@ -750,7 +758,7 @@ class LabelStore:
                 raise LabelStoreCorruptError(f"label store {self.root}: pack {f} is damaged (checksum mismatch in "
                                              f"node block {r}); recover by removing {doc['_dir']} (store.pack() "
                                              "rebuilds it)")
-        bits = "<u2" if doc["dtype"] == "bfloat16" else _storage_dtype(doc["dtype"]).str
+        bits = "<f4" if doc["dtype"] == "float32" else "<u2"
         arr = np.frombuffer(b"".join(parts), dtype=bits).reshape(len(uniq), n_models, h)
         inv = inv.reshape(-1)
         if np.array_equal(inv, np.arange(len(uniq))):
@@ -797,7 +805,7 @@ class LabelStore:
             rec = self._row_dtype(meta)
             out = np.zeros(len(nodes), dtype=rec)
             q = labels.astype(_storage_dtype(self.dtype))
-            out["v"] = q.view(np.uint16) if self.dtype == "bfloat16" else q
+            out["v"] = q if self.dtype == "float32" else q.view(np.uint16)
             data = out.tobytes()
             mv, size, vbytes = memoryview(data), rec.itemsize, rec.fields["v"][0].itemsize
             out["crc"] = [zlib.crc32(mv[r * size:r * size + vbytes], r & 0xFFFFFFFF) for r in range(len(nodes))]
