@@ -269,8 +269,9 @@ def part2() -> None:
                 margin = np.inf
                 for (l32, i32, x32), (lq, iq, xq) in zip(res["float32"], res[dt]):
                     n_slot += int((i32 != iq).sum())
-                    n_sel += int(sum(set(i32[:, j]) != set(iq[:, j]) for j in range(i32.shape[1])))
-                    n_top1 += int((i32[0] != iq[0]).sum())
+                    # idx is (C, k): row c = the experts of class c, best first, -1 = empty slot
+                    n_sel += int(sum(set(i32[j]) != set(iq[j]) for j in range(i32.shape[0])))
+                    n_top1 += int((i32[:, 0] != iq[:, 0]).sum())
                     n_task += int((i32 != iq).any())
                     dloss = max(dloss, float(np.abs(l32 - lq).max()))
                     dcol = max(dcol, max(float(np.abs(a - b).max()) for a, b in zip(x32, xq)))
