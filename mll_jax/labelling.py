@@ -308,6 +308,7 @@ class LabelStore:
         self._ts_cache: dict[tuple[str, str], object] = {}
         self._nodesets: dict[str, tuple[list, dict]] = {}  # format 2: node-list hash -> (nodes, {node: row})
         self._bad_meta: dict[str, tuple] = {}  # model -> (meta.json identity, error) of labels found damaged
+        self._pack_cache: dict[tuple, dict] = {}  # (pack directory, pack.json mtime) -> pack document
 
     def __repr__(self) -> str:
         return f"LabelStore({str(self.root)!r}, {len(self.model_ids())} models)"
@@ -627,7 +628,7 @@ class LabelStore:
         d = self.root / "packs"
         if not d.is_dir():
             return []
-        cache = self.__dict__.setdefault("_pack_cache", {})
+        cache = self._pack_cache
         out = []
         for p in sorted(d.iterdir()):
             f = p / "pack.json"
