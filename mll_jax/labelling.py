@@ -45,9 +45,9 @@ CRC-32; :meth:`LabelStore.read_many` (what selection uses) then reads a query's 
 instead of opening every model's file; models committed after the pack are read from their own files.  A commit
 writes the new rows (or checkpoint) and index first, then atomically replaces ``meta.json``, then removes the old
 ones: readers always see a complete label set.  ``raw/`` holds the Eq. 1 raw means, appended in small
-atomically written ``.npz`` chunks while labelling runs, keyed by node
-id and the node's image content hash: a killed run restarts where it stopped, and after nodes are added to (or
-re-imaged in) the SDAG only those nodes are run through the expert again.
+atomically written ``.npz`` chunks while labelling runs, keyed by node id and the node's image content hash: a
+killed run restarts where it stopped, and after nodes are added to (or re-imaged in) the SDAG only those nodes are
+run through the expert again.
 
 Model fingerprints (stale labels): an expert may carry ``expert.fingerprint`` (a string; experts loaded from
 :class:`mll_jax.hub.ModelHub` do: a hash of weights, preprocessing and options).  Raw chunks and committed labels
@@ -75,8 +75,8 @@ import re
 import shutil
 import threading
 import uuid
-import zlib
 import warnings
+import zlib
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
