@@ -684,9 +684,10 @@ class LabelStore:
                                                 shape=(n, len(members), vb))
                 for j, m in enumerate(members):  # every model's rows, verified (whole-file checksum) on the way
                     meta, rec = metas[j], self._row_dtype(metas[j])
-                    data = (self._model_dir(m) / f"{meta['checkpoint']}.rows").read_bytes()
+                    f = self._model_dir(m) / f"{meta['checkpoint']}.rows"
+                    data = f.read_bytes()
                     if _sha256(data) != meta["rows_sha256"]:
-                        raise self._corrupt(m, self._model_dir(m) / f"{meta['checkpoint']}.rows", "label checksum mismatch")
+                        raise self._corrupt(m, f, "label checksum mismatch: edited or damaged")
                     out[:, j, :] = np.frombuffer(data, dtype=rec)["v"].view(np.uint8).reshape(n, vb)
                 out.flush()
                 crcs = [zlib.crc32(out[i].tobytes(), i) for i in range(n)]
