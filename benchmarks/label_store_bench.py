@@ -12,6 +12,9 @@ classes x ``--per_class`` matched nodes (distinct random nodes) read for every m
   * warm: the same query again on the same object (metadata and tensorstore handles cached);
   * bytes read by the process's read syscalls during the query (``rchar`` of /proc/self/io), bytes stored;
   * ratios against format 1 in the same run.
+Formats named in ``--pack`` are timed a second time after ``LabelStore.pack()`` (the consolidated node-major copy
+per family; "+pack" rows; their "stored" column is the pack's own size).  Queries go through
+``LabelStore.read_many`` (what selection calls; without packs it reads model by model like ``read``).
 
 Each store is deleted before the next is built (peak disk = one store).  Part 2 (``--real_stores``): CHCO
 selection over the real experts' labels, float32 vs float16 vs bfloat16 rows (committed and read back through
