@@ -29,14 +29,25 @@ height h (longest path down to a leaf) is exact after h updates, so ``num_iters 
 :func:`dag_index`) gives exactly the sequential reverse-topological result, at O((N + E) H) per update.
 
 Storage (:class:`LabelStore`): ``<path>/models/<model-dir>/`` per model (``<model-dir>`` = sanitised model id + a
-hash of it) holds a small ``meta.json`` (model id, heads, delta, names of the current checkpoint and row index),
-``labels-<id>/``, an orbax checkpoint of the (num_labelled_nodes, H) float32 array saved with one row per
-tensorstore chunk so that :meth:`LabelStore.read` reads only the requested rows, and ``labels-<id>.index.json``
-(labelled node ids in row order, head names, images per node).  A commit writes a new checkpoint and index, then
-atomically replaces ``meta.json``, then removes the old ones: readers always see a complete label set.  ``raw/``
-holds the Eq. 1 raw means, appended in small atomically written ``.npz`` chunks while labelling runs, keyed by node
-id and the node's image content hash: a killed run restarts where it stopped, and after nodes are added to (or
-re-imaged in) the SDAG only those nodes are run through the expert again.
+hash of it) holds a small ``meta.json`` (format, model id, heads, delta, storage dtype, names and checksums of the
+current files), ``labels-<id>.rows`` and ``labels-<id>.index.json`` (labelled node ids in row order, head names,
+images per node).  Format 2 (``mll_jax.labels/2``, written by default): the rows file holds one fixed-size record
+per labelled node: the H label values in the store's ``dtype`` (``LabelStore(path, dtype="float32" | "float16" |
+"bfloat16")``, little-endian) followed by a CRC-32 of those bytes seeded with the row number; :meth:`LabelStore.read`
+reads only the requested records (one ``pread`` per run of consecutive rows), checks each CRC and returns float32.
+Reduced precision rounds to nearest: ``|read - committed| <= u |x| + eta`` (:func:`quantisation_bound`; float16
+u = 2^-11, bfloat16 u = 2^-8).  Models labelled on the same SDAG share their node list, which is parsed once per
+process (``nodes_sha256`` in meta.json).  Format 1 (``mll_jax.labels/1``: an orbax checkpoint ``labels-<id>/`` of
+the float32 matrix, one row per tensorstore chunk) is still read, and written with ``format=1``.
+:meth:`LabelStore.pack` builds read-optimised copies: per family (same node list, head count and dtype) one
+node-major array in ``<path>/packs/`` whose node blocks hold that node's rows of every model, each block with a
+CRC-32; :meth:`LabelStore.read_many` (what selection uses) then reads a query's C nodes as C block reads per family
+instead of opening every model's file; models committed after the pack are read from their own files.  A commit
+writes the new rows (or checkpoint) and index first, then atomically replaces ``meta.json``, then removes the old
+ones: readers always see a complete label set.  ``raw/`` holds the Eq. 1 raw means, appended in small
+atomically written ``.npz`` chunks while labelling runs, keyed by node id and the node's image content hash: a
+killed run restarts where it stopped, and after nodes are added to (or re-imaged in) the SDAG only those nodes are
+run through the expert again.
 
 Model fingerprints (stale labels): an expert may carry ``expert.fingerprint`` (a string; experts loaded from
 :class:`mll_jax.hub.ModelHub` do: a hash of weights, preprocessing and options).  Raw chunks and committed labels
@@ -44,8 +55,10 @@ record it; :func:`label_models` ignores raw means made under another fingerprint
 same id) and recomputes every node, saying so (a warning and ``"fingerprint_changed": True`` in its summary).
 :meth:`LabelStore.fingerprint` tells which model version the committed labels come from.
 
-Integrity: ``meta.json`` records SHA-256 checksums of the row index and of the label matrix; they are verified
-when read (the index on every read, the matrix by :meth:`LabelStore.read_all` and :meth:`LabelStore.check`).  A
+Integrity: ``meta.json`` records SHA-256 checksums of the row index and of the label matrix (format 2: of the
+rows file, plus the node-list hash; every record carries its own CRC-32); they are verified when read (format 1:
+the index on every read; format 2: the node list when first parsed, each row read by :meth:`LabelStore.read`; the
+matrix by :meth:`LabelStore.read_all`; everything by :meth:`LabelStore.check`).  A
 damaged or edited file raises :class:`LabelStoreCorruptError` naming the file and the model, with the recovery
 (relabel that model: ``store.delete(model_id)`` then :func:`label_models`).  A damaged model is isolated:
 :meth:`LabelStore.model_ids` lists the models whose labels can be opened and :meth:`LabelStore.damaged_models`
@@ -63,6 +76,7 @@ import shutil
 import threading
 import uuid
 import warnings
+import zlib
 from pathlib import Path
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
@@ -71,7 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .images import as_image_batch
-from .utils import array_hash, atomic_write_bytes
+from .utils import array_hash, atomic_write_bytes, texts_hash
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -82,12 +96,52 @@ __all__ = [
     "LabelStore",
     "LabellingError",
     "LabelStoreCorruptError",
+    "LabelPrecisionError",
+    "LABEL_DTYPES",
+    "quantisation_bound",
     "NonFiniteLogitsError",
     "label_models",
 ]
 
 from mll_jax.config import DEFAULT_DELTA  # noqa: E402  (the one default, kept importable here)
-_FORMAT = "mll_jax.labels/1"
+_FORMAT = "mll_jax.labels/2"     # written by commit: one row file per model (see the module docstring)
+_PACK_FORMAT = "mll_jax.labelpack/1"  # consolidated read-optimised copy (LabelStore.pack)
+_FORMAT_V1 = "mll_jax.labels/1"  # orbax / tensorstore checkpoint per model: still read, written with format=1
+
+# Storage dtypes of format 2: name -> (unit roundoff u, half the smallest subnormal spacing eta, largest finite).
+# Round to nearest even: |x - q(x)| <= u * |x| + eta for every finite |x| <= largest (see quantisation_bound).
+LABEL_DTYPES = {
+    "float32": (0.0, 0.0, float(np.finfo(np.float32).max)),
+    "float16": (2.0 ** -11, 2.0 ** -25, 65504.0),
+    "bfloat16": (2.0 ** -8, 2.0 ** -134, float(np.finfo(np.float32).max)),
+}
+
+
+def _storage_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name).newbyteorder("<")
+
+
+@functools.lru_cache(maxsize=1)
+def _f16_table() -> np.ndarray:
+    return np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def quantisation_bound(labels, dtype: str) -> np.ndarray:
+    """Elementwise bound on ``|read(x) - x|`` for labels committed with storage ``dtype`` (0 for float32).
+
+    Float16 and bfloat16 round to nearest even with unit roundoff ``u`` (2^-11, 2^-8): the error of a normal
+    number is at most ``u * |x|``; below the normal range at most half the subnormal spacing ``eta``
+    (2^-25, 2^-134).  So ``|q(x) - x| <= u * |x| + eta``.  On softmax probabilities over heads (CHCO's P) a
+    logit error of at most ``d`` changes every probability by a factor in ``[exp(-2d), exp(2d)]``.
+    """
+    if dtype not in LABEL_DTYPES:
+        raise ValueError(f"unknown label dtype {dtype!r}; one of {sorted(LABEL_DTYPES)}")
+    u, eta, _ = LABEL_DTYPES[dtype]
+    return u * np.abs(np.asarray(labels, dtype=np.float64)) + eta
 
 
 class LabellingError(ValueError):
@@ -100,6 +154,10 @@ class NonFiniteLogitsError(LabellingError):
 
 class LabelStoreCorruptError(ValueError):
     """A label-store file is damaged or was edited (names the file, the model and how to recover)."""
+
+
+class LabelPrecisionError(ValueError):
+    """Labels do not fit the store's reduced-precision storage dtype (float16 overflow)."""
 
 
 def _positive_int(v, what: str) -> int:
@@ -233,12 +291,24 @@ class LabelStore:
     ``path`` is created if needed.  Methods raise ``KeyError`` for unknown models or unlabelled nodes.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, dtype: str = "float32", format: int = 2):
+        if format not in (1, 2):
+            raise ValueError(f"label store format must be 1 (orbax checkpoints) or 2 (row files), got {format!r}")
+        dtype = str(np.dtype(dtype)) if not (isinstance(dtype, str) and dtype == "bfloat16") else dtype
+        if dtype not in LABEL_DTYPES:
+            raise ValueError(f"label dtype must be one of {sorted(LABEL_DTYPES)}, got {dtype!r}")
+        if format == 1 and dtype != "float32":
+            raise ValueError(f"format 1 (orbax) stores float32 only; {dtype} needs format=2")
         self.root = Path(path)
         (self.root / "models").mkdir(parents=True, exist_ok=True)
+        self.dtype = dtype    # storage dtype of new commits (reads always return float32)
+        self.format = format  # format of new commits (both formats are read)
         self._lock = threading.Lock()
         self._meta_cache: dict[str, tuple] = {}  # model -> (mtime_ns, meta, index doc, row index)
         self._ts_cache: dict[tuple[str, str], object] = {}
+        self._nodesets: dict[str, tuple[list, dict]] = {}  # format 2: node-list hash -> (nodes, {node: row})
+        self._bad_meta: dict[str, tuple] = {}  # model -> (meta.json identity, error) of labels found damaged
+        self._pack_cache: dict[tuple, dict] = {}  # (pack directory, pack.json mtime) -> pack document
 
     def __repr__(self) -> str:
         return f"LabelStore({str(self.root)!r}, {len(self.model_ids())} models)"
@@ -297,7 +367,9 @@ class LabelStore:
     def check(self, model_id: str) -> None:
         """Verify every file of ``model_id`` (meta, index and label checksums, raw chunks); raises
         :class:`LabelStoreCorruptError` naming the damaged file, ``KeyError`` for an unknown model."""
-        self._meta(model_id)
+        meta, _, _ = self._meta(model_id)
+        if meta.get("format") == _FORMAT:  # reads may have used a cached node list: verify this model's own
+            self._nodeset(model_id, meta, cached=False)
         self.read_all(model_id)
         self.load_raw(model_id)
 
@@ -314,7 +386,8 @@ class LabelStore:
                            f"{known[:10]}{' ...' if len(known) > 10 else ''})") from None
         return mtime, self._read_meta_file(f, model_id)
 
-    def _read_index(self, model_id: str, meta: dict) -> dict:
+    def _read_index(self, model_id: str, meta: dict, parse: bool = True) -> dict | None:
+        """The row index document, verified against ``index_sha256`` (``parse=False``: verify only)."""
         f = self._model_dir(model_id) / str(meta["index"])
         try:
             data = f.read_bytes()
@@ -323,6 +396,8 @@ class LabelStore:
         want = meta.get("index_sha256")
         if want is not None and _sha256(data) != want:
             raise self._corrupt(model_id, f, "checksum mismatch: edited or damaged")
+        if not parse:
+            return None
         try:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -333,7 +408,12 @@ class LabelStore:
         return doc
 
     def _meta(self, model_id: str) -> tuple[dict, dict, dict]:
-        """(meta, index document, {node: row}) of the committed labels, cached while meta.json is unchanged."""
+        """(meta, index document, {node: row}) of the committed labels, cached while meta.json is unchanged.
+
+        Format 2: the document holds only ``nodes`` (head names and ``extra`` are read by :meth:`info`); the node
+        list is parsed once per distinct list (``nodes_sha256`` in meta.json) and shared by every model labelled
+        on the same SDAG, so opening M models costs M small meta.json reads, not M index reads and parses.
+        """
         f = self._model_dir(model_id) / "meta.json"
         try:
             st = f.stat()
@@ -343,15 +423,69 @@ class LabelStore:
         cached = self._meta_cache.get(model_id)
         if cached is not None and mtime is not None and cached[0] == mtime:
             return cached[1], cached[2], cached[3]
-        _, meta = self._small_meta(model_id)
-        doc = self._read_index(model_id, meta)
-        rows = {w: i for i, w in enumerate(doc["nodes"])}
+        bad = self._bad_meta.get(model_id)
+        if bad is not None and mtime is not None and bad[0] == mtime:
+            raise bad[1]  # found damaged before (the node list may since be cached from another model's index)
+        try:
+            meta, doc, rows = self._load_meta(model_id, f)
+        except LabelStoreCorruptError as e:
+            if mtime is not None:
+                self._bad_meta[model_id] = (mtime, e)
+            raise
         self._meta_cache[model_id] = (mtime, meta, doc, rows)
         return meta, doc, rows
+
+    def _load_meta(self, model_id: str, f: Path) -> tuple[dict, dict, dict]:
+        _, meta = self._small_meta(model_id)
+        fmt = meta.get("format", _FORMAT_V1)
+        if fmt == _FORMAT:
+            self._check_meta_v2(model_id, meta)
+            nodes, rows = self._nodeset(model_id, meta)
+            doc = {"nodes": nodes}
+        elif fmt == _FORMAT_V1:
+            doc = self._read_index(model_id, meta)
+            rows = {w: i for i, w in enumerate(doc["nodes"])}
+        else:
+            raise self._corrupt(model_id, f, f"unknown label format {fmt!r} (this mll_jax reads {_FORMAT_V1!r} "
+                                             f"and {_FORMAT!r}; a newer version wrote it?)")
+        return meta, doc, rows
+
+    def _check_meta_v2(self, model_id: str, meta: dict) -> None:
+        f = self._model_dir(model_id) / "meta.json"
+        ok = (meta.get("dtype") in LABEL_DTYPES
+              and isinstance(meta.get("nodes_sha256"), str) and isinstance(meta.get("rows_sha256"), str)
+              and isinstance(meta.get("num_nodes"), int) and meta["num_nodes"] > 0
+              and isinstance(meta.get("num_heads"), int) and meta["num_heads"] > 0)
+        if not ok:
+            raise self._corrupt(model_id, f, "missing or invalid format-2 fields (dtype, rows, checksums, shape)")
+
+    def _nodeset(self, model_id: str, meta: dict, cached: bool = True) -> tuple[list, dict]:
+        """Format 2: (nodes, {node: row}) for ``meta['nodes_sha256']``.  This model's index file is read (and
+        checked against ``index_sha256`` and ``nodes_sha256``) only when no model with the same node list was read
+        yet: reads use nothing else from it.  :meth:`info` and :meth:`check` always verify it."""
+        key = meta["nodes_sha256"]
+        hit = self._nodesets.get(key) if cached else None
+        if hit is not None:  # the same node list, parsed and verified for another model
+            return hit
+        doc = self._read_index(model_id, meta)
+        nodes = doc["nodes"]
+        if not all(isinstance(w, str) for w in nodes) or texts_hash(nodes) != key:
+            raise self._corrupt(model_id, self._model_dir(model_id) / meta["index"],
+                                "its node list does not match meta.json (nodes_sha256)")
+        rows = {w: i for i, w in enumerate(nodes)}
+        if len(rows) != len(nodes):
+            raise self._corrupt(model_id, self._model_dir(model_id) / meta["index"], "duplicate node ids")
+        with self._lock:
+            if len(self._nodesets) >= 64:
+                self._nodesets.pop(next(iter(self._nodesets)))
+            self._nodesets[key] = (nodes, rows)
+        return nodes, rows
 
     def info(self, model_id: str) -> dict:
         """The model's metadata: num_heads, num_nodes, delta, fingerprint, head_names, num_images per node, ..."""
         meta, doc, _ = self._meta(model_id)
+        if meta.get("format") == _FORMAT:  # the cached document holds only the nodes
+            doc = self._read_index(model_id, meta)
         return {**meta, **{k: v for k, v in doc.items() if k != "nodes"}}
 
     def fingerprint(self, model_id: str) -> str | None:
@@ -383,8 +517,58 @@ class LabelStore:
                 self._ts_cache[key] = t
         return t
 
+    def _row_dtype(self, meta: dict) -> np.dtype:
+        """Format 2 record: the row (float32, or float16 / bfloat16 as uint16 bits) then a uint32 CRC-32."""
+        h, name = int(meta["num_heads"]), meta["dtype"]
+        bits = "<f4" if name == "float32" else "<u2"
+        return np.dtype([("v", bits, (h,)), ("crc", "<u4")])
+
+    @staticmethod
+    def _to_float32(v: np.ndarray, name: str) -> np.ndarray:
+        """Stored values (float32, or the uint16 bits of float16 / bfloat16) as float32, exactly."""
+        if name == "bfloat16":
+            return v.view(_storage_dtype("bfloat16")).astype(np.float32)
+        if name == "float16":  # a 65536-entry table: 2x faster than numpy's float16 -> float32 cast here
+            return _f16_table()[v]
+        return np.asarray(v, dtype=np.float32)
+
+    def _read_rows_v2(self, model_id: str, meta: dict, uniq: np.ndarray) -> np.ndarray:
+        """Rows ``uniq`` (sorted, unique) of a format-2 row file, each checked against its CRC-32."""
+        rec = self._row_dtype(meta)
+        f = self._model_dir(model_id) / f"{meta['checkpoint']}.rows"
+        size = rec.itemsize
+        rows = uniq.tolist()
+        cut = [0, *(np.flatnonzero(np.diff(uniq) != 1) + 1).tolist(), len(rows)]
+        try:
+            fd = os.open(f, os.O_RDONLY)
+        except FileNotFoundError:
+            raise self._corrupt(model_id, f, "missing") from None
+        try:
+            have = os.fstat(fd).st_size
+            if have != int(meta["num_nodes"]) * size:
+                raise self._corrupt(model_id, f, f"size {have} bytes, expected {int(meta['num_nodes']) * size} "
+                                                 "(truncated or damaged)")
+            parts = [os.pread(fd, (b - a) * size, rows[a] * size) for a, b in zip(cut[:-1], cut[1:])]
+        finally:
+            os.close(fd)
+        buf = parts[0] if len(parts) == 1 else b"".join(parts)  # one pread per run of consecutive rows
+        if len(buf) != len(rows) * size:
+            raise self._corrupt(model_id, f, "short read (truncated)")
+        arr = np.frombuffer(buf, dtype=rec)
+        mv, vbytes = memoryview(buf), rec.fields["v"][0].itemsize
+        got = [zlib.crc32(mv[k * size:k * size + vbytes], r & 0xFFFFFFFF) for k, r in enumerate(rows)]
+        want = arr["crc"].tolist()
+        if got != want:
+            bad = next(r for r, a, b in zip(rows, got, want) if a != b)
+            raise self._corrupt(model_id, f, f"checksum mismatch in row {bad}: edited or damaged")
+        return self._to_float32(arr["v"], meta["dtype"])
+
     def read(self, model_id: str, wnids: Sequence[str]) -> np.ndarray:
-        """Labels of ``wnids`` for ``model_id``: float32 (len(wnids), H), reading only those rows."""
+        """Labels of ``wnids`` for ``model_id``: float32 (len(wnids), H), reading only those rows.
+
+        Format 2: one ``pread`` per run of consecutive rows of the model's row file, every row verified by its
+        CRC-32 (no checkpoint to open); format 1: a tensorstore read of the rows' chunks.
+        """
         meta, _, index = self._meta(model_id)
         wnids = list(wnids)
         missing = [w for w in wnids if w not in index]
@@ -397,6 +581,8 @@ class LabelStore:
             return np.zeros((0, h), dtype=np.float32)
         rows = np.asarray([index[w] for w in wnids], dtype=np.int64)
         uniq, inv = np.unique(rows, return_inverse=True)
+        if meta.get("format") == _FORMAT:
+            return self._read_rows_v2(model_id, meta, uniq)[inv.reshape(-1)]
         try:
             t = self._open(model_id, meta)
             out = np.asarray(t.oindex[uniq].read().result(), dtype=np.float32)
@@ -409,10 +595,20 @@ class LabelStore:
         return out[inv.reshape(-1)]
 
     def read_all(self, model_id: str) -> tuple[list[str], np.ndarray]:
-        """(labelled nodes, full (N, H) float32 matrix) via a plain orbax restore."""
+        """(labelled nodes, full (N, H) float32 matrix), checked against the whole-matrix checksum."""
+        meta, doc, _ = self._meta(model_id)
+        if meta.get("format") == _FORMAT:
+            f = self._model_dir(model_id) / f"{meta['checkpoint']}.rows"
+            try:
+                data = f.read_bytes()
+            except FileNotFoundError:
+                raise self._corrupt(model_id, f, "missing") from None
+            rec = self._row_dtype(meta)
+            if len(data) != int(meta["num_nodes"]) * rec.itemsize or _sha256(data) != meta["rows_sha256"]:
+                raise self._corrupt(model_id, f, "label checksum mismatch: edited or damaged")
+            return list(doc["nodes"]), self._to_float32(np.frombuffer(data, dtype=rec)["v"], meta["dtype"])
         import orbax.checkpoint as ocp
 
-        meta, doc, _ = self._meta(model_id)
         ckpt = self._model_dir(model_id) / meta["checkpoint"]
         try:
             with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
@@ -425,18 +621,164 @@ class LabelStore:
             raise self._corrupt(model_id, ckpt, "label checksum mismatch: edited or damaged")
         return list(doc["nodes"]), arr
 
+    # ------------------------------------------------------------------ consolidated packs (read-optimised)
+    def _packs(self) -> list[dict]:
+        """Valid pack documents under ``<root>/packs`` (a pack whose files are damaged is ignored with a warning:
+        its models fall back to their own row files)."""
+        d = self.root / "packs"
+        if not d.is_dir():
+            return []
+        cache = self._pack_cache
+        out = []
+        for p in sorted(d.iterdir()):
+            f = p / "pack.json"
+            try:
+                key = (p.name, f.stat().st_mtime_ns)
+            except FileNotFoundError:
+                continue
+            doc = cache.get(key)
+            if doc is None:
+                try:
+                    doc = json.loads(f.read_text(encoding="utf-8"))
+                    if doc.get("format") != _PACK_FORMAT or doc.get("dtype") not in LABEL_DTYPES:
+                        raise ValueError(f"unknown pack format {doc.get('format')!r}")
+                    doc["_dir"] = p
+                    doc["_member"] = {m: j for j, m in enumerate(doc["models"])}
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    warnings.warn(f"label store {self.root}: ignoring pack {p.name} ({type(e).__name__}: {e})",
+                                  stacklevel=3)
+                    continue
+                cache[key] = doc
+            out.append(doc)
+        return out
+
+    def pack(self, model_ids: Sequence[str] | None = None) -> list[str]:
+        """Build read-optimised consolidated copies of the format-2 labels of ``model_ids`` (default: all).
+
+        Models with the same node list, head count and storage dtype (a family: e.g. every ImageNet-1k
+        classifier labelled on the same SDAG) go into one pack ``<root>/packs/<name>/``: ``rows.bin`` holds the
+        (N nodes, M models, H) array node-major, so the rows of one node for every model of the family are one
+        contiguous block, with one CRC-32 per node block in ``pack.json`` (written last: a pack is complete or
+        absent).  :meth:`read_many` reads a query's C nodes as C block reads per family instead of opening M
+        files.  A pack is a copy: the per-model files stay the source of truth, and a model committed again after
+        packing is read from its own files until the next ``pack()``.  Returns the new pack directories' names.
+        """
+        ids = self.model_ids() if model_ids is None else list(model_ids)
+        groups: dict[tuple, list[str]] = {}
+        for m in ids:
+            meta = self._meta(m)[0]
+            if meta.get("format") != _FORMAT:
+                continue  # format 1 models are read from their checkpoints
+            groups.setdefault((meta["nodes_sha256"], int(meta["num_heads"]), meta["dtype"]), []).append(m)
+        made = []
+        (self.root / "packs").mkdir(exist_ok=True)
+        for (nodes_sha, h, dtype), members in groups.items():
+            metas = [self._meta(m)[0] for m in members]
+            n = int(metas[0]["num_nodes"])
+            vb = self._row_dtype(metas[0]).fields["v"][0].itemsize
+            name = f"pack-{nodes_sha[:12]}-h{h}-{dtype}-{uuid.uuid4().hex[:8]}"
+            pdir = self.root / "packs" / name
+            pdir.mkdir()
+            try:
+                out = np.lib.format.open_memmap(pdir / "rows.tmp.npy", mode="w+", dtype=np.uint8,
+                                                shape=(n, len(members), vb))
+                for j, m in enumerate(members):  # every model's rows, verified (whole-file checksum) on the way
+                    meta, rec = metas[j], self._row_dtype(metas[j])
+                    f = self._model_dir(m) / f"{meta['checkpoint']}.rows"
+                    data = f.read_bytes()
+                    if _sha256(data) != meta["rows_sha256"]:
+                        raise self._corrupt(m, f, "label checksum mismatch: edited or damaged")
+                    out[:, j, :] = np.frombuffer(data, dtype=rec)["v"].view(np.uint8).reshape(n, vb)
+                out.flush()
+                crcs = [zlib.crc32(out[i].tobytes(), i) for i in range(n)]
+                off = out.offset
+                del out
+                os.replace(pdir / "rows.tmp.npy", pdir / "rows.npy")
+                doc = {"format": _PACK_FORMAT, "models": members, "checkpoints": [mt["checkpoint"] for mt in metas],
+                       "nodes_sha256": nodes_sha, "num_nodes": n, "num_heads": h, "dtype": dtype,
+                       "data_offset": int(off), "block_crc32": crcs}
+                atomic_write_bytes(pdir / "pack.json", json.dumps(doc).encode("utf-8"))
+            except BaseException:
+                shutil.rmtree(pdir, ignore_errors=True)
+                raise
+            made.append(name)
+            for q in (self.root / "packs").iterdir():  # older packs of the same family are superseded
+                if q.name != name and q.name.startswith(f"pack-{nodes_sha[:12]}-h{h}-{dtype}-"):
+                    shutil.rmtree(q, ignore_errors=True)
+        return made
+
+    def read_many(self, model_ids: Sequence[str], wnids: Sequence[str]) -> list[np.ndarray]:
+        """``[self.read(m, wnids) for m in model_ids]``, with the same values, faster for many models.
+
+        Models whose current labels are in a pack (:meth:`pack`) are read from it: one read of each requested
+        node's block per pack (every block checked against its CRC-32); the others row file by row file.
+        """
+        model_ids, wnids = list(model_ids), list(wnids)
+        out: list = [None] * len(model_ids)
+        packs = self._packs() if wnids else []
+        by_pack: dict[int, list[tuple[int, int]]] = {}
+        for i, m in enumerate(model_ids):
+            meta = self._meta(m)[0]
+            for k, doc in enumerate(packs):
+                j = doc["_member"].get(m)
+                if (j is not None and meta.get("format") == _FORMAT and doc["checkpoints"][j] == meta["checkpoint"]
+                        and doc["nodes_sha256"] == meta["nodes_sha256"]):
+                    by_pack.setdefault(k, []).append((i, j))
+                    break
+        for k, pairs in by_pack.items():
+            doc = packs[k]
+            try:
+                vals = self._read_pack(doc, model_ids[pairs[0][0]], wnids, [j for _, j in pairs])
+            except FileNotFoundError:  # the pack was superseded while we read: fall back to the row files
+                continue
+            except LabelStoreCorruptError as e:  # the row files are the source of truth: use them
+                warnings.warn(str(e), stacklevel=2)
+                continue
+            for (i, _), v in zip(pairs, vals):
+                out[i] = v
+        return [self.read(m, wnids) if v is None else v for m, v in zip(model_ids, out)]
+
+    def _read_pack(self, doc: dict, mid: str, wnids: list, cols: list[int]) -> list[np.ndarray]:
+        _, _, index = self._meta(mid)  # the node list of every member (same nodes_sha256)
+        missing = [w for w in wnids if w not in index]
+        if missing:
+            self.read(mid, wnids)  # raises the usual KeyError
+        rows = np.asarray([index[w] for w in wnids], dtype=np.int64)
+        uniq, inv = np.unique(rows, return_inverse=True)
+        h, n_models = int(doc["num_heads"]), len(doc["models"])
+        vb = h * (4 if doc["dtype"] == "float32" else 2)
+        block = n_models * vb
+        f = doc["_dir"] / "rows.npy"
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            parts = [os.pread(fd, block, int(doc["data_offset"]) + int(r) * block) for r in uniq.tolist()]
+        finally:
+            os.close(fd)
+        crcs = doc["block_crc32"]
+        for r, b in zip(uniq.tolist(), parts):
+            if len(b) != block or zlib.crc32(b, r) != crcs[r]:
+                raise LabelStoreCorruptError(f"label store {self.root}: pack {f} is damaged (checksum mismatch in "
+                                             f"node block {r}); recover by removing {doc['_dir']} (store.pack() "
+                                             "rebuilds it)")
+        bits = "<f4" if doc["dtype"] == "float32" else "<u2"
+        arr = np.frombuffer(b"".join(parts), dtype=bits).reshape(len(uniq), n_models, h)
+        inv = inv.reshape(-1)
+        if np.array_equal(inv, np.arange(len(uniq))):
+            return [self._to_float32(arr[:, c, :], doc["dtype"]) for c in cols]
+        return [self._to_float32(arr[inv, c, :], doc["dtype"]) for c in cols]
+
     # ------------------------------------------------------------------ writing
     def commit(self, model_id: str, nodes: Sequence[str], labels: np.ndarray, *, delta: float | None = None,
                head_names: Sequence[str] | None = None, extra: Mapping | None = None,
                fingerprint: str | None = None) -> None:
         """Atomically replace the labels of ``model_id`` by ``labels`` (row i = ``nodes[i]``).
 
-        Writes the orbax checkpoint and the row index (``<checkpoint>.index.json``: nodes, head names, ``extra``)
-        first, then replaces the small ``meta.json`` that points to them (with their checksums and the model's
-        ``fingerprint``), then removes the previous ones.
+        Writes the label data (format 2: ``<checkpoint>.rows`` in the store's ``dtype``; format 1: an orbax
+        checkpoint) and the row index (``<checkpoint>.index.json``: nodes, head names, ``extra``) first, then
+        replaces the small ``meta.json`` that points to them (with their checksums and the model's
+        ``fingerprint``), then removes the previous ones.  Raises :class:`LabelPrecisionError` when a label does
+        not fit a float16 store.
         """
-        import orbax.checkpoint as ocp
-
         labels = np.ascontiguousarray(labels, dtype=np.float32)
         nodes = [str(w) for w in nodes]
         if labels.ndim != 2 or labels.shape[0] != len(nodes) or labels.shape[0] == 0:
@@ -448,21 +790,42 @@ class LabelStore:
             raise NonFiniteLogitsError(f"refusing to store non-finite labels for model {model_id!r}")
         if head_names is not None and len(head_names) != labels.shape[1]:
             raise ValueError(f"{len(head_names)} head names for {labels.shape[1]} heads of {model_id!r}")
+        big = float(np.abs(labels).max())
+        if big > LABEL_DTYPES[self.dtype][2]:
+            raise LabelPrecisionError(f"labels of model {model_id!r} reach |{big:g}|, beyond the largest "
+                                      f"{self.dtype} ({LABEL_DTYPES[self.dtype][2]:g}); use a float32 or bfloat16 "
+                                      "store (LabelStore(path, dtype='float32'))")
         mdir = self._model_dir(model_id)
         mdir.mkdir(parents=True, exist_ok=True)
         self._write_id(model_id)
         name = f"labels-{uuid.uuid4().hex[:12]}"
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
-            ck.save(mdir / name, args=ocp.args.StandardSave(
-                {"labels": labels}, save_args={"labels": ocp.SaveArgs(shard_axes=(0,))}))
-        doc = {"nodes": nodes, "head_names": None if head_names is None else [str(h) for h in head_names],
+        h = int(labels.shape[1])
+        meta = {"format": _FORMAT if self.format == 2 else _FORMAT_V1, "model_id": model_id, "num_heads": h,
+                "num_nodes": len(nodes), "delta": delta, "checkpoint": name, "index": f"{name}.index.json"}
+        if self.format == 2:
+            meta.update(dtype=self.dtype)  # the rows file is f"{checkpoint}.rows"
+            rec = self._row_dtype(meta)
+            out = np.zeros(len(nodes), dtype=rec)
+            q = labels.astype(_storage_dtype(self.dtype))
+            out["v"] = q if self.dtype == "float32" else q.view(np.uint16)
+            data = out.tobytes()
+            mv, size, vbytes = memoryview(data), rec.itemsize, rec.fields["v"][0].itemsize
+            out["crc"] = [zlib.crc32(mv[r * size:r * size + vbytes], r & 0xFFFFFFFF) for r in range(len(nodes))]
+            data = out.tobytes()
+            atomic_write_bytes(mdir / f"{name}.rows", data)
+            meta.update(nodes_sha256=texts_hash(nodes), rows_sha256=_sha256(data))
+        else:
+            import orbax.checkpoint as ocp
+
+            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+                ck.save(mdir / name, args=ocp.args.StandardSave(
+                    {"labels": labels}, save_args={"labels": ocp.SaveArgs(shard_axes=(0,))}))
+            meta.update(use_zarr3=False, labels_sha256=array_hash(labels))
+        doc = {"nodes": nodes, "head_names": None if head_names is None else [str(x) for x in head_names],
                **dict(extra or {})}
         index_bytes = json.dumps(doc, ensure_ascii=False).encode("utf-8")
         atomic_write_bytes(mdir / f"{name}.index.json", index_bytes)
-        meta = {"format": _FORMAT, "model_id": model_id, "num_heads": int(labels.shape[1]),
-                "num_nodes": len(nodes), "delta": delta, "checkpoint": name, "index": f"{name}.index.json",
-                "use_zarr3": False, "fingerprint": fingerprint, "index_sha256": _sha256(index_bytes),
-                "labels_sha256": array_hash(labels)}
+        meta.update(fingerprint=fingerprint, index_sha256=_sha256(index_bytes))
         atomic_write_bytes(mdir / "meta.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
         self._meta_cache.pop(model_id, None)
         for p in mdir.iterdir():

@@ -154,8 +154,9 @@ def label_submatrices(labels: Any, model_ids: Sequence[str], wnids: Sequence[str
     """CHCO inputs: ``S_m = labels.read(m, wnids).T`` of shape ``(H_m, C)`` for every model, checked finite."""
     reader = as_label_reader(labels)
     out = []
-    for model_id in model_ids:
-        rows = np.asarray(reader.read(model_id, list(wnids)))
+    many = reader.read_many(list(model_ids), list(wnids)) if hasattr(reader, "read_many") else None
+    for i, model_id in enumerate(model_ids):
+        rows = np.asarray(reader.read(model_id, list(wnids)) if many is None else many[i])
         if rows.ndim != 2 or rows.shape[0] != len(wnids):
             raise ValueError(
                 f"label store returned shape {rows.shape} for model {model_id!r}; expected ({len(wnids)}, H)"

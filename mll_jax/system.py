@@ -122,11 +122,12 @@ def label_fingerprint(labels, model_ids: Sequence[str], wnids: Sequence[str | No
     """Hash of the label rows a selection was computed from (every candidate model, the matched nodes)."""
     h = hashlib.sha256()
     matched = [w for w in wnids if w is not None]
-    for m in model_ids:
+    many = labels.read_many(list(model_ids), matched) if matched and hasattr(labels, "read_many") else None
+    for i, m in enumerate(model_ids):
         h.update(m.encode() + b"\0")
         if matched:
-            rows = np.ascontiguousarray(np.asarray(labels.read(m, matched), np.float32))
-            h.update(rows.tobytes())
+            rows = labels.read(m, matched) if many is None else many[i]
+            h.update(np.ascontiguousarray(np.asarray(rows, np.float32)).tobytes())
     return h.hexdigest()[:24]
 
 

@@ -185,10 +185,10 @@ def test_partial_row_reads(tmp_path, tiny):
     np.testing.assert_array_equal(store.read("m1", want), full[[nodes.index(w) for w in want]])
     assert store.read("m1", []).shape == (0, 3)
     assert store.read("m/2 with spaces", [DOG]).shape == (1, 2)
-    # stored one row per chunk: a read touches only the requested rows' chunks
+    # stored one fixed-size record per row (3 float32 + a CRC-32): a read touches only the requested rows
     meta = json.loads((store._model_dir("m1") / "meta.json").read_text())
-    layout = store._open("m1", meta).chunk_layout
-    assert tuple(layout.read_chunk.shape) == (1, 3)
+    assert meta["format"] == "mll_jax.labels/2" and meta["dtype"] == "float32"
+    assert (store._model_dir("m1") / (meta["checkpoint"] + ".rows")).stat().st_size == len(nodes) * (3 * 4 + 4)
     # a second store object on the same directory sees the same labels
     np.testing.assert_array_equal(LabelStore(tmp_path / "labels").read("m1", [x]), full[[nodes.index(x)]])
     with pytest.raises(KeyError, match="unknown model 'nope'"):
