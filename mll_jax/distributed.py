@@ -49,7 +49,6 @@ _seen: dict[int, tuple] = {}  # process -> (last heartbeat value, when this proc
 _beating = False
 _stop = threading.Event()  # stops the heartbeat thread (at exit)
 _known_dead: set[int] = set()
-_orbax_patched = False
 
 
 class DistributedError(RuntimeError):
@@ -177,7 +176,6 @@ def current() -> "Processes":
     procs = Processes(int(_d.global_state.process_id), int(_d.global_state.num_processes), c)
     if procs.multi:
         _start_heartbeat(procs)
-        _orbax_process_local()
     return procs
 
 
@@ -336,28 +334,6 @@ class Processes:
             out.append(b"".join(self.client.blocking_key_value_get_bytes(f"{tag}/data/{p}/{i}", 60_000)
                                 for i in range(k)))
         return out
-
-
-def _orbax_process_local() -> None:
-    """Make orbax treat every checkpoint save/restore of this process as process-local (once, multi-process only).
-
-    Orbax assumes every process of a ``jax.distributed`` run takes part in every checkpoint save and restore and
-    syncs them all with ``multihost_utils.sync_global_devices`` (a device collective).  Here every orbax use is
-    process-local file I/O on a shared file system: hub weights restored by each process when it needs them, label
-    matrices saved by process 0 alone.  With orbax's barriers the first would cross-match processes loading
-    different models (or fail on hosts with unequal device counts) and the second would wait for the others
-    forever.  The public per-call fix is ``ocp.Checkpointer(..., multiprocessing_options=
-    ocp.options.MultiprocessingOptions(primary_host=jax.process_index(), active_processes={jax.process_index()}))``
-    at every orbax call site (mll_jax.hub, mll_jax.labelling); until those pass it, this skips the barriers."""
-    global _orbax_patched
-    if _orbax_patched:
-        return
-    try:
-        from orbax.checkpoint._src.multihost import multihost as _mh
-    except ImportError:  # pragma: no cover - another orbax layout: its barriers stay
-        return
-    _mh.should_skip_process_sync = lambda processes=None: True
-    _orbax_patched = True
 
 
 # ---------------------------------------------------------------------------------------------------

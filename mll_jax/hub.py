@@ -226,9 +226,8 @@ def _import_class(path: str, trusted: Sequence[str] = DEFAULT_TRUSTED_MODULES, m
 
 
 def _load_flax_module(hub: "ModelHub", entry: dict):
-    import orbax.checkpoint as ocp
-
     from .models import FlaxModuleExpert
+    from .utils import orbax_checkpointer
 
     mid = entry["model_id"]
     opts = entry.get("options") or {}
@@ -237,7 +236,7 @@ def _load_flax_module(hub: "ModelHub", entry: dict):
     vdir = hub.model_dir(mid, "variables")
     if not os.path.isdir(vdir):
         raise FileNotFoundError(f"model {mid!r}: saved variables missing at {vdir}")
-    variables = ocp.StandardCheckpointer().restore(vdir)
+    variables = orbax_checkpointer().restore(vdir)
     pre = PreprocessSpec.from_dict(opts["preprocess"])
     batch_size = opts.get("batch_size", 32)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -593,7 +592,8 @@ class ModelHub:
         import dataclasses
 
         import jax
-        import orbax.checkpoint as ocp
+
+        from .utils import orbax_checkpointer
 
         if model_id in self and not overwrite:
             raise ValueError(f"model id {model_id!r} is already registered in hub {self.root} "
@@ -627,7 +627,7 @@ class ModelHub:
         tmp = os.path.join(mdir, f".variables.tmp{os.getpid()}")
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
-        ckpt = ocp.StandardCheckpointer()
+        ckpt = orbax_checkpointer()
         ckpt.save(tmp, jax.tree_util.tree_map(np.asarray, variables))
         ckpt.wait_until_finished()
         if os.path.exists(final):

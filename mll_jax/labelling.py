@@ -85,7 +85,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .images import as_image_batch
-from .utils import array_hash, atomic_write_bytes, texts_hash
+from .utils import array_hash, atomic_write_bytes, orbax_checkpointer, texts_hash
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -611,7 +611,7 @@ class LabelStore:
 
         ckpt = self._model_dir(model_id) / meta["checkpoint"]
         try:
-            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+            with orbax_checkpointer(ocp.StandardCheckpointHandler()) as ck:
                 arr = np.asarray(ck.restore(ckpt)["labels"], dtype=np.float32)
         except Exception as e:
             raise self._corrupt(model_id, ckpt, f"{type(e).__name__}: {str(e)[:300]}") from None
@@ -817,7 +817,7 @@ class LabelStore:
         else:
             import orbax.checkpoint as ocp
 
-            with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ck:
+            with orbax_checkpointer(ocp.StandardCheckpointHandler()) as ck:
                 ck.save(mdir / name, args=ocp.args.StandardSave(
                     {"labels": labels}, save_args={"labels": ocp.SaveArgs(shard_axes=(0,))}))
             meta.update(use_zarr3=False, labels_sha256=array_hash(labels))

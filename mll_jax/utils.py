@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 __all__ = [
+    "orbax_checkpointer",
     "home",
     "atomic_write",
     "atomic_write_bytes",
@@ -118,3 +119,23 @@ def file_hash(paths: Sequence[str | os.PathLike] | str | os.PathLike, *, length:
 def next_pow2(n: int) -> int:
     """Smallest power of two >= ``n`` (1 for ``n <= 1``)."""
     return 1 << max(0, int(n - 1).bit_length())
+
+
+def orbax_checkpointer(handler: Any = None):
+    """An orbax checkpointer whose saves and restores involve only this process.
+
+    orbax assumes every process of a ``jax.distributed`` run joins every checkpoint save/restore and syncs
+    them with a device collective; mll-jax never does that (each process restores hub weights on its own;
+    labels are committed by one process), so every call site takes its checkpointer from here:
+    ``StandardCheckpointer`` (``handler=None``) or ``Checkpointer(handler)``, with
+    ``MultiprocessingOptions(primary_host=<this process>, active_processes={<this process>})``. In a
+    single-process run this is orbax's default behaviour.
+    """
+    import jax
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    mp = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    if handler is None:
+        return ocp.StandardCheckpointer(multiprocessing_options=mp)
+    return ocp.Checkpointer(handler, multiprocessing_options=mp)
