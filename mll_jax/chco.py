@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .projection import projection_capped_simplex
+from .projection import projection_capped_simplex, projection_capped_simplex_pairwise
 from .utils import next_pow2
 
 __all__ = [
@@ -358,9 +358,11 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
     # The iterations see S through stop_gradient: X* is a fixed point for differentiation (see solve).
     P_fixed = head_softmax(jax.lax.stop_gradient(S), head_mask)
     X = _initial_point(H, C, S.dtype, head_mask, None if X0 is None else jax.lax.stop_gradient(X0))
-    if method in ("fista", "pgd"):
+    if method == "pgd":
+        X, k, gap = _pgd(P_fixed, X, head_mask, tol, atol, 500 if max_iter is None else max_iter, precondition)
+    elif method == "fista":
         X, k, gap = _fista(P_fixed, X, head_mask, tol, atol, 500 if max_iter is None else max_iter,
-                           precondition, accelerate=method == "fista")
+                           precondition, accelerate=True)
     else:
         X, k, gap = _head_by_head(P_fixed, X, head_mask, tol, atol, 200 if max_iter is None else max_iter,
                                   precondition)
@@ -500,6 +502,109 @@ def _fista(P, X0, head_mask, tol, atol, max_iter, precondition, accelerate=True)
 
     s = jax.lax.while_loop(cond, body, _vary_like(state, P))
     return s["X"], s["k"], s["gap"]
+
+
+_PAIRWISE_MAX_C = 16  # up to this C the projection is the unrolled pairwise one, above it Newton
+
+
+def _project_cm(Yt, Wt):
+    """Weighted capped-simplex projection of every column of the class-major (C, H) ``Yt``."""
+    if Yt.shape[0] <= _PAIRWISE_MAX_C:
+        return projection_capped_simplex_pairwise(Yt, Wt, axis=0)
+    return projection_capped_simplex(Yt, Wt, axis=0)
+
+
+def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition):
+    """Projected gradient in the diagonal-Hessian metric, one trial step per iteration (no inner loops).
+
+    Each iteration: ``Xn = proj(X - a * scale * G)``, accepted when the decrease
+    ``L(Q + P^T dX) - L(Q)`` (log1p-accurate) satisfies the sufficient-decrease test
+    ``dl <= <G, dX> + |dX|^2_metric / (2 a)``; then ``a <- min(2 a, 1)`` (Euclidean: ``a <- 1.25 a``).
+    A rejected trial leaves ``X`` unchanged and halves ``a`` for the next iteration, so an iteration
+    is straight-line code and a backtracking step costs one iteration. Stops on the duality-gap
+    certificate, after 30 consecutive rejections, or after 10 consecutive accepted steps whose
+    decrease is at round-off level.
+
+    Layout: the iterations run on class-major (C, H) arrays (``Xt = X^T``), so that every row
+    operation of the projection and the gap (reductions over the C classes of a head) is a
+    contiguous vector operation over heads; for C <= 16 the projection is the loop-free pairwise one
+    (measured on CPU, H = 1000, C = 10: 0.033 ms per model against 0.225 for the Newton loop).
+    """
+    dtype = P.dtype
+    one = jnp.asarray(1.0, dtype)
+    eps = jnp.finfo(dtype).eps
+    Pt = P.T  # (C, H)
+    P2t = Pt * Pt if precondition else None
+    hm = None if head_mask is None else head_mask[None, :]
+
+    def qr(Xt):
+        return Pt @ Xt.T, Pt @ (1 - Xt).T
+
+    def evaluate(Xt):
+        Q, R = qr(Xt)
+        W, W2 = _w_qr(Q, R, precondition)
+        Gt = W.T @ Pt
+        Dt = W2.T @ P2t if precondition else None
+        return Q, R, _loss_qr(Q, R), Gt, Dt
+
+    def gap_of(Gt, Xt):
+        m = jnp.minimum(jnp.min(Gt, axis=0), 0)
+        terms = jnp.sum(Xt * (Gt - m), axis=0) + m * (jnp.sum(Xt, axis=0) - 1)
+        if hm is not None:
+            terms = jnp.where(head_mask, terms, 0)
+        return jnp.sum(terms)
+
+    X0t = X0.T
+    Q0, R0, l0, G0, D0 = evaluate(X0t)
+    f0 = jnp.sum(l0)
+    gap0 = gap_of(G0, X0t)
+    # First step length: the exact minimiser of the quadratic model along the first (scaled) steepest
+    # descent ray, a = -<g, d> / d^T H d with d = -scale * g (see _fista).
+    scale0 = _metric(D0, precondition, dtype)
+    dir0 = -(G0 if scale0 is None else scale0 * G0)
+    if hm is not None:
+        dir0 = jnp.where(hm, dir0, 0)
+    _, W2_0 = _w_qr(Q0, R0, True)
+    curv = jnp.sum(W2_0 * jnp.square(Pt @ dir0.T))
+    ray = -jnp.sum(G0 * dir0) / jnp.maximum(curv, jnp.finfo(dtype).tiny)
+    a0 = jnp.clip(ray, eps, one if precondition else jnp.inf)
+    a0 = jnp.where(jnp.isfinite(a0), a0, one)
+    zero_i = jnp.zeros((), jnp.int32)
+    state = dict(X=X0t, Q=Q0, R=R0, loss=l0, G=G0, D=D0 if precondition else jnp.zeros((), dtype),
+                 a=a0, k=zero_i, gap=gap0, done=gap0 <= tol * jnp.abs(f0) + atol, flat=zero_i, rej=zero_i)
+
+    def cond(s):
+        return (s["k"] < max_iter) & ~s["done"]
+
+    def body(s):
+        Xt, Gt, a = s["X"], s["G"], s["a"]
+        scale = _metric(s["D"], precondition, dtype)
+        step = jnp.broadcast_to(a, Xt.shape) if scale is None else a * scale
+        Xn = _project_cm(Xt - step * Gt, step)
+        if hm is not None:
+            Xn = jnp.where(hm, Xn, 0)
+        Dx = Xn - Xt
+        dl = jnp.sum(_delta_loss(s["Q"], s["R"], Pt @ Dx.T))
+        quad = jnp.sum(Dx * Dx) if scale is None else jnp.sum(Dx * Dx / scale)
+        ok = dl <= jnp.sum(Gt * Dx) + 0.5 / a * quad
+        f = jnp.sum(s["loss"])
+        tiny_step = -dl <= 4 * eps * jnp.abs(f)
+        flat = jnp.where(ok & tiny_step, s["flat"] + 1, 0)
+        rej = jnp.where(ok, 0, s["rej"] + 1)
+        Xn = jnp.where(ok, Xn, Xt)
+        Q, R, ln, Gn, Dn = evaluate(Xn)
+        fn = jnp.sum(ln)
+        gap = gap_of(Gn, Xn)
+        if precondition:
+            a = jnp.where(ok, jnp.minimum(2 * a, one), a / 2)
+        else:
+            a = jnp.where(ok, a * 1.25, a / 2)
+        done = (gap <= tol * jnp.abs(fn) + atol) | (rej >= _MAX_BACKTRACK) | (flat >= 10)
+        return dict(X=Xn, Q=Q, R=R, loss=ln, G=Gn, D=Dn if precondition else s["D"], a=a, k=s["k"] + 1,
+                    gap=gap, done=done, flat=flat, rej=rej)
+
+    s = jax.lax.while_loop(cond, body, _vary_like(state, P))
+    return s["X"].T, s["k"], s["gap"]
 
 
 def _head_by_head(P, X0, head_mask, tol, atol, max_sweeps, precondition):
