@@ -252,7 +252,7 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
     one trial step per iteration (accepted on sufficient decrease computed with log1p from
     dQ = P^T dX; otherwise X is kept and a halves), a <- min(2a, 1) on acceptance after an acceptance, the duality-gap
     stop (gap <= tol |f| + atol, atol 1e-7 in float32 and 0 in float64), 30 consecutive rejections
-    or 10 round-off-level steps stop, and the step length re-initialised by the quadratic-model ray
+    or 10 round-off-level full steps (a = 1) stop, and the step length re-initialised by the quadratic-model ray
     every ``round_iter`` iterations (solve_batch's warm restart between rounds). The projection is
     the natural NumPy one (sort-based, weighted). Returns (objective, iterations, converged)."""
     import numpy as np
@@ -309,7 +309,7 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
         dl = (nlog1p(np.diag(dQ) / np.maximum(np.diag(Q), tiny))
               + np.where(off, nlog1p(-dQ / np.maximum(R, tiny)), 0).sum(0) / (C - 1)).sum()
         ok = dl <= (G * Dx).sum() + 0.5 / a * (Dx * Dx / scale).sum()
-        flat = flat + 1 if ok and -dl <= 4 * eps * abs(f) else 0
+        flat = flat + 1 if ok and -dl <= 4 * eps * abs(f) and a >= 1 else 0
         grow = ok and rej == 0
         rej = 0 if ok else rej + 1
         k += 1
