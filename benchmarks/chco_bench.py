@@ -6,10 +6,13 @@ Prints, in one run and one process:
   * the accuracy actually reached: relative objective error against a float64 solve (tol 1e-9) on a
     sample, and against cvxpy (Clarabel) on a smaller sample;
   * speed ratios against baselines run in the same process on a sample of the same models:
-    - a per-model NumPy loop of textbook FISTA (Euclidean steps, sort-based projection, backtracking,
-      the same duality-gap stopping rule): the "naive" baseline;
-    - a per-model NumPy loop of the same preconditioned algorithm mll_jax uses (isolates what
-      batching + XLA buys);
+    - a per-model NumPy loop of the SAME algorithm as mll_jax's default (``np_pgd``: the same
+      one-trial-step-per-iteration preconditioned projected gradient, stop rules and warm restarts,
+      in the same dtype, with NumPy's natural sort-based projection): isolates what batching + XLA
+      buys; tests/test_chco.py checks it takes the same steps;
+    - the earlier baselines: a per-model NumPy loop of textbook FISTA (Euclidean steps, sort-based
+      projection, backtracking, the same duality-gap stopping rule) and of preconditioned FISTA with
+      backtracking (float64);
     - cvxpy + Clarabel per model;
   * the achieved fraction of this machine's measured matmul FLOP/s and memory read bandwidth, from an
     analytic count of the solver's work (documented in ``work_model``).
