@@ -237,7 +237,10 @@ def _initial_point(H, C, dtype, head_mask, X0):
     if X0 is None:
         X = jnp.full((H, C), 1.0 / C, dtype)
     else:
-        X = projection_capped_simplex(jnp.asarray(X0, dtype))
+        # Class-major, loop-free for small C (see _project_cm): this runs on every warm start of
+        # solve_batch's rounds, where the row-major Newton loop cost ~0.2 ms per model at C = 10.
+        X0 = jnp.asarray(X0, dtype)
+        X = _project_cm(X0.T, jnp.ones_like(X0.T)).T
     if head_mask is not None:
         X = jnp.where(head_mask[:, None], X, 0)
     return X
@@ -922,8 +925,12 @@ def solve_batch(
             for i in pending:
                 groups.setdefault(_bucket(arrays[i].shape[0]), []).append(i)
             still = []
-            for Hp in sorted(groups):
-                idx = groups[Hp]
+            for bucket in sorted(groups):
+                idx = groups[bucket]
+                # Pad to the group's largest head count (a multiple of 8), not to the bucket's upper
+                # bound: models of equal H (the common case) then carry no padded heads (H = 1000 was
+                # padded to 1120, 12% of every iteration's work).
+                Hp = min(bucket, -(-max(arrays[i].shape[0] for i in idx) // 8) * 8)
                 cs = _chunk_size(len(idx), Hp, C, dtype.itemsize, chunk_size, max_chunk_bytes)
                 cs = -(-cs // n_dev) * n_dev  # every device gets the same number of models
                 for start in range(0, len(idx), cs):
