@@ -767,6 +767,11 @@ def _bucket(h: int) -> int:
     return k
 
 
+def _padded_heads(bucket: int, h_max: int) -> int:
+    """Padded head count of a group: its largest head count rounded up to 8, at most the bucket."""
+    return min(bucket, -(-h_max // 8) * 8)
+
+
 def _chunk_fn(S, mask, X0, tol, atol, *, method, max_iter, precondition):
     return jax.vmap(
         lambda s, m, x: _solve_impl(s, m, method=method, tol=tol, atol=atol, max_iter=max_iter,
@@ -930,7 +935,7 @@ def solve_batch(
                 # Pad to the group's largest head count (a multiple of 8), not to the bucket's upper
                 # bound: models of equal H (the common case) then carry no padded heads (H = 1000 was
                 # padded to 1120, 12% of every iteration's work).
-                Hp = min(bucket, -(-max(arrays[i].shape[0] for i in idx) // 8) * 8)
+                Hp = _padded_heads(bucket, max(arrays[i].shape[0] for i in idx))
                 cs = _chunk_size(len(idx), Hp, C, dtype.itemsize, chunk_size, max_chunk_bytes)
                 cs = -(-cs // n_dev) * n_dev  # every device gets the same number of models
                 for start in range(0, len(idx), cs):
