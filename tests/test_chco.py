@@ -240,3 +240,24 @@ def test_bad_inputs_raise_clear_errors():
         chco.solve(jnp.zeros((4, 3)), method="newton")
     with pytest.raises(chco.CHCOInputError, match="model_ids"):
         chco.solve_batch([good], model_ids=["a", "b"], progress=False)
+
+
+def test_benchmark_numpy_baseline_is_the_same_algorithm():
+    # benchmarks/chco_bench.np_pgd is the per-model NumPy loop the speed ratio is measured against:
+    # it must take the same steps as the default method, so in float64 (where summation order
+    # hardly matters) it needs the same iterations and reaches the same objective.
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "chco_bench.py"
+    spec = importlib.util.spec_from_file_location("_chco_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rng = np.random.default_rng(5)
+    for kind in ("normal", "peaked", "scaled"):
+        S = bench.make_instance(rng, 200, 10, kind).astype(np.float64)
+        f, k, ok = bench.np_pgd(S, 1e-7, 2000, round_iter=10**6, dtype="float64")
+        r = chco.solve(jnp.asarray(S), tol=1e-7)
+        assert ok and bool(r.converged), kind
+        assert abs(k - int(r.iterations)) <= 1, (kind, k, int(r.iterations))
+        assert abs(f - float(r.objective)) <= 1e-7 * abs(f), kind

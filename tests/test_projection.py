@@ -9,6 +9,7 @@ import pytest
 from mll_jax.projection import (
     projection_capped_simplex,
     projection_capped_simplex_bisect,
+    projection_capped_simplex_pairwise,
     projection_capped_simplex_sort,
 )
 
@@ -84,3 +85,24 @@ def test_fixed_iteration_variant_and_vmap():
     exact = projection_capped_simplex(y)
     np.testing.assert_allclose(np.asarray(projection_capped_simplex(y, max_iter=7)), np.asarray(exact), atol=1e-12)
     np.testing.assert_allclose(np.asarray(jax.vmap(projection_capped_simplex)(y)), np.asarray(exact), atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 16])
+def test_pairwise_and_class_major_match_references(n):
+    # The loop-free pairwise projection (pgd's, for C <= 16) and the Newton one along axis 0 (pgd's
+    # class-major layout) against the sort-based (Euclidean) and bisection (weighted) references.
+    rng = np.random.default_rng(100 + n)
+    y = jnp.asarray(_rows(rng, n))
+    w = jnp.asarray(rng.uniform(0.05, 20, size=y.shape))
+    np.testing.assert_allclose(np.asarray(projection_capped_simplex_pairwise(y)),
+                               np.asarray(projection_capped_simplex_sort(y)), atol=1e-12)
+    ref = np.asarray(projection_capped_simplex_bisect(y, weights=w, iters=200))
+    np.testing.assert_allclose(np.asarray(projection_capped_simplex_pairwise(y, w)), ref, atol=1e-11)
+    np.testing.assert_allclose(np.asarray(projection_capped_simplex_pairwise(y.T, w.T, axis=0)).T, ref, atol=1e-11)
+    np.testing.assert_allclose(np.asarray(projection_capped_simplex(y.T, w.T, axis=0)).T, ref, atol=1e-11)
+    # Hand-computed: (1, 1, 0) -> (0.5, 0.5, 0); weights (1, 3, 1) put 1/4 and 3/4 of the excess 1.
+    if n == 3:
+        np.testing.assert_allclose(np.asarray(projection_capped_simplex_pairwise(jnp.asarray([1.0, 1.0, 0.0]))),
+                                   [0.5, 0.5, 0])
+        np.testing.assert_allclose(np.asarray(projection_capped_simplex_pairwise(
+            jnp.asarray([1.0, 1.0, 0.0]), jnp.asarray([1.0, 3.0, 1.0]))), [0.75, 0.25, 0])
