@@ -134,6 +134,9 @@ def define_classify_flags(fv: flags.FlagValues = FLAGS, module_name: str | None 
     d("enum", "scorer", None, "expert scorer (default: the system's, chco)", enum_values=list(SCORERS))
     d("enum", "models", "experts", "which models serve the task: experts, vlms (the hub's VLMs), or both (experts "
       "where they cover a class, the VLM ensemble elsewhere)", enum_values=["experts", "vlms", "both"])
+    d("enum", "vlm_method", None, "how VLMs are selected (with --models=vlms or both): mll (the MLL-VLM F1 selection, "
+      "the default) or chco (the CHCO-style baseline: VLMs as experts over their node-text heads; --models=vlms "
+      "only)", enum_values=["mll", "chco"])
     d("integer", "image_size", 224, "images are decoded to this size (shorter side, bicubic, centre crop); "
       "0: keep their size (then all must have the same size)", lower_bound=0)
 
@@ -470,6 +473,10 @@ def cmd_classify(argv) -> int:
                          "fixed; build a new one with --classes instead")
         if not Path(FLAGS.classifier).is_file():
             raise _Usage(f"--classifier={FLAGS.classifier} does not exist")
+    if FLAGS.vlm_method is not None and FLAGS.models == "experts":
+        raise _Usage("--vlm_method applies to --models=vlms or --models=both")
+    if FLAGS.vlm_method == "chco" and FLAGS.models != "vlms":
+        raise _Usage("--vlm_method=chco serves the VLMs only: use it with --models=vlms")
     if FLAGS.output and Path(FLAGS.output).suffix.lower() not in (".csv", ".json"):
         raise _Usage(f"--output={FLAGS.output}: the file must end in .csv or .json")
     for p in paths:
@@ -492,7 +499,10 @@ def cmd_classify(argv) -> int:
         if beta != "config":
             overrides["beta"] = beta
         _status(f"building the classifier: matching {len(names)} classes to SDAG nodes, selecting experts")
-        clf = mll.classifier(names, scorer=FLAGS.scorer, models=FLAGS.models, **overrides)
+        vlm_options = None
+        if FLAGS.vlm_method is not None:
+            vlm_options = {"method": FLAGS.vlm_method}
+        clf = mll.classifier(names, scorer=FLAGS.scorer, models=FLAGS.models, vlm_options=vlm_options, **overrides)
         _status(repr(clf))
     if FLAGS.save_classifier:
         clf.save(FLAGS.save_classifier)

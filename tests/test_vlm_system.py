@@ -315,3 +315,14 @@ def test_cli_serves_vlms(tiny_clip_dir, tmp_path):
     assert got["models"] == ["clip-a"]
     assert [r["index"] for r in got["predictions"]] == clf.predict(imgs).tolist()
     np.testing.assert_allclose([r["scores"] for r in got["predictions"]], clf.scores(imgs), rtol=1e-5, atol=1e-6)
+    # The CHCO-style baseline through the CLI equals the API's.
+    cli("classify", "--root=mll", "--classes=jersey,trousers", "--models=vlms", "--vlm_method=chco",
+        "--output=pred_chco.json", "--image_size=0", *test_files)
+    got = json.loads((tmp_path / "pred_chco.json").read_text())
+    clf = mll.classifier(["jersey", "trousers"], models="vlms", vlm_options={"method": "chco"})
+    assert [r["index"] for r in got["predictions"]] == clf.predict(imgs).tolist()
+    np.testing.assert_allclose([r["scores"] for r in got["predictions"]], clf.scores(imgs), rtol=1e-5, atol=1e-6)
+    p = subprocess.run([sys.executable, "-m", "mll_jax.cli", "classify", "--root=mll", "--classes=jersey,trousers",
+                        "--vlm_method=chco", str(test_files[0])], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 2 and "--vlm_method applies to --models=vlms" in p.stderr
