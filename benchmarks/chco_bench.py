@@ -65,16 +65,14 @@ KINDS = ("normal", "peaked", "scaled")
 
 
 def make_instance(rng, H, C, kind):
+    """One instance of ``kind`` as float32: the test suite's generator (``tests/chco_reference.py``), so the
+    benchmark and the tests draw the same families."""
     import numpy as np
 
-    S = rng.normal(size=(H, C))
-    if kind == "peaked":
-        for c in range(C):
-            idx = rng.choice(H, size=max(1, H // 50), replace=False)
-            S[idx, c] += rng.uniform(5, 15, size=idx.size)
-    elif kind == "scaled":
-        S *= 5.0
-    return S.astype(np.float32)
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from chco_reference import make_instance as _make
+
+    return _make(rng, H, C, kind).astype(np.float32)
 
 
 def real_label_matrices():
