@@ -316,16 +316,12 @@ def _check_options(opts: Mapping[str, Any] | None) -> dict:
     return opts
 
 
-def select_vlms(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | None = None,
-                vlm_options: Mapping[str, Any] | None = None):
-    """:func:`mll_jax.vlm.select.select_vlms` over the hub's labelled VLMs; nodes matched by ``mll.node_text``
-    (the same node texts as expert matching) with ``mll.encoder``.  ``vlm_options``: ``k`` (default 1),
-    ``alpha``, ``top``, ``scope`` (``"all"`` | ``"task"``), ``descriptions`` (class -> text)."""
+def _task_vlms(mll, class_names, model_ids, vlm_options):
+    """What both VLM selections start from: the checked class names, the checked options and the hub VLM ids
+    (refused when there is none; a warning names stale ones)."""
     import warnings
 
     from mll_jax.system import MLLError, check_class_names
-    from mll_jax.vlm import select as vsel
-    from mll_jax.vlm.labels import node_logits
 
     names = check_class_names(class_names)
     opts = _check_options(vlm_options)
@@ -334,7 +330,21 @@ def select_vlms(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | N
         raise MLLError("the hub has no VLMs: add one with MLL.add_vlm()")
     stale = stale_vlms(mll, ids)
     if stale:
-        warnings.warn(f"VLM labels of {stale} are stale or missing: run MLL.label()", RuntimeWarning, stacklevel=3)
+        # stacklevel: past this helper and the select function, to the caller of MLL.select_vlms/classifier
+        warnings.warn(f"VLM labels of {stale} are stale or missing: run MLL.label()", RuntimeWarning, stacklevel=4)
+    return names, opts, ids
+
+
+def select_vlms(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | None = None,
+                vlm_options: Mapping[str, Any] | None = None):
+    """:func:`mll_jax.vlm.select.select_vlms` over the hub's labelled VLMs; nodes matched by ``mll.node_text``
+    (the same node texts as expert matching) with ``mll.encoder``.  ``vlm_options``: ``k`` (default 1),
+    ``alpha``, ``top``, ``scope`` (``"all"`` | ``"task"``), ``descriptions`` (class -> text)."""
+    from mll_jax.system import MLLError
+    from mll_jax.vlm import select as vsel
+    from mll_jax.vlm.labels import node_logits
+
+    names, opts, ids = _task_vlms(mll, class_names, model_ids, vlm_options)
     if opts.get("method", "mll") != "mll":
         raise MLLError(f"select_vlms is the MLL-VLM selection; method {opts['method']!r}: use select_vlms_chco")
     labels = vlm_labels(mll, ids)
@@ -368,19 +378,10 @@ def select_vlms_chco(mll, class_names: Sequence[str], *, model_ids: Sequence[str
     with ``config.delta``), each class matched to one node by the expert matching (``config.match_threshold``,
     ``mll.node_text``), CHCO with the system's solver settings, top ``k`` (``vlm_options``, default 1) under
     ``config.beta``.  Returns the expert pipeline's :class:`mll_jax.selection.Selection`."""
-    import warnings
-
-    from mll_jax.system import MLLError, check_class_names
+    from mll_jax.system import MLLError
     from mll_jax.vlm import expert_style as es
 
-    names = check_class_names(class_names)
-    opts = _check_options(dict(vlm_options or {}, method="chco"))
-    ids = _check_vlm_ids(mll, model_ids)
-    if not ids:
-        raise MLLError("the hub has no VLMs: add one with MLL.add_vlm()")
-    stale = stale_vlms(mll, ids)
-    if stale:
-        warnings.warn(f"VLM labels of {stale} are stale or missing: run MLL.label()", RuntimeWarning, stacklevel=3)
+    names, opts, ids = _task_vlms(mll, class_names, model_ids, dict(vlm_options or {}, method="chco"))
     k = opts.get("k", 1)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(ids):
         raise MLLError(f"vlm_options k must be an int in [1, {len(ids)}] (the number of VLMs), got {k!r}")
