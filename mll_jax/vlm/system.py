@@ -360,15 +360,15 @@ def select_vlms(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | N
 
 
 def _expert_style(mll, ids: Sequence[str], scale: float):
-    """``({id: ExpertStyleLabels}, {id: VLMLabels})`` of the hub VLMs ``ids`` (from the stored labelling
-    embeddings, smoothed over the system's SDAG with its ``delta``)."""
+    """``{id: ExpertStyleLabels}`` of the hub VLMs ``ids`` (from the stored labelling embeddings, smoothed over
+    the system's SDAG with its ``delta``)."""
     from mll_jax.vlm import expert_style as es
     from mll_jax.vlm.labels import node_logits
 
     labels = vlm_labels(mll, ids)
     store = vlm_store(mll)
-    return ({m: es.expert_style_labels(labels[m], node_logits(store, labels[m]), mll.sdag, scale=scale,
-                                       delta=mll.config.delta) for m in ids}, labels)
+    return {m: es.expert_style_labels(labels[m], node_logits(store, labels[m]), mll.sdag, scale=scale,
+                                      delta=mll.config.delta) for m in ids}
 
 
 def select_vlms_chco(mll, class_names: Sequence[str], *, model_ids: Sequence[str] | None = None,
@@ -385,7 +385,7 @@ def select_vlms_chco(mll, class_names: Sequence[str], *, model_ids: Sequence[str
     k = opts.get("k", 1)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(ids):
         raise MLLError(f"vlm_options k must be an int in [1, {len(ids)}] (the number of VLMs), got {k!r}")
-    esl, _ = _expert_style(mll, ids, float(opts.get("scale", es.DEFAULT_HEAD_SCALE)))
+    esl = _expert_style(mll, ids, float(opts.get("scale", es.DEFAULT_HEAD_SCALE)))
     cfg = mll.config
     matches = es.match_nodes(names, esl, mll.node_text, mll.encoder, threshold=cfg.match_threshold,
                              cache_dir=mll.text_cache)
