@@ -285,6 +285,14 @@ _NO_FP = ""  # raw chunks of experts without a fingerprint (and chunks written b
 _ANY = object()
 
 
+def _row_crcs(buf: bytes, rec: np.dtype, rows) -> list[int]:
+    """The format-2 row checksums: CRC-32 of each record's value bytes in ``buf`` (consecutive records of dtype
+    ``rec``), seeded with its row number ``rows[k]`` so that a row moved elsewhere fails its check.  The one rule
+    for the writer (:meth:`LabelStore.commit`) and the reader."""
+    mv, size, vbytes = memoryview(buf), rec.itemsize, rec.fields["v"][0].itemsize
+    return [zlib.crc32(mv[k * size:k * size + vbytes], r & 0xFFFFFFFF) for k, r in enumerate(rows)]
+
+
 class LabelStore:
     """Per-model label matrices on disk (orbax checkpoints), readable row by row.
 
@@ -555,8 +563,7 @@ class LabelStore:
         if len(buf) != len(rows) * size:
             raise self._corrupt(model_id, f, "short read (truncated)")
         arr = np.frombuffer(buf, dtype=rec)
-        mv, vbytes = memoryview(buf), rec.fields["v"][0].itemsize
-        got = [zlib.crc32(mv[k * size:k * size + vbytes], r & 0xFFFFFFFF) for k, r in enumerate(rows)]
+        got = _row_crcs(buf, rec, rows)
         want = arr["crc"].tolist()
         if got != want:
             bad = next(r for r, a, b in zip(rows, got, want) if a != b)
@@ -808,9 +815,7 @@ class LabelStore:
             out = np.zeros(len(nodes), dtype=rec)
             q = labels.astype(_storage_dtype(self.dtype))
             out["v"] = q if self.dtype == "float32" else q.view(np.uint16)
-            data = out.tobytes()
-            mv, size, vbytes = memoryview(data), rec.itemsize, rec.fields["v"][0].itemsize
-            out["crc"] = [zlib.crc32(mv[r * size:r * size + vbytes], r & 0xFFFFFFFF) for r in range(len(nodes))]
+            out["crc"] = _row_crcs(out.tobytes(), rec, range(len(nodes)))
             data = out.tobytes()
             atomic_write_bytes(mdir / f"{name}.rows", data)
             meta.update(nodes_sha256=texts_hash(nodes), rows_sha256=_sha256(data))
