@@ -22,7 +22,12 @@ Two expert interfaces are supported:
 * the fast path, for experts with a host ``preprocess(uint8 (n, h, w, 3)) -> (n, ...)``, a jitted
   ``_forward(params, x)``, ``params`` and a fixed ``batch_size`` (every :class:`mll_jax.models.FlaxModuleExpert`):
   preprocessing runs on the host threads, the device sees exactly ``batch_size`` preprocessed images per call,
-  so nodes of any image size share batches;
+  so nodes of any image size share batches.  An expert with a ``device_preprocess``
+  (:class:`mll_jax.models.DevicePreprocess`: EfficientNet-Lite, the CIFAR-10 CNN) only has its images cropped on
+  the host threads (uint8 slicing); the uint8 crops are packed, one batch stream per crop shape (nodes stored at
+  one size, as the SDAG stores them, all share one), and each batch is resized on the device right before the
+  forward.  On a CPU host this takes the float PIL resize (about 0.9 ms per 224 px image, on the same cores
+  as XLA) off the host; the device resize costs about 0.25 ms of CPU per image (docs/FORWARD_NOTES.md);
 * any other expert with ``logits(images)`` (the contract of ``docs/INTERFACES.md``): images of the same shape
   from consecutive nodes are packed into ``batch_size``-image calls of ``expert.logits``.
 
@@ -167,6 +172,8 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
         device_batch = bs
     from .models import as_uint8_rgb
 
+    dp = getattr(expert, "device_preprocess", None) if fast else None
+
     def prepare(node, images):
         arr = _load(node, images)
         if arr.shape[0] == 0:
@@ -174,6 +181,8 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
         if not fast:
             return node, arr
         rgb = as_uint8_rgb(arr, mid)
+        if dp is not None:  # the host only crops (uint8 slicing); the resize runs on the device in run()
+            return node, dp.host(rgb)
         parts = [np.asarray(expert.preprocess(rgb[s:s + bs])) for s in range(0, rgb.shape[0], bs)]
         x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         if x.shape[0] != rgb.shape[0]:
@@ -186,6 +195,8 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
                 import jax
 
                 x = jax.device_put(x, shard[1])  # batch axis split over the local devices
+            if dp is not None:
+                x = dp.device(x)  # the resize: small jitted executables, dispatched asynchronously
             return expert._forward(params, x)  # asynchronous: a jax array
         return expert.logits(x[:used])
 
@@ -259,7 +270,7 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
                 sums[node] = np.zeros(h, np.float64)
                 left[node] = total[node] = int(x.shape[0])
                 order.append(node)
-                key = x.shape[1:] if not fast else ()
+                key = x.shape[1:] if (not fast or dp is not None) else ()  # device resize: one batch per crop shape
                 packer = packers.get(key)
                 if packer is None:
                     packer = packers[key] = _Packer(device_batch, tuple(x.shape[1:]), x.dtype)

