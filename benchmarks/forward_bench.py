@@ -10,12 +10,20 @@ Prints, in one run and one process:
     batch norm) of EfficientNet-Lite0 as the baseline, and the speed-up;
   * packed labelling (``mll_jax.packing.iter_node_means``: uint8 images of many nodes -> host preprocessing
     on threads -> full device batches -> per-node means) against the bare forward of the same expert and
-    against the node-by-node path (``mll_jax.labelling.node_mean_logits``).
+    against the node-by-node path (``mll_jax.labelling.node_mean_logits``).  "Bare forward" is the network
+    alone (``expert._forward``) on already preprocessed (cropped, resized) device-resident input; the packed
+    number includes everything: loading, the host crop, the resize (on the device for experts with a
+    ``device_preprocess``; ``--host_path`` also times the old host PIL resize in the same packer), the forward
+    and the per-node sums.  The host preprocessing per image before (PIL crop + float resize) and after (the
+    crop only) and the device resize's own cost are printed next to it.
 
 Timing runs must hold the machine's benchmark lock:
 
     flock /tmp/mll-bench.lock python benchmarks/forward_bench.py
     flock /tmp/mll-bench.lock python benchmarks/forward_bench.py --experts=lite0 --batch_sizes=8,16 --packed_nodes=10
+    # the packed-labelling measurement alone (short):
+    flock /tmp/mll-bench.lock python benchmarks/forward_bench.py --experts=lite0 --batch_sizes=8 --baseline=false \
+        --packed_nodes=40 --per_node=false
 
 The load average is printed at start and end: the numbers are only meaningful on an otherwise idle machine.
 """
@@ -43,6 +51,7 @@ flags.DEFINE_integer("source_size", 224, "side of the uint8 node images fed to l
 flags.DEFINE_string("packed_expert", "lite0", "expert of the packed-labelling measurement")
 flags.DEFINE_integer("workers", 2, "host preprocessing threads of the packer (the library default)")
 flags.DEFINE_bool("per_node", True, "also time node-by-node labelling (node_mean_logits) on the same nodes")
+flags.DEFINE_bool("host_path", True, "also time packed labelling with the host PIL resize (device_preprocess off)")
 flags.DEFINE_integer("seed", 0, "random seed")
 
 RES = {"lite0": 224, "lite1": 240, "lite2": 260, "cifar": 32}
@@ -230,24 +239,62 @@ def main(argv):
         n_img = sum(x.shape[0] for _, x in nodes)
         full = -(-n_img // b)
         per_node_batches = sum(-(-x.shape[0] // b) for _, x in nodes)
-        list(iter_node_means(ex, nodes[:2], workers=FLAGS.workers))  # warm-up
-        t0, c0 = time.perf_counter(), time.process_time()
-        packed = dict(iter_node_means(ex, nodes, workers=FLAGS.workers))
-        t_packed, c_packed = time.perf_counter() - t0, time.process_time() - c0
-        # host preprocessing alone (same threads' work, serial): what the 2 cores must also do
+        dp = getattr(ex, "device_preprocess", None)
+        host_ex = None
+        if dp is not None and FLAGS.host_path:
+            import copy
+
+            host_ex = copy.copy(ex)
+            host_ex.device_preprocess = None  # the same expert, resizing on the host with PIL (the old path)
+
+        def timed_packed(expert):
+            list(iter_node_means(expert, nodes[:2], workers=FLAGS.workers))  # warm-up (compiles)
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = dict(iter_node_means(expert, nodes, workers=FLAGS.workers))
+            return out, time.perf_counter() - t0, time.process_time() - c0
+
+        packed, t_packed, c_packed = timed_packed(ex)
+        if host_ex is not None:
+            packed_host, t_host, c_host = timed_packed(host_ex)
+        # host preprocessing alone (the packer's thread work, serial): what the 2 cores must also do
         t0 = time.perf_counter()
         for _, x in nodes:
             for s in range(0, x.shape[0], b):
                 ex.preprocess(x[s:s + b])
         t_prep = time.perf_counter() - t0
+        # the bare forward again after the packed runs; the faster of the two is the reference (conservative)
+        bare2, bare_cpu2 = bare_forward(ex, RES[name], b, FLAGS.seconds, FLAGS.repeats)
+        bare_first = bare
+        bare, bare_cpu = max(bare, bare2), max(bare_cpu, bare_cpu2)
+        if dp is not None:
+            t0 = time.perf_counter()
+            crops = [dp.host(x) for _, x in nodes]
+            t_crop = time.perf_counter() - t0
+            xc = jax.device_put(np.concatenate(crops[:1] * -(-b // crops[0].shape[0]))[:b])
+            t_res, c_res = _time(lambda: dp.device(xc).block_until_ready(), FLAGS.seconds / 2, FLAGS.repeats)
         print()
         print(f"packed labelling, {name} batch {b}: {len(nodes)} nodes, {n_img} images of {FLAGS.source_size} px "
               f"({full} device batches packed vs {per_node_batches} node by node)")
-        print(f"  bare forward (preprocessed input)   : {bare:8.1f} images/s ({bare_cpu:.1f} per CPU-second)")
-        print(f"  host preprocessing alone (1 thread) : {n_img / t_prep:8.1f} images/s")
-        print(f"  packed labelling (end to end)       : {n_img / t_packed:8.1f} images/s = "
+        print(f"  bare forward (network alone, preprocessed input on device): {bare:8.1f} images/s "
+              f"({bare_cpu:.1f} per CPU-second; before / after the packed runs: {bare_first:.1f} / {bare2:.1f})")
+        print(f"  host preprocessing, PIL crop + float resize (1 thread): {1e3 * t_prep / n_img:6.3f} ms/image "
+              f"({n_img / t_prep:.1f} images/s)")
+        if dp is not None:
+            print(f"  host preprocessing, crop only (device resize)        : {1e3 * t_crop / n_img:6.3f} ms/image")
+            print(f"  device resize {tuple(xc.shape[1:3])} -> {dp.size} ({dp.method}), batch {b}: "
+                  f"{1e3 * t_res / b:.3f} ms/image wall, {1e3 * c_res / b:.3f} ms/image CPU")
+        if host_ex is not None:
+            print(f"  packed labelling, host PIL resize (old path)         : {n_img / t_host:8.1f} images/s = "
+                  f"{100 * n_img / t_host / bare:.1f}% of bare ({n_img / c_host:.1f} per CPU-second = "
+                  f"{100 * n_img / c_host / bare_cpu:.1f}% of bare)")
+        what = "device resize" if dp is not None else "host preprocessing"
+        print(f"  packed labelling ({what}, end to end)     : {n_img / t_packed:8.1f} images/s = "
               f"{100 * n_img / t_packed / bare:.1f}% of bare ({n_img / c_packed:.1f} per CPU-second = "
               f"{100 * n_img / c_packed / bare_cpu:.1f}% of bare)")
+        if host_ex is not None:
+            diff = max(float(np.max(np.abs(packed[w] - packed_host[w]) / (np.max(np.abs(packed_host[w])) + 1e-12)))
+                       for w, _ in nodes)
+            print(f"  device vs host resize: max rel. diff of the node means {diff:.1e}")
         if FLAGS.per_node:
             t0 = time.perf_counter()
             per = {w: node_mean_logits(ex, x, batch_size=b, node=w) for w, x in nodes}

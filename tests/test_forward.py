@@ -212,3 +212,60 @@ def test_fast_forward_micro_batching_does_not_change_the_function():
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=0, atol=2e-5 * float(jnp.abs(ref).max()))
     with pytest.raises(ValueError, match="folded blocks"):
         fast_forward(folded, x, specs=specs[:3])
+
+
+# ------------------------------------------------------------------------------ device resize (DevicePreprocess)
+
+
+def _forward_host_path(expert, imgs):
+    """The old path: PIL crop + resize on the host (``expert.preprocess``), then the network (zero-padded batch)."""
+    out = []
+    for s in range(0, imgs.shape[0], expert.batch_size):
+        x = np.asarray(expert.preprocess(imgs[s:s + expert.batch_size]))
+        k = x.shape[0]
+        x = np.concatenate([x, np.zeros((expert.batch_size - k,) + x.shape[1:], x.dtype)])
+        out.append(np.asarray(expert._forward(expert.params, x))[:k])
+    return np.concatenate(out)
+
+
+def test_lite0_device_resize_equals_pil_path():
+    """logits() crops on the host and resizes on the device; same logits as the PIL path to float32 round-off,
+    on both foolbox image sizes (512 px: crop 448 -> 224, downsampling; 683x1024: crop 598 -> 224)."""
+    from mll_jax.models.efficientnet_lite import load_efficientnet_lite
+
+    try:
+        ex = load_efficientnet_lite("lite0", batch_size=8)
+    except FileNotFoundError:
+        pytest.skip("efficientnet-lite0 weights not installed")
+    assert ex.device_preprocess is not None
+    imgs, labels = _foolbox_samples("imagenet")
+    for shape in sorted({im.shape for im in imgs}):
+        x = np.stack([im for im in imgs if im.shape == shape])
+        # and an upsampling case: the SDAG's 224 px images, crop 196 -> 224
+        for xs in (x, x[:, :224, :224]):
+            dev, host = ex.logits(xs), _forward_host_path(ex, xs)
+            # measured max |diff| 1.7e-5 on logits up to 13.6 (the forward's own round-off is 1.4e-5)
+            np.testing.assert_allclose(dev, host, rtol=0, atol=1e-5 * np.abs(host).max())
+            assert (dev.argmax(1) == host.argmax(1)).all()
+
+
+def test_packer_uses_the_device_resize(cifar_expert, monkeypatch):
+    """With a device_preprocess the packer never calls the host resize; its means equal the host-path packer's
+    (same packing, PIL resize on the host) to float32 round-off."""
+    import copy
+
+    from mll_jax.packing import packed_node_means
+
+    nodes = _nodes(2)
+    host_expert = copy.copy(cifar_expert)
+    host_expert.device_preprocess = None
+    ref = packed_node_means(host_expert, nodes)
+
+    def no_host_resize(images):
+        raise AssertionError("the packer resized on the host")
+
+    monkeypatch.setattr(cifar_expert, "preprocess", no_host_resize)
+    got = packed_node_means(cifar_expert, nodes)
+    assert list(got) == list(ref)
+    for w in ref:
+        np.testing.assert_allclose(got[w], ref[w], rtol=0, atol=1e-5 * np.abs(ref[w]).max())

@@ -183,8 +183,8 @@ class DevicePreprocess:
         self.crop_fraction = None if crop_fraction is None else float(crop_fraction)
 
     def host(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ``(n, h, w, 3)`` -> the uint8 centre crop (C-contiguous)."""
-        return np.ascontiguousarray(center_crop(images, self.crop_fraction))
+        """uint8 ``(n, h, w, 3)`` -> the uint8 centre crop (a view: the caller copies it into its batch)."""
+        return center_crop(images, self.crop_fraction)
 
     def device(self, x):
         """The output of :meth:`host` (numpy or jax, uint8) -> float32 ``(n, H, W, 3)`` jax array, 0-255."""

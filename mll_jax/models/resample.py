@@ -108,10 +108,10 @@ def _coeffs(in_size: int, out_size: int, method: str) -> tuple[np.ndarray, np.nd
     w = np.where(valid, filt((taps - centers[:, None] + 0.5) * (1.0 / filterscale)), 0.0)  # as Pillow: * (1/fs)
     ww = w.sum(axis=1, keepdims=True)
     w = np.where(ww != 0.0, w / np.where(ww != 0.0, ww, 1.0), w)
-    idx = np.where(valid, taps, np.clip(taps, 0, in_size - 1))  # unused taps: any valid index, weight 0
+    idx = np.where(valid, taps, np.clip(taps, 0, in_size - 1)).astype(np.int32)  # unused taps: weight 0
     idx.setflags(write=False)
     w.setflags(write=False)
-    return idx.astype(np.int32), w
+    return idx, w
 
 
 def resample_coeffs(in_size: int, out_size: int, method: str = "bicubic") -> tuple[np.ndarray, np.ndarray]:
