@@ -234,7 +234,7 @@ class FlaxModuleExpert:
             input.  A list of single images of different sizes still goes through ``preprocess``.
     """
 
-    def __init__(self, module: Any, params: Any, preprocess: Callable[[np.ndarray], np.ndarray],
+    def __init__(self, module: Any, params: Any, preprocess: Callable[[np.ndarray], np.ndarray] | None,
                  model_id: str, head_names: Sequence[str] | None = None, *, batch_size: int = 32,
                  output: Callable[[Any], Any] | None = None, num_heads: int | None = None,
                  head_wnids: Sequence[str] | None = None, progress: bool = False,
