@@ -621,8 +621,9 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
                     kr=s["kr"] + 1, gap=gap, done=done, flat=flat, rej=rej)
 
     def restart(s):
-        return dict(s, a=ray(s["X"], s["Q"], s["R"], s["G"], s["D"] if precondition else None), kr=zero_i,
-                    flat=zero_i, rej=zero_i)
+        z = _vary_like(zero_i, P)
+        return dict(s, a=ray(s["X"], s["Q"], s["R"], s["G"], s["D"] if precondition else None), kr=z,
+                    flat=z, rej=z)
 
     if restart_every is None or restart_every >= max_iter:
         s = jax.lax.while_loop(cond, body, _vary_like(restart(state), P))
@@ -872,16 +873,19 @@ def solve_batch(
 
     Models are validated (errors name the model), grouped by padded head count (see ``_bucket``), padded
     with masked heads (which provably do not change the result: their probability is exactly 0 and their
-    rows are fixed at 0) and solved in fixed-size chunks with one ``vmap``-ed, jit-compiled call per
-    chunk. Chunks are sized so that one (chunk, H_pad, C) working array stays under
+    rows are fixed at 0) and solved in fixed-size chunks: one jit-compiled call runs up to
+    ``_SUBCHUNKS`` chunks one after the other (``lax.map`` over ``vmap``-ed chunks), and a few calls are
+    kept in flight so both CPU cores work. Chunks are sized so that one (chunk, H_pad, C) working array stays under
     ``max_chunk_bytes / 24`` (about 24 such arrays are live at once), unless ``chunk_size`` is given.
     The default (4 MiB) keeps a chunk's working set in cache: every iteration is a few dozen passes
     over these arrays, and on CPU small cache-resident chunks beat large ones (measured, H = 1000,
     C = 10, 64 models, CPU time: 6.5 ms/model with 2 models per chunk, 10.1 with 4, 13.8 with 64).
 
-    Work proceeds in rounds of ``round_iter`` iterations: after each round the models that have not
-    converged are re-packed into fresh chunks and warm-started from their current ``X`` (momentum is
-    reset), so one slow model never keeps a whole chunk iterating. ``max_iter`` bounds the total.
+    ``round_iter``: for ``"pgd"`` every ``round_iter`` iterations the step length is re-initialised by
+    the ray rule and the stop counters are reset (a warm restart), inside the compiled loop, so every
+    model is solved in one pass. For ``"fista"``/``"head"`` work proceeds in rounds of ``round_iter``
+    iterations: after each round the models that have not converged are re-packed into fresh chunks
+    and warm-started from their current ``X`` (momentum is reset). ``max_iter`` bounds the total.
 
     Args:
       S_list: sequence of (H_m, C) label sub-matrices (numpy or jax arrays, any H_m >= 1, common C >= 2).
