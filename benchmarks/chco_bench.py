@@ -44,6 +44,8 @@ flags.DEFINE_float("tol", 1e-5, "relative duality-gap tolerance")
 flags.DEFINE_integer("chunk_size", 0, "models per chunk (0: automatic)")
 flags.DEFINE_integer("accuracy_sample", 30, "models re-solved in float64 to measure the reached accuracy")
 flags.DEFINE_integer("naive_sample", 6, "models solved by each per-model NumPy baseline")
+flags.DEFINE_integer("old_baseline_sample", -1, "models solved by each of the two old NumPy FISTA baselines "
+                     "(-1: --naive_sample); the textbook one takes up to a minute per model at C = 50")
 flags.DEFINE_integer("naive_max_iter", 3000, "iteration cap of the NumPy baselines")
 flags.DEFINE_integer("cvxpy_sample", 3, "models solved by cvxpy (0 to skip)")
 flags.DEFINE_integer("cvxpy_max_entries", 20000,
@@ -159,13 +161,16 @@ def run_real(C, kw):
     n = min(FLAGS.naive_sample, M)
     if n:
         idx = np.linspace(0, M - 1, n).astype(int)
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = [np_pgd(Ss[i], FLAGS.tol, FLAGS.naive_max_iter, dtype=FLAGS.dtype,
-                      round_iter=chco._default_round_iter(FLAGS.method, C)) for i in idx]
-        dt, cdt = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
-        print(f"  baseline NumPy loop, SAME algorithm (pgd) on {n} of them: {dt:.4f} s/model, iterations mean "
+        same = functools.partial(np_pgd, tol=FLAGS.tol, max_iter=FLAGS.naive_max_iter, dtype=FLAGS.dtype,
+                                 round_iter=chco._default_round_iter(FLAGS.method, C))
+        dt, cdt, out, blas = time_same_algorithm(same, [Ss[i] for i in idx])
+        print(f"  baseline NumPy loop, SAME algorithm (pgd) on {n} of them ({blas}): {dt:.4f} s/model, iterations mean "
               f"{np.mean([o[1] for o in out]):.1f}, certified {np.mean([o[2] for o in out]) * 100:.0f}%; "
               f"mll_jax speed-up x{M / t_run * dt:.3g} (wall), x{M / c_run * cdt:.3g} (CPU time)")
+        n = n if FLAGS.old_baseline_sample < 0 else min(n, FLAGS.old_baseline_sample)
+        if n < 1:
+            return
+        idx = idx[:n]
         t0, c0 = time.perf_counter(), time.process_time()
         out = [np_fista(Ss[i], FLAGS.tol, FLAGS.naive_max_iter, True) for i in idx]
         dt, cdt = (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
@@ -254,7 +259,7 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
     dQ = P^T dX; otherwise X is kept and a halves), a <- min(2a, 1) on acceptance after an acceptance, the duality-gap
     stop (gap <= tol |f| + atol, atol 1e-7 in float32 and 0 in float64), 30 consecutive rejections
     or 10 round-off-level full steps (a = 1) stop, and the step length re-initialised by the quadratic-model ray
-    every ``round_iter`` iterations (solve_batch's warm restart between rounds). The projection is
+    every ``round_iter`` iterations (solve_batch's warm restart, done inside its compiled loop). The projection is
     the natural NumPy one (sort-based, weighted). Returns (objective, iterations, converged)."""
     import numpy as np
 
@@ -367,6 +372,53 @@ def np_fista(S, tol, max_iter, precondition):
     return f, max_iter
 
 
+def _openblas_threads():
+    """(get, set) for the thread count of NumPy's bundled OpenBLAS (scipy-openblas), or None."""
+    import ctypes
+    import glob
+
+    import numpy as np
+
+    libs = glob.glob(os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "libscipy_openblas*.so*"))
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+            get, set_ = lib.scipy_openblas_get_num_threads64_, lib.scipy_openblas_set_num_threads64_
+        except (OSError, AttributeError):
+            continue
+        get.restype = ctypes.c_int
+        set_.argtypes = [ctypes.c_int]
+        return get, set_
+    return None
+
+
+def time_same_algorithm(fn, sample):
+    """Per-model wall and CPU time of the NumPy same-algorithm loop, the better of NumPy's default
+    BLAS threading and one BLAS thread (on a shared 2-core machine multithreaded BLAS can collapse:
+    measured 46 ms/model at C = 50 idle, 1.4-2.4 s/model at load 4). Taking the faster of the two
+    keeps the baseline at its strongest whatever the load. Returns (wall, cpu, outputs, label)."""
+    best = None
+    ctl = _openblas_threads()
+    settings = [None] + ([1] if ctl is not None and ctl[0]() > 1 else [])
+    for nthreads in settings:
+        old = None
+        if nthreads is not None:
+            old = ctl[0]()
+            ctl[1](nthreads)
+        try:
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = [fn(S) for S in sample]
+            dt, cdt = (time.perf_counter() - t0) / len(sample), (time.process_time() - c0) / len(sample)
+        finally:
+            if old is not None:
+                ctl[1](old)
+        label = "default BLAS threads" if nthreads is None else f"{nthreads} BLAS thread"
+        print(f"    (same-algorithm NumPy loop, {label}: {dt:.4f} s/model wall, {cdt:.4f} s CPU)")
+        if best is None or dt < best[0]:
+            best = (dt, cdt, out, label)
+    return best
+
+
 # ------------------------------------------------------------------------------------------------
 # Machine peaks and the work model
 # ------------------------------------------------------------------------------------------------
@@ -448,14 +500,11 @@ def main(argv):
                   chunk_size=FLAGS.chunk_size or None)
         print(f"\n=== M={M} H={H} C={C} ===")
         cs = FLAGS.chunk_size or chco._chunk_size(M, chco._padded_heads(chco._bucket(H), H), C, np.dtype(dtype).itemsize, None, _default_chunk_bytes(chco))
-        # Every chunk shape a run can use is compiled here (later rounds re-pack fewer models into
-        # chunks of next_pow2(n) <= cs), so the timed run measures solving, not compiling.
+        # The compiled call shape of the timed run is compiled here (pgd solves every model in one
+        # pass of calls of cs * _SUBCHUNKS models; the last call is filled up to that shape), so the
+        # timed run measures solving, not compiling.
         t0 = time.perf_counter()
-        n = 1
-        while n < cs:
-            chco.solve_batch(Ss[:n], **kw)
-            n *= 2
-        chco.solve_batch(Ss[:cs], **kw)
+        chco.solve_batch(Ss[: min(M, cs * getattr(chco, "_SUBCHUNKS", 1))], **kw)
         t_first = time.perf_counter() - t0
         t0, c0 = time.perf_counter(), time.process_time()
         res = chco.solve_batch(Ss, **kw)
@@ -486,17 +535,25 @@ def main(argv):
             sample = [Ss[i] for i in np.linspace(0, M - 1, n_naive).astype(int)]
             same = functools.partial(np_pgd, tol=FLAGS.tol, max_iter=FLAGS.naive_max_iter, dtype=FLAGS.dtype,
                                      round_iter=chco._default_round_iter(FLAGS.method, C))
-            for label, fn in (("NumPy loop, SAME algorithm (pgd, one trial step/iteration)", same),
-                              ("NumPy loop, textbook FISTA (old)", lambda S: np_fista(S, FLAGS.tol, FLAGS.naive_max_iter, False)),
-                              ("NumPy loop, preconditioned FISTA (old)", lambda S: np_fista(S, FLAGS.tol, FLAGS.naive_max_iter, True))):
-                t0, c0 = time.perf_counter(), time.process_time()
-                out = [fn(S) for S in sample]
-                dt = (time.perf_counter() - t0) / n_naive
-                cdt = (time.process_time() - c0) / n_naive
+            n_old = n_naive if FLAGS.old_baseline_sample < 0 else min(FLAGS.old_baseline_sample, n_naive)
+            for label, fn, n_b in (
+                    ("NumPy loop, SAME algorithm (pgd, one trial step/iteration)", same, n_naive),
+                    ("NumPy loop, textbook FISTA (old)", lambda S: np_fista(S, FLAGS.tol, FLAGS.naive_max_iter, False), n_old),
+                    ("NumPy loop, preconditioned FISTA (old)", lambda S: np_fista(S, FLAGS.tol, FLAGS.naive_max_iter, True), n_old)):
+                if n_b < 1:
+                    continue
+                if fn is same:
+                    dt, cdt, out, blas = time_same_algorithm(fn, sample[:n_b])
+                    label += f", {blas}"
+                else:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    out = [fn(S) for S in sample[:n_b]]
+                    dt = (time.perf_counter() - t0) / n_b
+                    cdt = (time.process_time() - c0) / n_b
                 its = np.array([o[1] for o in out])
                 capped = int((its >= FLAGS.naive_max_iter).sum())
                 conv_s = f", certified {np.mean([o[2] for o in out]) * 100:.0f}%" if len(out[0]) > 2 else ""
-                print(f"  baseline {label}: {dt:.4f} s/model ({1 / dt:.2f} models/s), iterations mean "
+                print(f"  baseline {label} ({n_b} models): {dt:.4f} s/model ({1 / dt:.2f} models/s), iterations mean "
                       f"{its.mean():.1f}{f', {capped} hit the cap' if capped else ''}{conv_s}; "
                       f"mll_jax speed-up x{rate * dt:.3g} (wall), x{c_rate * cdt:.3g} (CPU time)")
         n_cvx = min(FLAGS.cvxpy_sample, M)
