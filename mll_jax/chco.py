@@ -222,7 +222,7 @@ def duality_gap(G, X, head_mask=None):
 # rounding of P (the float32 softmax) contributes 10-30x less. So the reported gap is evaluated for the
 # float32 P exactly as given, with everything downstream in double-word ("double-float") arithmetic:
 # a value is an unevaluated sum hi + lo of two working-precision numbers. Only error-free
-# transformations are used (TwoSum, an exponent-based split, Dekker's product, exact integer
+# transformations are used (TwoSum, a bit-mask split, Dekker's product, exact integer
 # matmuls), so no float64 is needed when x64 is off, and the code is jit/vmap-able. XLA does not
 # reassociate floating-point sums, which these transformations rely on; tests check that they
 # survive jit (``test_error_free_transformations_survive_jit``).
@@ -251,13 +251,35 @@ def _dw_neg(x):
     return -x[0], -x[1]
 
 
+def _int_view(x):
+    """The bits of float32 (float64) ``x`` as int32 (int64)."""
+    return jax.lax.bitcast_convert_type(x, jnp.int32 if x.dtype == jnp.float32 else jnp.int64)
+
+
 def _split(a):
-    """``a = hi + lo`` with ``hi`` holding the leading half of the significand (exponent-based, so exact
-    even where a compiler contracts multiply-adds, which Veltkamp's ``(2^s + 1) a`` split does not survive)."""
-    half = (jnp.finfo(a.dtype).nmant + 2) // 2  # 12 bits in float32, 27 in float64
-    m, e = jnp.frexp(a)
-    hi = jnp.ldexp(jnp.round(jnp.ldexp(m, half)), e - half)
+    """``a = hi + lo`` with ``hi`` the leading half of the significand (12 bits in float32, 27 in
+    float64) by masking the trailing bits: exact, and unaffected by multiply-add contraction, which
+    breaks Veltkamp's ``(2^s + 1) a`` split."""
+    tail = 12 if a.dtype == jnp.float32 else 26
+    bits = _int_view(a)
+    hi = jax.lax.bitcast_convert_type(bits & ~jnp.asarray((1 << tail) - 1, bits.dtype), a.dtype)
     return hi, a - hi
+
+
+def _exponent(x):
+    """Integer ``e`` with ``|x| < 2^e`` (``2^(e-1) <= |x|`` for normal ``x``), at least -100 (zeros and
+    tiny values get a scale of 2^-100, which keeps every power of two used with it normal)."""
+    mant = jnp.finfo(x.dtype).nmant
+    bias = jnp.finfo(x.dtype).maxexp - 1
+    return jnp.maximum((_int_view(jnp.abs(x)) >> mant) - bias + 1, -100).astype(jnp.int32)
+
+
+def _pow2(k, dtype):
+    """``2^k`` for integer ``k`` in the normal range, built from its bits (cheaper to compile than ldexp)."""
+    mant = jnp.finfo(dtype).nmant
+    bias = jnp.finfo(dtype).maxexp - 1
+    ity = jnp.int32 if jnp.dtype(dtype) == jnp.float32 else jnp.int64
+    return jax.lax.bitcast_convert_type((k.astype(ity) + bias) << mant, dtype)
 
 
 def _two_prod(a, b):
@@ -283,36 +305,22 @@ def _dw_mul(x, y):
 
 
 def _dw_sum(x, axis=None):
-    """Double-word sum of the double-word array ``x`` over ``axis`` (all entries if None): a pairwise
-    tree of double-word additions."""
+    """Double-word sum of the double-word array ``x`` over ``axis`` (all entries if None): one variadic
+    reduction whose combiner is the double-word addition (accurate in any order)."""
     hi, lo = x
-    if axis is None:
-        hi, lo, axis = jnp.ravel(hi), jnp.ravel(lo), 0
-    hi, lo = jnp.moveaxis(hi, axis, -1), jnp.moveaxis(lo, axis, -1)
-    n = hi.shape[-1]
-    m = 1 << max(n - 1, 0).bit_length()
-    pad = [(0, 0)] * (hi.ndim - 1) + [(0, m - n)]
-    hi, lo = jnp.pad(hi, pad), jnp.pad(lo, pad)
-    while hi.shape[-1] > 1:
-        k = hi.shape[-1] // 2
-        hi, lo = _dw_add((hi[..., :k], lo[..., :k]), (hi[..., k:], lo[..., k:]))
-    return hi[..., 0], lo[..., 0]
-
-
-def _scale_exponent(amax):
-    """``e`` with ``2^e > amax`` (a power-of-two scale for a row or column of largest magnitude ``amax``)."""
-    _, e = jnp.frexp(jnp.where(amax > 0, amax, 1))
-    return e
+    dims = tuple(range(hi.ndim)) if axis is None else (axis % hi.ndim,)
+    z = jnp.zeros((), hi.dtype)
+    return jax.lax.reduce((hi, lo), (z, z), _dw_add, dims)
 
 
 def _slices(A, e, b):
     """``A = 2^(e-b) A1 + 2^(e-2b) A2 + Ar`` with integer-valued ``A1``, ``A2`` (``|A1| <= 2^b``,
-    ``|A2| <= 2^(b-1)``) for ``|A| < 2^e`` (``e`` broadcast against ``A``); all exact."""
-    An = jnp.ldexp(A, b - e)
+    ``|A2| <= 2^(b-1)``) for ``|A| < 2^e`` (``e`` broadcast against ``A``); exact (powers of two)."""
+    An = A * _pow2(b - e, A.dtype)
     A1 = jnp.round(An)
-    r = jnp.ldexp(An - A1, b)
+    r = (An - A1) * (2.0 ** b)
     A2 = jnp.round(r)
-    return A1, A2, jnp.ldexp(r - A2, e - 2 * b)
+    return A1, A2, (r - A2) * _pow2(e - 2 * b, A.dtype)
 
 
 def _mm_dw(A, B, B_lo=None):
@@ -328,8 +336,8 @@ def _mm_dw(A, B, B_lo=None):
     K = A.shape[1]
     b = max(1, (jnp.finfo(A.dtype).nmant + 1 - max(K - 1, 0).bit_length()) // 2)
     hp = jax.lax.Precision.HIGHEST
-    ea = _scale_exponent(jnp.max(jnp.abs(A), axis=1))[:, None]  # (M, 1)
-    eb = _scale_exponent(jnp.max(jnp.abs(B), axis=0))[None, :]  # (1, N)
+    ea = _exponent(jnp.max(jnp.abs(A), axis=1))[:, None]  # (M, 1)
+    eb = _exponent(jnp.max(jnp.abs(B), axis=0))[None, :]  # (1, N)
     A1, A2, Ar = _slices(A, ea, b)
     B1, B2, Br = _slices(B, eb, b)
     B12 = B - Br  # B rounded to 2b bits, exact
@@ -337,17 +345,13 @@ def _mm_dw(A, B, B_lo=None):
         Br = Br + B_lo
     M, N = A.shape[0], B.shape[1]
     exact = jnp.matmul(jnp.concatenate([A1, A2], 0), jnp.concatenate([B1, B2], 1), precision=hp)  # (2M, 2N)
-    e = ea + eb
-    t11 = jnp.ldexp(exact[:M, :N], e - 2 * b)
-    t12 = jnp.ldexp(exact[:M, N:], e - 3 * b)
-    t21 = jnp.ldexp(exact[M:, :N], e - 3 * b)
-    t22 = jnp.ldexp(exact[M:, N:], e - 4 * b)
+    sa, sb = _pow2(ea - b, A.dtype), _pow2(eb - b, A.dtype)  # two factors: each stays in range
+    t11 = exact[:M, :N] * sa * sb
+    t12 = (exact[:M, N:] + exact[M:, :N]) * sa * sb * (2.0 ** -b)  # integers below 2^24: exact sum
+    t22 = exact[M:, N:] * sa * sb * (2.0 ** (-2 * b))
     rest = jnp.matmul(jnp.concatenate([A, Ar], 1), jnp.concatenate([Br, B12], 0), precision=hp)
     zero = jnp.zeros_like(rest)
-    out = _two_sum(t11, t12)
-    for t in (t21, t22, rest):
-        out = _dw_add(out, (t, zero))
-    return out
+    return _dw_add(_dw_add(_two_sum(t11, t12), (t22, zero)), (rest, zero))
 
 
 def _gap_accurate(P, X, head_mask=None):
