@@ -313,45 +313,56 @@ def _dw_sum(x, axis=None):
     return jax.lax.reduce((hi, lo), (z, z), _dw_add, dims)
 
 
-def _slices(A, e, b):
-    """``A = 2^(e-b) A1 + 2^(e-2b) A2 + Ar`` with integer-valued ``A1``, ``A2`` (``|A1| <= 2^b``,
-    ``|A2| <= 2^(b-1)``) for ``|A| < 2^e`` (``e`` broadcast against ``A``); exact (powers of two)."""
+def _slices(A, e, b, n):
+    """``A = sum_i 2^(e - i b) A_i + Ar`` (i = 1..n) with integer-valued slices ``A_i`` (``|A_1| <= 2^b``,
+    later ones ``<= 2^(b-1)``) for ``|A| < 2^e`` (``e`` broadcast against ``A``); exact (powers of two)."""
     An = A * _pow2(b - e, A.dtype)
-    A1 = jnp.round(An)
-    r = (An - A1) * (2.0 ** b)
-    A2 = jnp.round(r)
-    return A1, A2, (r - A2) * _pow2(e - 2 * b, A.dtype)
+    out = []
+    for i in range(n):
+        Ai = jnp.round(An)
+        out.append(Ai)
+        An = An - Ai
+        if i + 1 < n:
+            An = An * (2.0 ** b)
+    return out, An * _pow2(e - n * b, A.dtype)
 
 
-def _mm_dw(A, B, B_lo=None):
+def _mm_dw(A, B, B_lo=None, *, na=1, nb=1):
     """``A @ (B + B_lo)`` for (M, K) ``A`` and (K, N) ``B`` as a double-word (hi, lo) pair.
 
-    Split matmuls in the manner of Ozaki's scheme: every row of ``A`` and every column of ``B`` is scaled
-    by a power of two and cut into two ``b``-bit integer slices plus a remainder. With
-    ``2b + ceil(log2 K)`` at most the significand's bits (24 in float32), a product of two integer
-    slices and every partial sum of ``K`` of them are integers below ``2^24``, so those four matmuls
-    (packed into one) are exact in any summation order and on any backend. Only the remainder
-    products (one more matmul) are rounded, and they are ``2^-2b`` smaller than the result's scale.
+    Split matmuls in the manner of Ozaki's scheme: every row of ``A`` (column of ``B``) is scaled by a
+    power of two and cut into ``na`` (``nb``) integer slices of ``b`` bits plus a remainder. With
+    ``2b + ceil(log2 K)`` at most the significand's bits (24 in float32), a product of two slices and
+    every partial sum of ``K`` of them are integers below ``2^24``, so the slice products (one packed
+    matmul) are exact in any summation order and on any backend. Only the remainder products (one more
+    matmul) are rounded, and they are ``2^-b`` (one slice) or ``2^-2b`` (two) smaller than the result's
+    scale. Cost: ``na * nb`` plus 2 (M x K x N) products.
     """
     K = A.shape[1]
     b = max(1, (jnp.finfo(A.dtype).nmant + 1 - max(K - 1, 0).bit_length()) // 2)
     hp = jax.lax.Precision.HIGHEST
     ea = _exponent(jnp.max(jnp.abs(A), axis=1))[:, None]  # (M, 1)
     eb = _exponent(jnp.max(jnp.abs(B), axis=0))[None, :]  # (1, N)
-    A1, A2, Ar = _slices(A, ea, b)
-    B1, B2, Br = _slices(B, eb, b)
-    B12 = B - Br  # B rounded to 2b bits, exact
+    As, Ar = _slices(A, ea, b, na)
+    Bs, Br = _slices(B, eb, b, nb)
+    Bq = B - Br  # B rounded to nb * b bits, exact
     if B_lo is not None:
         Br = Br + B_lo
     M, N = A.shape[0], B.shape[1]
-    exact = jnp.matmul(jnp.concatenate([A1, A2], 0), jnp.concatenate([B1, B2], 1), precision=hp)  # (2M, 2N)
-    sa, sb = _pow2(ea - b, A.dtype), _pow2(eb - b, A.dtype)  # two factors: each stays in range
-    t11 = exact[:M, :N] * sa * sb
-    t12 = (exact[:M, N:] + exact[M:, :N]) * sa * sb * (2.0 ** -b)  # integers below 2^24: exact sum
-    t22 = exact[M:, N:] * sa * sb * (2.0 ** (-2 * b))
-    rest = jnp.matmul(jnp.concatenate([A, Ar], 1), jnp.concatenate([Br, B12], 0), precision=hp)
+    exact = jnp.matmul(jnp.concatenate(As, 0), jnp.concatenate(Bs, 1), precision=hp)  # (na M, nb N)
+    # Blocks of equal weight 2^(ea + eb - (i + j) b) are added as integers (below 2^24: exact).
+    levels: dict = {}
+    for i in range(na):
+        for j in range(nb):
+            blk = exact[i * M:(i + 1) * M, j * N:(j + 1) * N]
+            levels[i + j] = blk if i + j not in levels else levels[i + j] + blk
+    scale = _pow2(ea - b, A.dtype) * _pow2(eb - b, A.dtype)
+    rest = jnp.matmul(jnp.concatenate([A, Ar], 1), jnp.concatenate([Br, Bq], 0), precision=hp)
     zero = jnp.zeros_like(rest)
-    return _dw_add(_dw_add(_two_sum(t11, t12), (t22, zero)), (rest, zero))
+    out = (levels[0] * scale, zero)
+    for k in range(1, na + nb - 1):
+        out = _dw_add(out, (levels[k] * scale * (2.0 ** (-k * b)), zero))
+    return _dw_add(out, (rest, zero))
 
 
 def _gap_accurate(P, X, head_mask=None):
@@ -370,7 +381,8 @@ def _gap_accurate(P, X, head_mask=None):
     dtype = P.dtype
     X = X.astype(dtype)
     zHC = jnp.zeros((H, C), dtype)
-    QS = _mm_dw(P.T, jnp.concatenate([X, jnp.ones((H, 1), dtype)], 1))
+    # P's columns in two slices (peaked columns: many small entries), X in one.
+    QS = _mm_dw(P.T, jnp.concatenate([X, jnp.ones((H, 1), dtype)], 1), na=2, nb=1)
     Q = QS[0][:, :C], QS[1][:, :C]
     R = _dw_add((QS[0][:, C:], QS[1][:, C:]), _dw_neg(Q))  # s - Q, s broadcast over columns
     eye = jnp.eye(C, dtype=bool)
@@ -381,7 +393,7 @@ def _gap_accurate(P, X, head_mask=None):
     den = jnp.where(small, tiny, den[0]), jnp.where(small, 0, den[1])
     one = jnp.where(eye, -1, 1).astype(dtype)
     W = _dw_div((one, jnp.zeros_like(one)), den)
-    G = _mm_dw(P, W[0], W[1])
+    G = _mm_dw(P, W[0], W[1], na=1, nb=1)
     # min_c G[h, c] in double words: differences to the working-precision argmin decide the order.
     c0 = jnp.argmin(G[0], axis=1)[:, None]
     take = lambda A, c: jnp.take_along_axis(A, c, axis=1)  # noqa: E731
