@@ -258,10 +258,12 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
     one trial step per iteration (accepted on sufficient decrease computed with log1p from
     dQ = P^T dX; otherwise X is kept and a halves), a <- min(2a, 1) on acceptance after an acceptance, the duality-gap
     stop (gap <= tol |f| + atol, atol 1e-7 in float32 and 0 in float64), 30 consecutive rejections
-    or 10 round-off-level full steps (a = 1) stop, and the step length re-initialised by the quadratic-model ray
+    or chco._PGD_FLAT_STOP (100) round-off-level full steps (a = 1) stop, and the step length re-initialised by the quadratic-model ray
     every ``round_iter`` iterations (solve_batch's warm restart, done inside its compiled loop). The projection is
     the natural NumPy one (sort-based, weighted). Returns (objective, iterations, converged)."""
     import numpy as np
+
+    from mll_jax import chco
 
     dt = np.dtype(dtype)
     S = np.asarray(S, dt)
@@ -326,7 +328,7 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
             a = min(2 * a, 1.0) if grow else a
         else:
             a = a / 2
-        if rej >= 30 or flat >= 10:
+        if rej >= 30 or flat >= chco._PGD_FLAT_STOP:
             break
     return f, k, bool(gap <= tol * abs(f) + atol)
 
