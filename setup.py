@@ -10,8 +10,8 @@ setup(
     packages=find_packages(include=["mll_jax", "mll_jax.*"]),
     package_data={"mll_jax.vlm": ["clip_hub.json"]},
     install_requires=[
-        "jax>=0.4.30",
-        "jaxlib>=0.4.30",
+        "jax>=0.4.31",
+        "jaxlib>=0.4.31",
         "flax>=0.8",
         "optax>=0.2",
         "transformers>=4.57,<5",

@@ -259,7 +259,8 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
     dQ = P^T dX; otherwise X is kept and a halves), a <- min(2a, 1) on acceptance after an acceptance, the duality-gap
     stop (gap <= tol |f| + atol, atol 1e-7 in float32 and 0 in float64), 30 consecutive rejections
     or chco._PGD_FLAT_STOP (100) round-off-level full steps (a = 1) stop, and the step length re-initialised by the quadratic-model ray
-    every ``round_iter`` iterations (solve_batch's warm restart, done inside its compiled loop). The projection is
+    every ``round_iter`` iterations (solve_batch's warm restart, done inside its compiled loop; the stop
+    counters carry across restarts). The projection is
     the natural NumPy one (sort-based, weighted). Returns (objective, iterations, converged)."""
     import numpy as np
 
@@ -308,7 +309,6 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
             curv = (W2 * np.square(P.T @ d)).sum()
             ray = -(G * d).sum() / max(curv, tiny)
             a = float(np.clip(ray, eps, 1.0)) if np.isfinite(ray) else 1.0
-            flat = rej = 0
         scale = metric(D)
         step = a * scale
         Xn = np_project_weighted_sort(X - step * G, step)

@@ -269,10 +269,12 @@ def _int_view(x):
 
 
 def _split(a):
-    """``a = hi + lo`` with ``hi`` the leading half of the significand (12 bits in float32, 27 in
-    float64) by masking the trailing bits: exact, and unaffected by multiply-add contraction, which
-    breaks Veltkamp's ``(2^s + 1) a`` split."""
-    tail = 12 if a.dtype == jnp.float32 else 26
+    """``a = hi + lo`` with ``hi`` the leading half of the significand (12 of 24 bits in float32, 26 of 53
+    in float64) by masking the trailing bits: exact, and unaffected by multiply-add contraction, which
+    breaks Veltkamp's ``(2^s + 1) a`` split. In float32 both halves have 12 bits, so every partial product
+    of Dekker's algorithm is exact; in float64 ``lo`` keeps 27 bits and only ``lo * lo`` rounds (at the
+    2^-105 level relative to the product; production uses these helpers in float32 only)."""
+    tail = 12 if a.dtype == jnp.float32 else 27
     bits = _int_view(a)
     hi = jax.lax.bitcast_convert_type(bits & ~jnp.asarray((1 << tail) - 1, bits.dtype), a.dtype)
     return hi, a - hi
@@ -759,8 +761,8 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
     is straight-line code and a backtracking step costs one iteration. Stops on the duality-gap
     certificate, after 30 consecutive rejections, or after ``_PGD_FLAT_STOP`` (100) consecutive
     accepted full steps (``a = 1``) whose decrease is at round-off level (a safety net for a model that
-    cannot move in this precision; the counter restarts with every warm restart, so in solve_batch's
-    12-iteration rounds it never fires).
+    cannot move in this precision). Both stop counters carry across the warm restarts of
+    ``restart_every``.
 
     Layout: the iterations run on class-major (C, H) arrays (``Xt = X^T``), so that every row
     operation of the projection and the gap (reductions over the C classes of a head) is a
@@ -859,8 +861,11 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
 
     def restart(s):
         z = _vary_like(zero_i, P)
-        return dict(s, a=ray(s["X"], s["Q"], s["R"], s["G"], s["D"] if precondition else None), kr=z,
-                    flat=z, rej=z)
+        # The stop counters (flat, rej) carry across restarts: resetting them every round_iter (12)
+        # iterations meant neither the 30-rejection nor the stagnation stop could ever fire, so a model
+        # that cannot move ran to max_iter (review finding). A restart breaks their streaks anyway when
+        # it changes the step (flat counts only full steps; rej resets on any accepted step).
+        return dict(s, a=ray(s["X"], s["Q"], s["R"], s["G"], s["D"] if precondition else None), kr=z)
 
     if restart_every is None or restart_every >= max_iter:
         s = jax.lax.while_loop(cond, body, _vary_like(restart(state), P))

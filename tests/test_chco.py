@@ -272,8 +272,8 @@ def test_benchmark_numpy_baseline_is_the_same_algorithm():
 
 
 def test_solve_batch_in_loop_restarts_match_numpy_baseline():
-    # solve_batch's pgd restarts inside its compiled loop every round_iter iterations (ray step and
-    # stop counters reset); np_pgd restarts at the same iterations. In float64 both must take the
+    # solve_batch's pgd restarts inside its compiled loop every round_iter iterations (ray step reset,
+    # stop counters carried); np_pgd restarts at the same iterations. In float64 both must take the
     # same steps; and the restarts must be real (without them the iteration counts differ).
     bench = _bench_module()
     rng = np.random.default_rng(11)
@@ -288,3 +288,14 @@ def test_solve_batch_in_loop_restarts_match_numpy_baseline():
     k3 = k3.iterations
     k_inf = chco.solve_batch(Ss, round_iter=2000, **kw).iterations
     assert (k3 != k_inf).any()
+
+
+def test_stop_rules_fire_across_in_loop_restarts():
+    # With an unreachable certificate (tol = atol = 0) the 30-rejection / stagnation stops must still end
+    # a model that cannot improve. They reset at every 12-iteration restart in an earlier version, so this
+    # model ran to max_iter in solve_batch (review finding; np_pgd, the same algorithm, agrees).
+    bench = _bench_module()
+    S = (np.random.default_rng(0).normal(size=(20, 5)) * 2).astype(np.float32)
+    r = chco.solve_batch([S], tol=0, atol=0, max_iter=500, progress=False)
+    _, k, _ = bench.np_pgd(S, 0, 500, round_iter=12, dtype="float32", atol=0)
+    assert int(r.iterations[0]) < 500 and k < 500, (int(r.iterations[0]), k)

@@ -126,3 +126,17 @@ def test_device_preprocess_matches_center_crop_resize(photos):
         DevicePreprocess((32, 0))
     with pytest.raises(ValueError, match="square size"):
         DevicePreprocess((32, 16), crop_fraction=0.5)
+
+
+def test_device_preprocess_refuses_non_rgb_batches():
+    # A grayscale (n, h, w) batch used to be resized along the batch axis (shape (4, 4, 9) out of (2, 9, 9)).
+    from mll_jax.models import DevicePreprocess
+    from mll_jax.models.resample import ResampleError
+
+    dp = DevicePreprocess(4)
+    gray = np.zeros((2, 9, 9), np.uint8)
+    with pytest.raises(ResampleError, match=r"RGB batch \(n, h, w, 3\).*\(2, 9, 9\)"):
+        dp.host(gray)
+    with pytest.raises(ResampleError, match="RGB batch"):
+        dp.device(gray)
+    assert dp.device(dp.host(np.zeros((2, 9, 9, 3), np.uint8))).shape == (2, 4, 4, 3)

@@ -182,14 +182,24 @@ class DevicePreprocess:
         self.method = method
         self.crop_fraction = None if crop_fraction is None else float(crop_fraction)
 
+    @staticmethod
+    def _check_batch(x, what):
+        from .resample import ResampleError
+
+        if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
+            raise ResampleError(f"DevicePreprocess.{what}: expected an RGB batch (n, h, w, 3), got shape "
+                                f"{getattr(x, 'shape', None)} (grayscale: mll_jax.models.as_uint8_rgb first)")
+
     def host(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``(n, h, w, 3)`` -> the uint8 centre crop (a view: the caller copies it into its batch)."""
+        self._check_batch(images, "host")
         return center_crop(images, self.crop_fraction)
 
     def device(self, x):
         """The output of :meth:`host` (numpy or jax, uint8) -> float32 ``(n, H, W, 3)`` jax array, 0-255."""
         from .resample import resize_on_device_2pass
 
+        self._check_batch(x, "device")
         return resize_on_device_2pass(x, self.size, self.method)
 
     def reference(self, images: np.ndarray) -> np.ndarray:
