@@ -871,8 +871,8 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         s = jax.lax.while_loop(cond, body, _vary_like(restart(state), P))
     else:
         # Warm restarts inside the loop: every ``restart_every`` iterations the step length is
-        # re-initialised by the ray rule and the stop counters are reset (what solve_batch's rounds
-        # did by re-packing the unconverged models), so a model never leaves the compiled loop.
+        # re-initialised by the ray rule (what solve_batch's rounds did by re-packing the unconverged
+        # models; the stop counters carry over, see restart), so a model never leaves the compiled loop.
         def round_body(s):
             return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < restart_every), body, restart(s))
 
@@ -1124,7 +1124,7 @@ def solve_batch(
     C = 10, 64 models, CPU time: 6.5 ms/model with 2 models per chunk, 10.1 with 4, 13.8 with 64).
 
     ``round_iter``: for ``"pgd"`` every ``round_iter`` iterations the step length is re-initialised by
-    the ray rule and the stop counters are reset (a warm restart), inside the compiled loop, so every
+    the ray rule (a warm restart; the stop counters carry over), inside the compiled loop, so every
     model is solved in one pass. For ``"fista"``/``"head"`` work proceeds in rounds of ``round_iter``
     iterations: after each round the models that have not converged are re-packed into fresh chunks
     and warm-started from their current ``X`` (momentum is reset). ``max_iter`` bounds the total.
@@ -1169,8 +1169,8 @@ def solve_batch(
         # beat 30 and 100 (12.7 vs 16.4 and 17.9 iterations mean).
         round_iter = _default_round_iter(method, C)
     round_iter = min(round_iter, max_iter)
-    # pgd restarts inside its compiled loop every round_iter iterations (the ray step and the stop
-    # counters are reset, exactly what a re-packed round did), so one pass solves every model; the
+    # pgd restarts inside its compiled loop every round_iter iterations (the ray step is re-initialised
+    # as a re-packed round did; the stop counters carry over), so one pass solves every model; the
     # other methods still work in rounds of round_iter iterations with re-packing between rounds.
     in_loop = method == "pgd"
     per_pass = max_iter if in_loop else round_iter
