@@ -16,8 +16,12 @@ All functions act on the last axis and broadcast over leading axes; they are pur
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+_UNROLL_MAX_N = 64  # simplex length up to which leading-axis sums are unrolled into one fusion
 
 __all__ = [
     "projection_capped_simplex",
@@ -27,7 +31,8 @@ __all__ = [
 ]
 
 
-def projection_capped_simplex(y, weights=None, mask=None, max_iter: int | None = None, axis: int = -1):
+def projection_capped_simplex(y, weights=None, mask=None, max_iter: int | None = None, axis: int = -1,
+                              lam0=None, return_multiplier: bool = False):
     """Project rows of ``y`` onto the capped simplex (exact, sort-free).
 
     Args:
@@ -37,48 +42,70 @@ def projection_capped_simplex(y, weights=None, mask=None, max_iter: int | None =
         projection used by projected Newton-type methods). ``None`` means the Euclidean projection.
       mask: optional boolean array broadcastable to ``y``; masked-out coordinates are fixed at 0.
       max_iter: cap on the Newton steps. Exactness needs at most ``n + 1`` steps; the default loops until
-        the active set stops changing (a ``while_loop``, typically 2-5 steps).
+        the multiplier stops changing (a ``while_loop``, typically 2-5 steps).
       axis: the simplex axis (default the last; ``axis=0`` on a class-major array keeps every
         reduction a contiguous vector operation, which is faster on CPU).
+      lam0: optional warm start for the multiplier (shape of ``y`` reduced over ``axis`` with
+        ``keepdims``), e.g. the multiplier of a nearby projection. The first Newton step from any
+        ``lam0`` lands at or below the root (the tangent of the convex ``phi`` lies below it), and from
+        there the iteration is the same monotone one as from 0, so the result is exact either way; a
+        good warm start only saves steps (measured in CHCO's pgd at C = 50: 9 -> 3 steps).
+      return_multiplier: also return the multiplier ``lam`` (for the next warm start).
     Returns:
-      x with the same shape and dtype as ``y``.
+      x with the same shape and dtype as ``y`` (and ``lam`` when ``return_multiplier``).
     """
     y = jnp.asarray(y)
     w = jnp.ones_like(y) if weights is None else jnp.broadcast_to(jnp.asarray(weights, y.dtype), y.shape)
     if mask is not None:
         y = jnp.where(mask, y, -jnp.inf)
+    axis = axis % y.ndim
     zero = jnp.zeros_like(jnp.sum(y, axis=axis, keepdims=True))
+    n = y.shape[axis]
+    # Leading simplex axis (a class-major layout) of moderate length: the masked sums are unrolled over
+    # the (..., N) slabs, so a Newton step is one elementwise fusion producing both sums (measured on CPU,
+    # (50, 1000): 0.062 vs 0.107 ms per projection from a cold start, 0.076 vs 0.165 warm).
+    slabs = axis == 0 and 1 < n <= _UNROLL_MAX_N
 
-    def newton(lam):
+    def sums(lam):
+        if slabs:
+            ys, ws = [y[i] for i in range(n)], [w[i] for i in range(n)]
+            num = functools.reduce(jnp.add, [jnp.where(a - lam[0] * b > 0, a, 0) for a, b in zip(ys, ws)])[None]
+            den = functools.reduce(jnp.add, [jnp.where(a - lam[0] * b > 0, b, 0) for a, b in zip(ys, ws)])[None]
+            return num, den
         active = y - lam * w > 0
-        num = jnp.sum(jnp.where(active, y, 0), axis=axis, keepdims=True) - 1
-        den = jnp.sum(jnp.where(active, w, 0), axis=axis, keepdims=True)
-        new = jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0)
-        # Monotone by convexity; the max() guards the lam >= 0 branch and float round-off.
-        return jnp.maximum(lam, jnp.maximum(new, 0)), active
+        return (jnp.sum(jnp.where(active, y, 0), axis=axis, keepdims=True),
+                jnp.sum(jnp.where(active, w, 0), axis=axis, keepdims=True))
 
-    lam0, active0 = newton(zero)
-    if max_iter is not None:
-        lam = lam0
-        for _ in range(max_iter):
-            lam, _ = newton(lam)
+    def newton(lam, guard=True):
+        num, den = sums(lam)
+        num = num - 1
+        # den = 0 (no active coordinate: lam beyond every breakpoint, only from a warm start) restarts at 0.
+        new = jnp.maximum(jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0), 0)
+        # Monotone by convexity from below; the max() guards float round-off. A warm start's first step
+        # may go down (unguarded), and lands at or below the root.
+        return jnp.maximum(lam, new) if guard else new
+
+    if lam0 is None:
+        lam = newton(zero)
     else:
-        def cond(state):
-            _, _, changed = state
-            return changed
-
+        lam0 = jnp.broadcast_to(jnp.asarray(lam0, y.dtype), zero.shape)
+        lam = newton(jnp.where(jnp.isfinite(lam0), lam0, 0), guard=False)
+    if max_iter is not None:
+        for _ in range(max_iter):
+            lam = newton(lam)
+    else:
+        # From here the steps are monotone: lam only grows, and it changes only when the active set
+        # shrinks (an unchanged active set reproduces the same lam bit for bit), so the loop ends after
+        # at most n changes, at the root of the piece of phi it sits on (NaN compares False: it stops).
         def body(state):
-            lam, active, _ = state
-            lam_new, active_new = newton(lam)
-            # Stop when the active set at the new multiplier equals the previous one.
-            changed = jnp.any(active_new != active)
-            return lam_new, active_new, changed
+            lam, _ = state
+            return newton(lam), lam
 
-        lam1, active1 = newton(lam0)
-        lam, _, _ = jax.lax.while_loop(cond, body, (lam1, active1, jnp.any(active1 != active0)))
+        lam, _ = jax.lax.while_loop(lambda st: jnp.any(st[0] > st[1]), body, (newton(lam), lam))
     # The clip at 1 only removes round-off (an exact solution never exceeds 1).
     x = jnp.clip(y - lam * w, 0, 1)
-    return jnp.where(jnp.isfinite(x), x, 0)
+    x = jnp.where(jnp.isfinite(x), x, 0)
+    return (x, lam) if return_multiplier else x
 
 
 def projection_capped_simplex_sort(y, mask=None):

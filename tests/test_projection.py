@@ -106,3 +106,27 @@ def test_pairwise_and_class_major_match_references(n):
                                    [0.5, 0.5, 0])
         np.testing.assert_allclose(np.asarray(projection_capped_simplex_pairwise(
             jnp.asarray([1.0, 1.0, 0.0]), jnp.asarray([1.0, 3.0, 1.0]))), [0.75, 0.25, 0])
+
+
+@pytest.mark.parametrize("n", [2, 9, 50])
+def test_warm_started_newton_is_exact_from_any_multiplier(n):
+    # pgd warm-starts the Newton projection (C > 16) from the previous iteration's multipliers. The
+    # result must be the exact projection whatever lam0 is: below the root, at it, above it (the first
+    # step goes down), beyond every breakpoint (no active coordinate: restart at 0), negative, non-finite,
+    # and for rows inside the set (lam* = 0); the returned multiplier reproduces x.
+    rng = np.random.default_rng(200 + n)
+    y = _rows(rng, n)
+    w = rng.uniform(0.05, 20, size=y.shape)
+    ref = np.asarray(projection_capped_simplex_bisect(jnp.asarray(y), weights=jnp.asarray(w), iters=200))
+    x0, lam = projection_capped_simplex(jnp.asarray(y.T), jnp.asarray(w.T), axis=0, return_multiplier=True)
+    np.testing.assert_allclose(np.asarray(x0).T, ref, atol=1e-11)
+    lam = np.asarray(lam)
+    assert lam.shape == (1, y.shape[0]) and lam.min() >= 0
+    np.testing.assert_allclose(np.clip(y.T - lam * w.T, 0, 1).T, ref, atol=1e-11)
+    beyond = (np.max(y / w, axis=1) + 1)[None, :]
+    for lam0 in (np.zeros_like(lam), lam, 0.5 * lam, 2 * lam + 0.1, beyond, -np.ones_like(lam),
+                 np.full_like(lam, np.nan), rng.uniform(0, 3, size=lam.shape)):
+        x, lam1 = projection_capped_simplex(jnp.asarray(y.T), jnp.asarray(w.T), axis=0, lam0=jnp.asarray(lam0),
+                                            return_multiplier=True)
+        np.testing.assert_allclose(np.asarray(x).T, ref, atol=1e-11)
+        np.testing.assert_allclose(np.asarray(lam1), lam, atol=1e-9)
