@@ -379,15 +379,21 @@ def _mm_dw(A, B, B_lo=None, *, na=1, nb=1):
     return _dw_add(out, (rest, zero))
 
 
-def _gap_accurate(P, X, head_mask=None):
+_GAP_CAND_MAX_C = 16  # up to this C, _gap_accurate evaluates only 3 candidate entries of G per head
+
+
+def _gap_accurate(P, X, head_mask=None, Gt=None):
     """The Frank-Wolfe duality gap at ``X`` for the softmax matrix ``P`` (exactly as given), evaluated in
     double-word arithmetic (see the section comment).
 
     ``Q = P^T X`` and the column sums ``s = P^T 1`` come from one split product (:func:`_mm_dw`),
     ``R = s - Q`` (so ``R`` is ``P^T (1 - X)`` for this very ``P``) and ``W = dL/dQ`` are double words,
     and ``gap = <G, X> - sum_h m_h = <W, Q> - sum_h m_h`` with ``m_h = min(0, min_c G[h, c])``: the
-    first term is a sum of C^2 double-word products; ``G = P W`` is a second split product, and
-    ``m_h`` the smallest double word among the 3 classes with the smallest ``G[h, c]`` high parts.
+    first term is a sum of C^2 double-word products. ``m_h`` is the smallest double word among the
+    3 classes with the smallest ``G[h, c]``. For C <= 16 the candidates come from ``Gt`` ((C, H), the
+    solver's working-precision gradient at ``X``, class-major) when given, else from ``P W`` in working
+    precision, and only those 3 entries per head are evaluated in double words (C error-free products
+    each); for larger C all of ``G`` comes from a second split product and its high parts rank.
     """
     H, C = X.shape
     dtype = P.dtype
@@ -407,19 +413,42 @@ def _gap_accurate(P, X, head_mask=None):
     # <G, X> = <W, Q>: C^2 double-word terms.
     WQ = _dw_sum(_dw_mul(W, Q))
     # m_h = min(0, min_c G[h, c]) needs G accurately where it matters: at (near) optimality the
-    # entries of a fractional row tie on its support, and the float32 G ranks them at random (picking
-    # the wrong one of two classes cost up to 6e-7 on duplicated heads, H = 40, C = 30). G = P W is a
-    # second split product; among the 3 classes of smallest G_hi in a row, the double words decide.
-    G = _mm_dw(P, W[0], W[1], na=1, nb=1)
-    Gs = G[0]
-    cand = []
-    for _ in range(min(3, C)):
-        c = jnp.argmin(Gs, axis=1)
-        cand.append(c)
-        Gs = jnp.where(jnp.arange(C)[None, :] == c[:, None], jnp.inf, Gs)
-    cand = jnp.stack(cand, 1)  # (H, k)
-    k = cand.shape[1]
-    g = jnp.take_along_axis(G[0], cand, axis=1), jnp.take_along_axis(G[1], cand, axis=1)  # (H, k)
+    # entries of a fractional row tie on its support, and a working-precision G ranks them at random
+    # (picking the wrong one of two classes cost up to 6e-7 on duplicated heads, H = 40, C = 30). The 3
+    # classes of smallest G per head are candidates and their double-word values decide: for C <= 16
+    # ranked by the working-precision G and only those G[h, c] = sum_c' P[h, c'] W[c', c] evaluated in
+    # double words (exact products, double-word sums); above, from all of G in double words.
+    if C <= _GAP_CAND_MAX_C:
+        if Gt is None:
+            Gt = (P @ W[0]).T
+        Gs = Gt.astype(dtype)
+        k = min(3, C)
+        cand = []
+        for _ in range(k):
+            c = jnp.argmin(Gs, axis=0)  # (H,)
+            cand.append(c)
+            Gs = jnp.where(jnp.arange(C)[:, None] == c[None, :], jnp.inf, Gs)
+        cand = jnp.stack(cand, 0)  # (k, H)
+        Wc = W[0][:, cand], W[1][:, cand]  # (C, k, H): column cand[j, h] of W, for every c'
+        Pc = P.T[:, None, :]  # (C, 1, H)
+        hi, lo = _two_prod(Pc, Wc[0])
+        # One variadic reduction over c' (a chain of C double-word additions would make XLA duplicate
+        # each step's operands into the next: compile memory grew past 24 GB at C = 30).
+        g = _dw_sum((hi, lo + Pc * Wc[1]), axis=0)  # (k, H)
+        g = tuple(jnp.moveaxis(x, 0, 1) for x in g)  # (H, k)
+    else:
+        # Larger C: all of G in double words from a second split product (the scalar variadic
+        # reduction above costs more than two (H, C) x (C, C) products there: measured at C = 50).
+        G = _mm_dw(P, W[0], W[1], na=1, nb=1)
+        Gs = G[0]
+        cand = []
+        for _ in range(min(3, C)):
+            c = jnp.argmin(Gs, axis=1)
+            cand.append(c)
+            Gs = jnp.where(jnp.arange(C)[None, :] == c[:, None], jnp.inf, Gs)
+        cand = jnp.stack(cand, 1)  # (H, k)
+        k = cand.shape[1]
+        g = jnp.take_along_axis(G[0], cand, axis=1), jnp.take_along_axis(G[1], cand, axis=1)  # (H, k)
     m = g[0][:, 0], g[1][:, 0]
     for c in range(1, k):
         gc = g[0][:, c], g[1][:, c]
@@ -586,9 +615,10 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
     # The iterations see S through stop_gradient: X* is a fixed point for differentiation (see solve).
     P_fixed = head_softmax(jax.lax.stop_gradient(S), head_mask)
     X = _initial_point(H, C, S.dtype, head_mask, None if X0 is None else jax.lax.stop_gradient(X0))
+    QRG = None
     if method == "pgd":
-        X, k, gap = _pgd(P_fixed, X, head_mask, tol, atol, 2000 if max_iter is None else max_iter, precondition,
-                         restart_every)
+        X, k, gap, QRG = _pgd(P_fixed, X, head_mask, tol, atol, 2000 if max_iter is None else max_iter,
+                             precondition, restart_every)
     elif method == "fista":
         X, k, gap = _fista(P_fixed, X, head_mask, tol, atol, 500 if max_iter is None else max_iter,
                            precondition, accelerate=True)
@@ -596,9 +626,13 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
         X, k, gap = _head_by_head(P_fixed, X, head_mask, tol, atol, 200 if max_iter is None else max_iter,
                                   precondition)
     X = jax.lax.stop_gradient(X)
-    # Losses recomputed from scratch at the final X (running values only steer the iterations), with
-    # the accurate logarithms of _log_pair, and differentiable in S.
-    loss = _loss_qr(*_qr(head_softmax(S, head_mask), X))
+    # Losses at the final X with the accurate logarithms of _log_pair, differentiable in S. pgd carries
+    # Q = P^T X and R = P^T (1 - X) of its final X (computed directly, never updated incrementally), so
+    # its losses are taken from them; the derivative in S is that of the recomputation (_loss_at).
+    if QRG is None:
+        loss = _loss_qr(*_qr(head_softmax(S, head_mask), X))
+    else:
+        loss = _loss_at(S, jnp.ones((H,), bool) if head_mask is None else head_mask, X, *QRG[:2])
     f = jnp.sum(loss)
     fd = jax.lax.stop_gradient(f)
     # float32: the reported gap (and the certificate) is re-evaluated at the final X in double-word
@@ -606,12 +640,29 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
     # keeps the iterations' gap at the final X (already ~1e-13 accurate), which also spares the
     # double-word code's compile time (~1 s per shape) in float64 use.
     if S.dtype == jnp.float32:
-        gap = _gap_accurate(P_fixed, X, head_mask)
+        # pgd's gradient at X (class-major) picks the candidate classes of m_h, sparing a product.
+        gap = _gap_accurate(P_fixed, X, head_mask, None if QRG is None else QRG[2])
     converged = (gap <= tol * jnp.abs(fd) + atol) & jnp.isfinite(fd) & jnp.isfinite(gap)
     return CHCOResult(X, loss, f, k, converged, gap)
 
 
 _solve_jit = jax.jit(_solve_impl, static_argnames=("method", "max_iter", "precondition"))
+
+
+@jax.custom_jvp
+def _loss_at(S, head_mask, X, Q, R):
+    """Per-class losses at ``X`` from its ``Q = P^T X`` and ``R = P^T (1 - X)`` (``P = head_softmax(S)``)
+    as computed by the solver: the value of ``losses(S, X, head_mask)`` without recomputing the two
+    (H, C) products; derivatives (in ``S``) are those of that recomputation."""
+    del S, head_mask, X
+    return _loss_qr(Q, R)
+
+
+@_loss_at.defjvp
+def _loss_at_jvp(primals, tangents):
+    S, head_mask, X, _, _ = primals
+    dS, _, dX, _, _ = tangents
+    return jax.jvp(lambda s, x: _loss_qr(*_qr(head_softmax(s, head_mask), x)), (S, X), (dS, dX))
 
 
 def _metric(D, precondition, dtype):
@@ -906,7 +957,7 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
             return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < restart_every), body, restart(s))
 
         s = jax.lax.while_loop(cond, round_body, _vary_like(state, P))
-    return s["X"].T, s["k"], s["gap"]
+    return s["X"].T, s["k"], s["gap"], (s["Q"], s["R"], s["G"])
 
 
 def _head_by_head(P, X0, head_mask, tol, atol, max_sweeps, precondition):
