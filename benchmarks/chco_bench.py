@@ -350,6 +350,8 @@ def np_fista(S, tol, max_iter, precondition):
         a *= 2
         for _ in range(60):
             a /= 2
+            if a == 0.0:  # the step underflowed (a stuck model, seen on a real C = 50 instance): give up
+                return f, k
             step = a * scale
             Xn = np_project_weighted(Y - step * GY, step * np.ones_like(Y)) if precondition else np_project_sort(Y - step * GY)
             _, _, fn, Gn, Dn = np_objective_parts(P, Xn)
