@@ -42,6 +42,8 @@ flags.DEFINE_enum("method", "pgd", ["pgd", "fista", "head"], "CHCO algorithm")
 flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "working precision")
 flags.DEFINE_float("tol", 1e-5, "relative duality-gap tolerance")
 flags.DEFINE_integer("chunk_size", 0, "models per chunk (0: automatic)")
+flags.DEFINE_integer("workers", 0, "solve_batch's host threads (0: its default, one per CPU core)")
+flags.DEFINE_bool("one_worker_too", True, "also time mll_jax with one host thread (same models, same process)")
 flags.DEFINE_integer("accuracy_sample", 30, "models re-solved in float64 to measure the reached accuracy")
 flags.DEFINE_integer("naive_sample", 6, "models solved by each per-model NumPy baseline")
 flags.DEFINE_integer("old_baseline_sample", -1, "models solved by each of the two old NumPy FISTA baselines "
@@ -153,6 +155,14 @@ def run_real(C, kw):
     res = chco.solve_batch(Ss, **kw)
     t_run, c_run = time.perf_counter() - t0, time.process_time() - c0
     print(f"mll_jax: {t_run:.2f} s (CPU time {c_run:.2f} s) for {M} models; converged {res.converged.mean() * 100:.1f}%")
+    if FLAGS.one_worker_too and kw.get("workers", 1) > 1:
+        kw1 = dict(kw, workers=1)
+        chco.solve_batch(Ss, **kw1)
+        t0, c0 = time.perf_counter(), time.process_time()
+        chco.solve_batch(Ss, **kw1)
+        t1, c1 = time.perf_counter() - t0, time.process_time() - c0
+        print(f"  (mll_jax with 1 worker thread: {t1:.2f} s, CPU time {c1:.2f} s; the {kw['workers']} threads "
+              f"are x{t1 / t_run:.2f} faster in wall time, x{c1 / c_run:.2f} in CPU time)")
     for mid in mats:
         sel = owner == mid
         print(f"  {mid} (H={mats[mid].shape[1]}): iterations mean {res.iterations[sel].mean():.1f} / max "
@@ -486,22 +496,23 @@ def main(argv):
     from mll_jax import chco
 
     dtype = jnp.float32 if FLAGS.dtype == "float32" else jnp.float64
+    workers = FLAGS.workers or chco._default_workers(chco._as_mesh(None))
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({os.cpu_count()} CPU cores); "
-          f"method={FLAGS.method} dtype={FLAGS.dtype} tol={FLAGS.tol}")
+          f"method={FLAGS.method} dtype={FLAGS.dtype} tol={FLAGS.tol}; solve_batch workers={workers}")
     peak_flops, peak_bw = measure_peaks()
     print(f"machine: matmul {peak_flops / 1e9:.1f} GFLOP/s (f32 2048^3), read bandwidth {peak_bw / 1e9:.1f} GB/s")
 
     for C in [int(c) for c in FLAGS.classes]:
         if FLAGS.real:
             run_real(C, dict(method=FLAGS.method, tol=FLAGS.tol, dtype=dtype, progress=False,
-                             chunk_size=FLAGS.chunk_size or None))
+                             chunk_size=FLAGS.chunk_size or None, workers=workers))
         if not FLAGS.synthetic:
             continue
         M, H = FLAGS.models, FLAGS.heads
         rng = np.random.default_rng(FLAGS.seed + C)
         Ss = [make_instance(rng, H, C, KINDS[i % 3]) for i in range(M)]
         kw = dict(method=FLAGS.method, tol=FLAGS.tol, dtype=dtype, progress=False,
-                  chunk_size=FLAGS.chunk_size or None)
+                  chunk_size=FLAGS.chunk_size or None, workers=workers)
         print(f"\n=== M={M} H={H} C={C} ===")
         cs = FLAGS.chunk_size or chco._chunk_size(M, chco._padded_heads(chco._bucket(H), H), C, np.dtype(dtype).itemsize, None, _default_chunk_bytes(chco))
         # The compiled call shape of the timed run is compiled here (pgd solves every model in one
@@ -517,6 +528,14 @@ def main(argv):
         print(f"mll_jax: {t_run:.2f} s for {M} models = {rate:.1f} models/s "
               f"(CPU time {c_run:.2f} s; warm-up chunk incl. compilation {t_first:.1f} s); converged {res.converged.mean() * 100:.1f}%; "
               f"iterations mean {res.iterations.mean():.1f} / max {res.iterations.max()}")
+        if FLAGS.one_worker_too and workers > 1:
+            kw1 = dict(kw, workers=1)
+            chco.solve_batch(Ss[: min(M, cs * chco._SUBCHUNKS)], **kw1)
+            t0, c0 = time.perf_counter(), time.process_time()
+            chco.solve_batch(Ss, **kw1)
+            t1, c1 = time.perf_counter() - t0, time.process_time() - c0
+            print(f"  (mll_jax with 1 worker thread: {t1:.2f} s, CPU time {c1:.2f} s; the {workers} threads "
+                  f"are x{t1 / t_run:.2f} faster in wall time, x{c1 / c_run:.2f} in CPU time)")
         flops, bytes_ = work_model(res.iterations.sum(), H, C, np.dtype(dtype).itemsize)
         print(f"  achieved {flops / t_run / 1e9:.2f} GFLOP/s = {flops / t_run / peak_flops * 100:.1f}% of matmul peak; "
               f"{bytes_ / t_run / 1e9:.2f} GB/s = {bytes_ / t_run / peak_bw * 100:.1f}% of read bandwidth (work model)")

@@ -25,6 +25,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .utils import usable_cores
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageBatchError",
@@ -151,7 +153,7 @@ def load_images(paths: Sequence[str | os.PathLike] | str | os.PathLike, size: in
         raise ImageDecodeError("no image files given")
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = threads or min(8, os.cpu_count() or 1)
+    workers = threads or min(8, usable_cores())
     if workers > 1 and len(files) > 1:
         with ThreadPoolExecutor(workers) as ex:
             arrays = list(ex.map(lambda f: load_image(f, size), files))

@@ -116,6 +116,14 @@ def file_hash(paths: Sequence[str | os.PathLike] | str | os.PathLike, *, length:
     return d if length is None else d[:length]
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS reports one, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= ``n`` (1 for ``n <= 1``)."""
     return 1 << max(0, int(n - 1).bit_length())

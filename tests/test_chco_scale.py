@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mll_jax import chco
+from mll_jax.utils import usable_cores
 
 from tests.chco_reference import make_instance  # the shared random instance families
 
@@ -249,6 +250,29 @@ def test_solve_batch_on_four_host_devices_equals_one_device():
         assert r["conv"] == one["conv"] and r["it"] == one["it"], name
         np.testing.assert_allclose(r["obj"], one["obj"], rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(r["X"], one["X"], rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("method", ["pgd", "fista"])
+def test_solve_batch_results_do_not_depend_on_worker_threads(method):
+    # Worker threads only change which calls run at the same time: every model's result is bitwise the
+    # one thread's, with chunks of 2, mixed head counts and (fista) re-packed rounds.
+    rng = np.random.default_rng(5)
+    Ss = [family(rng, ("normal", "peaked", "scaled", "heavy")[i % 4], int(h), 6) for i, h in
+          enumerate(rng.integers(20, 70, size=13))]
+    kw = dict(method=method, chunk_size=2, round_iter=7, progress=False)
+    one = chco.solve_batch(Ss, workers=1, **kw)
+    assert one.converged.all()
+    for w in (2, 5):
+        r = chco.solve_batch(Ss, workers=w, **kw)
+        np.testing.assert_array_equal(r.iterations, one.iterations)
+        np.testing.assert_array_equal(r.objective, one.objective)
+        np.testing.assert_array_equal(r.gap, one.gap)
+        for a, b in zip(r.X, one.X):
+            np.testing.assert_array_equal(a, b)
+    assert chco._default_workers(chco._as_mesh(None)) == min(chco._MAX_WORKERS, usable_cores())
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(chco.CHCOInputError, match="workers must be an integer >= 1"):
+            chco.solve_batch(Ss[:1], workers=bad, progress=False)
 
 
 def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(monkeypatch):
