@@ -516,10 +516,10 @@ def main(argv):
         print(f"\n=== M={M} H={H} C={C} ===")
         cs = FLAGS.chunk_size or chco._chunk_size(M, chco._padded_heads(chco._bucket(H), H), C, np.dtype(dtype).itemsize, None, _default_chunk_bytes(chco))
         # The compiled call shape of the timed run is compiled here (pgd solves every model in one
-        # pass of calls of cs * _SUBCHUNKS models; the last call is filled up to that shape), so the
-        # timed run measures solving, not compiling.
+        # pass of calls of cs * _SUBCHUNKS models when there are enough models for every worker; the
+        # last call is filled up to that shape), so the timed run measures solving, not compiling.
         t0 = time.perf_counter()
-        chco.solve_batch(Ss[: min(M, cs * chco._SUBCHUNKS)], **kw)
+        chco.solve_batch(Ss[: min(M, cs * chco._SUBCHUNKS * workers)], **kw)
         t_first = time.perf_counter() - t0
         t0, c0 = time.perf_counter(), time.process_time()
         res = chco.solve_batch(Ss, **kw)
