@@ -131,6 +131,22 @@ def real_label_matrices():
     return nodes, out
 
 
+def time_one_worker(Ss, warm, kw, t_run, c_run):
+    """With --one_worker_too and more than one worker: time solve_batch on ``Ss`` with one worker thread (after
+    compiling its call shape on ``warm``) and print it against the run that took ``t_run`` / ``c_run``."""
+    from mll_jax import chco
+
+    if not FLAGS.one_worker_too or kw["workers"] <= 1:
+        return
+    kw1 = dict(kw, workers=1)
+    chco.solve_batch(warm, **kw1)
+    t0, c0 = time.perf_counter(), time.process_time()
+    chco.solve_batch(Ss, **kw1)
+    t1, c1 = time.perf_counter() - t0, time.process_time() - c0
+    print(f"  (mll_jax with 1 worker thread: {t1:.2f} s, CPU time {c1:.2f} s; the {kw['workers']} threads "
+          f"are x{t1 / t_run:.2f} faster in wall time, x{c1 / c_run:.2f} in CPU time)")
+
+
 def run_real(C, kw):
     import numpy as np
 
@@ -155,14 +171,7 @@ def run_real(C, kw):
     res = chco.solve_batch(Ss, **kw)
     t_run, c_run = time.perf_counter() - t0, time.process_time() - c0
     print(f"mll_jax: {t_run:.2f} s (CPU time {c_run:.2f} s) for {M} models; converged {res.converged.mean() * 100:.1f}%")
-    if FLAGS.one_worker_too and kw.get("workers", 1) > 1:
-        kw1 = dict(kw, workers=1)
-        chco.solve_batch(Ss, **kw1)
-        t0, c0 = time.perf_counter(), time.process_time()
-        chco.solve_batch(Ss, **kw1)
-        t1, c1 = time.perf_counter() - t0, time.process_time() - c0
-        print(f"  (mll_jax with 1 worker thread: {t1:.2f} s, CPU time {c1:.2f} s; the {kw['workers']} threads "
-              f"are x{t1 / t_run:.2f} faster in wall time, x{c1 / c_run:.2f} in CPU time)")
+    time_one_worker(Ss, Ss, kw, t_run, c_run)
     for mid in mats:
         sel = owner == mid
         print(f"  {mid} (H={mats[mid].shape[1]}): iterations mean {res.iterations[sel].mean():.1f} / max "
@@ -528,14 +537,7 @@ def main(argv):
         print(f"mll_jax: {t_run:.2f} s for {M} models = {rate:.1f} models/s "
               f"(CPU time {c_run:.2f} s; warm-up chunk incl. compilation {t_first:.1f} s); converged {res.converged.mean() * 100:.1f}%; "
               f"iterations mean {res.iterations.mean():.1f} / max {res.iterations.max()}")
-        if FLAGS.one_worker_too and workers > 1:
-            kw1 = dict(kw, workers=1)
-            chco.solve_batch(Ss[: min(M, cs * chco._SUBCHUNKS)], **kw1)
-            t0, c0 = time.perf_counter(), time.process_time()
-            chco.solve_batch(Ss, **kw1)
-            t1, c1 = time.perf_counter() - t0, time.process_time() - c0
-            print(f"  (mll_jax with 1 worker thread: {t1:.2f} s, CPU time {c1:.2f} s; the {workers} threads "
-                  f"are x{t1 / t_run:.2f} faster in wall time, x{c1 / c_run:.2f} in CPU time)")
+        time_one_worker(Ss, Ss[: min(M, cs * chco._SUBCHUNKS)], kw, t_run, c_run)
         flops, bytes_ = work_model(res.iterations.sum(), H, C, np.dtype(dtype).itemsize)
         print(f"  achieved {flops / t_run / 1e9:.2f} GFLOP/s = {flops / t_run / peak_flops * 100:.1f}% of matmul peak; "
               f"{bytes_ / t_run / 1e9:.2f} GB/s = {bytes_ / t_run / peak_bw * 100:.1f}% of read bandwidth (work model)")

@@ -1250,12 +1250,9 @@ def solve_batch(
         raise CHCOInputError(f"unknown CHCO method {method!r}; choose one of {METHODS}")
     _check_tolerances(tol, atol)
     for name, v, lo in (("max_iter", max_iter, 1), ("round_iter", round_iter, 1), ("chunk_size", chunk_size, 1),
-                        ("max_chunk_bytes", max_chunk_bytes, 1)):
+                        ("max_chunk_bytes", max_chunk_bytes, 1), ("workers", workers, 1)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo):
             raise CHCOInputError(f"{name} must be an integer >= {lo}, got {v!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer))
-                                or workers < 1):
-        raise CHCOInputError(f"workers must be an integer >= 1, got {workers!r}")
     arrays, model_ids, C = _validate(S_list, model_ids)
     dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)
     if dtype == jnp.float64 and not jax.config.jax_enable_x64:
