@@ -40,10 +40,14 @@ def reference_instances():
     return inst, refs
 
 
-@pytest.mark.parametrize("method", ["pgd", "fista", "head"])
-def test_matches_cvxpy_on_54_random_instances(reference_instances, method):
+# The default method on all 54 instances; fista and the paper's head-by-head scheme (slower per model in
+# float64 at tol 1e-7: 2.4 and 2.5 min for the 54 in CI) on 18 of them, one seed of every shape and kind.
+@pytest.mark.parametrize("method,every", [("pgd", 1), ("fista", 3), ("head", 3)])
+def test_matches_cvxpy_on_54_random_instances(reference_instances, method, every):
     inst, refs = reference_instances
     assert len(inst) >= 50
+    inst, refs = inst[::every], refs[::every]
+    assert {S.shape[1] for _, S in inst} == {C for _, C in SHAPES} and len(inst) == 54 // every
     # One batched call per class count (a batch shares C; head counts vary and are padded).
     out = {}
     for C in sorted({S.shape[1] for _, S in inst}):
