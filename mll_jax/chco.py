@@ -382,7 +382,7 @@ def _mm_dw(A, B, B_lo=None, *, na=1, nb=1):
 _GAP_CAND_MAX_C = 16  # up to this C, _gap_accurate evaluates only 3 candidate entries of G per head
 
 
-def _gap_accurate(P, X, head_mask=None, Gt=None):
+def _gap_accurate(P, X, head_mask=None, Gt=None, return_q=False):
     """The Frank-Wolfe duality gap at ``X`` for the softmax matrix ``P`` (exactly as given), evaluated in
     double-word arithmetic (see the section comment).
 
@@ -459,7 +459,8 @@ def _gap_accurate(P, X, head_mask=None, Gt=None):
     if head_mask is not None:
         m = jnp.where(head_mask, m[0], 0), jnp.where(head_mask, m[1], 0)
     total = _dw_add(WQ, _dw_neg(_dw_sum(m)))
-    return total[0] + total[1]
+    gap = total[0] + total[1]
+    return (gap, Q[0] + Q[1]) if return_q else gap
 
 
 # ----------------------------------------------------------------------------------------------
@@ -631,22 +632,26 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
         X, k, gap = _head_by_head(P_fixed, X, head_mask, tol_l, atol_l, 200 if max_iter is None else max_iter,
                                   precondition)
     X = jax.lax.stop_gradient(X)
-    # Losses at the final X with the accurate logarithms of _log_pair, differentiable in S. pgd carries
-    # Q = P^T X and R = P^T (1 - X) of its final X (computed directly, never updated incrementally), so
-    # its losses are taken from them; the derivative in S is that of the recomputation (_loss_at).
-    if QRG is None:
-        loss = _loss_qr(*_qr(head_softmax(S, head_mask), X))
-    else:
-        loss = _loss_at(S, jnp.ones((H,), bool) if head_mask is None else head_mask, X, *QRG[:2])
-    f = jnp.sum(loss)
-    fd = jax.lax.stop_gradient(f)
     # float32: the reported gap (and the certificate) is re-evaluated at the final X in double-word
     # arithmetic (_gap_accurate); the iterations' float32 gap only decides when they stop. float64
     # keeps the iterations' gap at the final X (already ~1e-13 accurate), which also spares the
     # double-word code's compile time (~1 s per shape) in float64 use.
+    Q = None
     if S.dtype == jnp.float32:
         # pgd's gradient at X (class-major) picks the candidate classes of m_h, sparing a product.
-        gap = _gap_accurate(P_fixed, X, head_mask, None if QRG is None else QRG[2])
+        gap, Q = _gap_accurate(P_fixed, X, head_mask, None if QRG is None else QRG[2], return_q=True)
+    # Losses at the final X with the accurate logarithms of _log_pair, differentiable in S. pgd carries
+    # R = P^T (1 - X) of its final X (computed directly, never updated incrementally) and Q's diagonal,
+    # its off-diagonal entries only as 1 - R (see _pgd); Q = P^T X comes from the accurate gap's
+    # double-word product (float32) or one product (float64). The derivative in S is that of the
+    # recomputation (_loss_at).
+    if QRG is None:
+        loss = _loss_qr(*_qr(head_softmax(S, head_mask), X))
+    else:
+        Q = P_fixed.T @ X if Q is None else Q
+        loss = _loss_at(S, jnp.ones((H,), bool) if head_mask is None else head_mask, X, Q, QRG[1])
+    f = jnp.sum(loss)
+    fd = jax.lax.stop_gradient(f)
     converged = (gap <= tol * jnp.abs(fd) + atol) & jnp.isfinite(fd) & jnp.isfinite(gap)
     return CHCOResult(X, loss, f, k, converged, gap)
 
@@ -804,7 +809,11 @@ def _project_cm(Yt, Wt, lam0=None):
 
     With ``lam0`` ((1, H) multipliers of a nearby projection, or zeros) returns ``(X, lam)``: above
     ``_PAIRWISE_MAX_C`` the Newton iteration is warm-started from ``lam0`` (exact from any start, see
-    :func:`mll_jax.projection.projection_capped_simplex`); the pairwise projection ignores it."""
+    :func:`mll_jax.projection.projection_capped_simplex`); the pairwise projection ignores it.
+
+    (Tried: a Newton loop over ``Xt``, ``Gt`` and the step that never forms ``Yt = Xt - step * Gt``;
+    XLA hoisted the loop-invariant slabs out of the loop as C separate small kernels, and as many
+    again for the result: worse.)"""
     if Yt.shape[0] <= _PAIRWISE_MAX_C:
         X = projection_capped_simplex_pairwise(Yt, Wt, axis=0)
         return X if lam0 is None else (X, lam0)
@@ -820,6 +829,11 @@ def _csum(f, C):
     if C <= _UNROLL_MAX_C:
         return jnp.sum(functools.reduce(jnp.add, [f(i) for i in range(C)]))
     return jnp.sum(jnp.stack([f(i) for i in range(C)]))
+
+
+def _csum_rows(A, B):
+    """``sum_h A[c, h] * B[c, h]`` for class-major (C, H) arrays: the diagonal of ``B A^T`` as (C,)."""
+    return jnp.sum(A * B, axis=1)
 
 
 def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None):
@@ -841,9 +855,9 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
     contiguous vector operation over heads; for C <= 16 the projection is the loop-free pairwise one
     (measured on CPU, H = 1000, C = 10: 0.033 ms per model against 0.225 for the Newton loop), above
     it Newton's method warm-started from the previous iteration's multipliers (exact from any start;
-    2.4 loop steps instead of 7.1 at C = 50). One (3C, H) x (H, C) product per iteration gives the
-    trial's ``dQ`` and the trial point's ``Q`` and ``R`` (taken on acceptance), then ``G`` and ``D``:
-    three products per iteration.
+    2.4 loop steps instead of 7.1 at C = 50). One (2C, H) x (H, C) product per iteration gives the
+    trial's ``dQ`` and the trial point's ``R`` (taken on acceptance; of ``Q`` only the diagonal is
+    needed, an elementwise row sum), then ``G`` and ``D``: three products per iteration.
     """
     dtype = P.dtype
     one = jnp.asarray(1.0, dtype)
@@ -851,6 +865,7 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
     Pt = P.T  # (C, H)
     P2t = Pt * Pt if precondition else None
     hm = None if head_mask is None else head_mask[None, :]
+    eye = jnp.eye(P.shape[1], dtype=bool)
 
     def qr(Xt):
         # (Xt @ P).T rather than Pt @ Xt.T: a plain (C, H) x (H, C) product on the stored layouts; the
@@ -918,16 +933,23 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         if hm is not None:
             Xn = jnp.where(hm, Xn, 0)
         Dx = Xn - Xt
-        # One product for the trial's dQ and the trial point's Q and R (taken below if the step is
-        # accepted): a (3C, H) x (H, C) product runs faster than three (C, H) x (H, C) ones on CPU.
-        QRd = jnp.concatenate([Dx, Xn, 1 - Xn], 0) @ P  # (3C, C): [dQ; Qn; Rn] transposed
-        dQ, Qn, Rn = QRd[:C].T, QRd[C:2 * C].T, QRd[2 * C:].T
+        # One product for the trial's dQ and the trial point's R (taken below if the step is accepted):
+        # a (2C, H) x (H, C) product runs faster than two (C, H) x (H, C) ones on CPU. Of Q = P^T Xn the
+        # iterations use only the diagonal (an elementwise row sum); its off-diagonal entries, which
+        # only the off-diagonal log terms of the carried loss read (as log1p(-Q) where R > 1/2), are
+        # taken as 1 - R there (absolute error ~eps per term). The reported losses take the final X's
+        # Q from a product (see _solve_impl), so they keep log1p(-Q) accuracy.
+        QRd = jnp.concatenate([Dx, 1 - Xn], 0) @ P  # (2C, C): [dQ; Rn] transposed
+        dQ, Rn = QRd[:C].T, QRd[C:].T
+        Qn = jnp.where(eye, _csum_rows(Xn, Pt)[None, :], 1 - Rn)
         dl = jnp.sum(_delta_loss(s["Q"], s["R"], dQ))
+        # Sufficient decrease: dl <= <G, dX> + |dX|^2_metric / (2 a), both sums in one pass.
+        h = 0.5 / a
         if scale is None:
-            quad = _csum(lambda i: Dx[i] * Dx[i], C)
+            model = _csum(lambda i: Dx[i] * (Gt[i] + h * Dx[i]), C)
         else:
-            quad = _csum(lambda i: Dx[i] * Dx[i] / scale[i], C)
-        ok = dl <= _csum(lambda i: Gt[i] * Dx[i], C) + 0.5 / a * quad
+            model = _csum(lambda i: Dx[i] * (Gt[i] + h * Dx[i] / scale[i]), C)
+        ok = dl <= model
         f = jnp.sum(s["loss"])
         # A round-off-level decrease only counts as stagnation at the full step (a = 1): after a
         # warm restart the ray rule may start from a tiny a, whose first steps are tiny by design
@@ -966,6 +988,7 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
             return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < restart_every), body, restart(s))
 
         s = jax.lax.while_loop(cond, round_body, _vary_like(state, P))
+    # (Q's off-diagonal entries are only 1 - R here, see body: the caller takes Q from a product.)
     return s["X"].T, s["k"], s["gap"], (s["Q"], s["R"], s["G"])
 
 
