@@ -110,7 +110,7 @@ def _multiplier(sums, zero, lam0, max_iter):
         return lam
     # The first step (from a warm start: unguarded, it may go down) and every later one run in the
     # loop, one fusion per step: started outside, XLA fused the first step's sums into each of its
-    # consumers and computed them three times (measured at C = 50, H = 1000). From the second step
+    # consumers and computed them three times (optimised HLO, C = 50, H = 1000). From the second step
     # on the steps are monotone: lam only grows, and it changes only when the active set shrinks
     # (an unchanged active set reproduces the same lam bit for bit), so the loop ends after at most
     # n changes, at the root of the piece of phi it sits on (NaN compares False: it stops).
