@@ -621,9 +621,9 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
     # The iterations see S through stop_gradient: X* is a fixed point for differentiation (see solve).
     P_fixed = head_softmax(jax.lax.stop_gradient(S), head_mask)
     X = _initial_point(H, C, S.dtype, head_mask, None if X0 is None else jax.lax.stop_gradient(X0))
-    QRG = None
+    RG = None
     if method == "pgd":
-        X, k, gap, QRG = _pgd(P_fixed, X, head_mask, tol_l, atol_l, 2000 if max_iter is None else max_iter,
+        X, k, gap, RG = _pgd(P_fixed, X, head_mask, tol_l, atol_l, 2000 if max_iter is None else max_iter,
                              precondition, restart_every)
     elif method == "fista":
         X, k, gap = _fista(P_fixed, X, head_mask, tol_l, atol_l, 500 if max_iter is None else max_iter,
@@ -639,17 +639,17 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
     Q = None
     if S.dtype == jnp.float32:
         # pgd's gradient at X (class-major) picks the candidate classes of m_h, sparing a product.
-        gap, Q = _gap_accurate(P_fixed, X, head_mask, None if QRG is None else QRG[2], return_q=True)
+        gap, Q = _gap_accurate(P_fixed, X, head_mask, None if RG is None else RG[1], return_q=True)
     # Losses at the final X with the accurate logarithms of _log_pair, differentiable in S. pgd carries
     # R = P^T (1 - X) of its final X (computed directly, never updated incrementally) and Q's diagonal,
     # its off-diagonal entries only as 1 - R (see _pgd); Q = P^T X comes from the accurate gap's
     # double-word product (float32) or one product (float64). The derivative in S is that of the
     # recomputation (_loss_at).
-    if QRG is None:
+    if RG is None:
         loss = _loss_qr(*_qr(head_softmax(S, head_mask), X))
     else:
         Q = P_fixed.T @ X if Q is None else Q
-        loss = _loss_at(S, jnp.ones((H,), bool) if head_mask is None else head_mask, X, Q, QRG[1])
+        loss = _loss_at(S, jnp.ones((H,), bool) if head_mask is None else head_mask, X, Q, RG[0])
     f = jnp.sum(loss)
     fd = jax.lax.stop_gradient(f)
     converged = (gap <= tol * jnp.abs(fd) + atol) & jnp.isfinite(fd) & jnp.isfinite(gap)
@@ -831,11 +831,6 @@ def _csum(f, C):
     return jnp.sum(jnp.stack([f(i) for i in range(C)]))
 
 
-def _csum_rows(A, B):
-    """``sum_h A[c, h] * B[c, h]`` for class-major (C, H) arrays: the diagonal of ``B A^T`` as (C,)."""
-    return jnp.sum(A * B, axis=1)
-
-
 def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None):
     """Projected gradient in the diagonal-Hessian metric, one trial step per iteration (no inner loops).
 
@@ -941,7 +936,7 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         # Q from a product (see _solve_impl), so they keep log1p(-Q) accuracy.
         QRd = jnp.concatenate([Dx, 1 - Xn], 0) @ P  # (2C, C): [dQ; Rn] transposed
         dQ, Rn = QRd[:C].T, QRd[C:].T
-        Qn = jnp.where(eye, _csum_rows(Xn, Pt)[None, :], 1 - Rn)
+        Qn = jnp.where(eye, jnp.sum(Xn * Pt, axis=1)[None, :], 1 - Rn)  # diagonal: sum_h Xn[c, h] P[h, c]
         dl = jnp.sum(_delta_loss(s["Q"], s["R"], dQ))
         # Sufficient decrease: dl <= <G, dX> + |dX|^2_metric / (2 a), both sums in one pass.
         h = 0.5 / a
@@ -988,8 +983,8 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
             return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < restart_every), body, restart(s))
 
         s = jax.lax.while_loop(cond, round_body, _vary_like(state, P))
-    # (Q's off-diagonal entries are only 1 - R here, see body: the caller takes Q from a product.)
-    return s["X"].T, s["k"], s["gap"], (s["Q"], s["R"], s["G"])
+    # R and the class-major G at the final X (the carried Q is only right on its diagonal, see body).
+    return s["X"].T, s["k"], s["gap"], (s["R"], s["G"])
 
 
 def _head_by_head(P, X0, head_mask, tol, atol, max_sweeps, precondition):

@@ -68,29 +68,13 @@ def projection_capped_simplex(y, weights=None, mask=None, max_iter: int | None =
 
     def sums(lam):
         if slabs:
-            return _slab_sums([(y[i], w[i]) for i in range(n)], lam)
+            ys, ws = [y[i] for i in range(n)], [w[i] for i in range(n)]
+            num = functools.reduce(jnp.add, [jnp.where(a - lam[0] * b > 0, a, 0) for a, b in zip(ys, ws)])[None]
+            den = functools.reduce(jnp.add, [jnp.where(a - lam[0] * b > 0, b, 0) for a, b in zip(ys, ws)])[None]
+            return num, den
         active = y - lam * w > 0
         return (jnp.sum(jnp.where(active, y, 0), axis=axis, keepdims=True),
                 jnp.sum(jnp.where(active, w, 0), axis=axis, keepdims=True))
-
-    lam = _multiplier(sums, zero, lam0, max_iter)
-    # The clip at 1 only removes round-off (an exact solution never exceeds 1).
-    x = jnp.clip(y - lam * w, 0, 1)
-    x = jnp.where(jnp.isfinite(x), x, 0)
-    return (x, lam) if return_multiplier else x
-
-
-def _slab_sums(pairs, lam):
-    """``(sum_i [y_i > lam w_i] y_i, sum_i [y_i > lam w_i] w_i)`` over the (N,) slabs ``(y_i, w_i)``, as
-    (1, N) arrays: unrolled, so a Newton step is one elementwise fusion producing both sums."""
-    num = functools.reduce(jnp.add, [jnp.where(a - lam[0] * b > 0, a, 0) for a, b in pairs])[None]
-    den = functools.reduce(jnp.add, [jnp.where(a - lam[0] * b > 0, b, 0) for a, b in pairs])[None]
-    return num, den
-
-
-def _multiplier(sums, zero, lam0, max_iter):
-    """Newton's method on ``phi(lam) = sum_i max(0, y_i - lam w_i) - 1`` given ``sums(lam)`` (the masked
-    sums of y and w over the active set), from ``lam0`` (or 0): the multiplier of the projection."""
 
     def newton(lam, guard=True):
         num, den = sums(lam)
@@ -101,27 +85,30 @@ def _multiplier(sums, zero, lam0, max_iter):
         # may go down (unguarded), and lands at or below the root.
         return jnp.maximum(lam, new) if guard else new
 
-    start = zero if lam0 is None else jnp.broadcast_to(jnp.asarray(lam0, zero.dtype), zero.shape)
+    start = zero if lam0 is None else jnp.broadcast_to(jnp.asarray(lam0, y.dtype), zero.shape)
     start = jnp.where(jnp.isfinite(start), start, 0)
     if max_iter is not None:
         lam = newton(start, guard=False)
         for _ in range(max_iter):
             lam = newton(lam)
-        return lam
-    # The first step (from a warm start: unguarded, it may go down) and every later one run in the
-    # loop, one fusion per step: started outside, XLA fused the first step's sums into each of its
-    # consumers and computed them three times (optimised HLO, C = 50, H = 1000). From the second step
-    # on the steps are monotone: lam only grows, and it changes only when the active set shrinks
-    # (an unchanged active set reproduces the same lam bit for bit), so the loop ends after at most
-    # n changes, at the root of the piece of phi it sits on (NaN compares False: it stops).
-    def body(state):
-        lam, _, i = state
-        new = newton(lam, guard=False)
-        return jnp.where(i > 0, jnp.maximum(lam, new), new), lam, i + 1
+    else:
+        # The first step (from a warm start: unguarded, it may go down) and every later one run in the
+        # loop, one fusion per step: started outside, XLA fused the first step's sums into each of its
+        # consumers and computed them three times (optimised HLO, C = 50, H = 1000). From the second
+        # step on the steps are monotone: lam only grows, and it changes only when the active set
+        # shrinks (an unchanged active set reproduces the same lam bit for bit), so the loop ends after
+        # at most n changes, at the root of the piece of phi it sits on (NaN compares False: it stops).
+        def body(state):
+            lam, _, i = state
+            new = newton(lam, guard=False)
+            return jnp.where(i > 0, jnp.maximum(lam, new), new), lam, i + 1
 
-    lam, _, _ = jax.lax.while_loop(lambda st: (st[2] < 2) | jnp.any(st[0] > st[1]), body,
-                                   (start, start, jnp.zeros((), jnp.int32)))
-    return lam
+        lam, _, _ = jax.lax.while_loop(lambda st: (st[2] < 2) | jnp.any(st[0] > st[1]), body,
+                                       (start, start, jnp.zeros((), jnp.int32)))
+    # The clip at 1 only removes round-off (an exact solution never exceeds 1).
+    x = jnp.clip(y - lam * w, 0, 1)
+    x = jnp.where(jnp.isfinite(x), x, 0)
+    return (x, lam) if return_multiplier else x
 
 
 def projection_capped_simplex_sort(y, mask=None):
