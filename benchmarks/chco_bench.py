@@ -273,9 +273,10 @@ def _np_log_acc(A, B):
 
 
 def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
-    """Per-model NumPy loop of the SAME algorithm as mll_jax's default ``pgd``: diagonal-Hessian metric,
-    one trial step per iteration (accepted on sufficient decrease computed with log1p from
-    dQ = P^T dX; otherwise X is kept and a halves), a <- min(2a, 1) on acceptance after an acceptance, the duality-gap
+    """Per-model NumPy loop of the SAME algorithm as mll_jax's default ``pgd``: a bound of the Hessian's
+    diagonal as the metric (chco._metric_diag), one trial step per iteration (accepted on sufficient
+    decrease computed with log1p from dQ = P^T dX; then Q += dQ, R -= dQ, both recomputed from X at
+    every restart after the first; otherwise X is kept and a halves), a <- min(2a, 1) on acceptance after an acceptance, the duality-gap
     stop (gap <= tol |f| + atol, atol 1e-7 in float32 and 0 in float64), 30 consecutive rejections
     or chco._PGD_FLAT_STOP (100) round-off-level full steps (a = 1) stop, and the step length re-initialised by the quadratic-model ray
     every ``round_iter`` iterations (solve_batch's warm restart, done inside its compiled loop; the stop
@@ -296,15 +297,25 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
     off = ~np.eye(C, dtype=bool)
     eye = ~off
 
-    def evaluate(X):
-        Q = P.T @ X
-        R = P.T @ (1 - X)
+    rs2 = P2.sum(1, keepdims=True)  # (H, 1)
+
+    def weights(Q, R):
         qd = np.maximum(np.diag(Q), tiny)[None, :]
         Rc = np.maximum(R, tiny)
         W = np.where(eye, -1 / qd, 1 / ((C - 1) * Rc))
         W2 = np.where(eye, 1 / (qd * qd), 1 / ((C - 1) * Rc * Rc))
-        loss = -_np_log_acc(np.diag(Q), np.diag(R)) - np.where(off, _np_log_acc(R, Q), 0).sum(0) / (C - 1)
-        return Q, R, loss.sum(), P @ W, P2 @ W2, W2
+        return W, W2
+
+    def loss_of(Q, R):
+        return (-_np_log_acc(np.diag(Q), np.diag(R)) - np.where(off, _np_log_acc(R, Q), 0).sum(0) / (C - 1)).sum()
+
+    def evaluate(Q, R):
+        # G = P W and the metric: the bound of the Hessian's diagonal of chco._metric_diag,
+        # P^2 diag(W2) + max_{c' != c} W2[c', c] (row sum of P^2 - P^2), floored at its first term.
+        W, W2 = weights(Q, R)
+        first = P2 * np.diag(W2)[None, :]
+        D = np.maximum(first + np.where(off, W2, 0).max(0)[None, :] * (rs2 - P2), first)
+        return loss_of(Q, R), P @ W, D
 
     def gap_of(G, X):
         m = np.minimum(G.min(1), 0)
@@ -318,12 +329,17 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
             return np.where(v > -1, -np.log1p(np.maximum(v, -1 + np.finfo(dt).epsneg)), np.inf)
 
     X = np.full((H, C), 1.0 / C, dt)
-    Q, R, f, G, D, W2 = evaluate(X)
+    Q, R = P.T @ X, P.T @ (1 - X)
+    f, G, D = evaluate(Q, R)
     gap = gap_of(G, X)
     flat = rej = 0
     k = 0
     while k < max_iter and not gap <= tol * abs(f) + atol:
         if k % round_iter == 0:  # (re)start: the quadratic model's minimiser along the scaled ray
+            if k > 0:  # Q and R, updated by dQ in between, recomputed from X
+                Q, R = P.T @ X, P.T @ (1 - X)
+                f = loss_of(Q, R)
+            W2 = weights(Q, R)[1]
             d = -metric(D) * G
             curv = (W2 * np.square(P.T @ d)).sum()
             ray = -(G * d).sum() / max(curv, tiny)
@@ -342,7 +358,8 @@ def np_pgd(S, tol, max_iter, round_iter=12, dtype="float32", atol=None):
         k += 1
         if ok:
             X = Xn
-            Q, R, f, G, D, W2 = evaluate(X)
+            Q, R = Q + dQ, R - dQ
+            f, G, D = evaluate(Q, R)
             gap = gap_of(G, X)
             a = min(2 * a, 1.0) if grow else a
         else:
@@ -481,11 +498,10 @@ def _timed(fn):
 
 
 def work_model(iterations, H, C, itemsize):
-    """Analytic work of preconditioned FISTA per iteration and model (lower bound, one trial step):
-    two full evaluations (``P^T [X, 1-X]``: 4HC^2, ``P W``: 2HC^2, ``P^2 W2``: 2HC^2 flops each) plus one
-    trial step (``P^T dX``: 2HC^2) = 18 H C^2 flops; memory: about 20 passes over (H, C) arrays
-    (P, X, Y, G, D read/written by the evaluations, the projection's 3-5 passes, the trial)."""
-    flops = 18.0 * H * C * C * iterations
+    """Analytic work of mll_jax's pgd per iteration and model (its matrix products only, a lower bound):
+    the trial's ``dX^T P`` and ``G = P W``, 2 H C^2 flops each; memory: about 20 passes over (H, C)
+    arrays (P, X, G, the metric, the projection's 3-5 passes, the trial, the gap)."""
+    flops = 4.0 * H * C * C * iterations
     bytes_ = 20.0 * H * C * itemsize * iterations
     return flops, bytes_
 

@@ -436,31 +436,27 @@ def _gap_accurate(P, X, head_mask=None, Gt=None, return_q=False):
         # each step's operands into the next: compile memory grew past 24 GB at C = 30).
         g = _dw_sum((hi, lo + Pc * Wc[1]), axis=0)  # (k, H)
         g = tuple(jnp.moveaxis(x, 0, 1) for x in g)  # (H, k)
+        m = g[0][:, 0], g[1][:, 0]
+        for c in range(1, k):
+            gc = g[0][:, c], g[1][:, c]
+            smaller = _dw_add(gc, _dw_neg(m))[0] < 0
+            m = jnp.where(smaller, gc[0], m[0]), jnp.where(smaller, gc[1], m[1])
     else:
         # Larger C: all of G in double words from a second split product (the scalar variadic
-        # reduction above costs more than two (H, C) x (C, C) products there: measured at C = 50).
+        # reduction above costs more than two (H, C) x (C, C) products there: measured at C = 50). The
+        # smallest double word of a row: the smallest high part mh, then the smallest (hi - mh) + lo
+        # (hi - mh is exact wherever it is small, Sterbenz; elsewhere it is far above any tie), two plain
+        # row reductions (three argmin passes over G to pick candidates cost ~0.26 ms per model at C = 50).
         G = _mm_dw(P, W[0], W[1], na=1, nb=1)
-        Gs = G[0]
-        cand = []
-        for _ in range(min(3, C)):
-            c = jnp.argmin(Gs, axis=1)
-            cand.append(c)
-            Gs = jnp.where(jnp.arange(C)[None, :] == c[:, None], jnp.inf, Gs)
-        cand = jnp.stack(cand, 1)  # (H, k)
-        k = cand.shape[1]
-        g = jnp.take_along_axis(G[0], cand, axis=1), jnp.take_along_axis(G[1], cand, axis=1)  # (H, k)
-    m = g[0][:, 0], g[1][:, 0]
-    for c in range(1, k):
-        gc = g[0][:, c], g[1][:, c]
-        smaller = _dw_add(gc, _dw_neg(m))[0] < 0
-        m = jnp.where(smaller, gc[0], m[0]), jnp.where(smaller, gc[1], m[1])
+        mh = jnp.min(G[0], axis=1)
+        m = _fast_two_sum(mh, jnp.min((G[0] - mh[:, None]) + G[1], axis=1))
     neg = m[0] < 0
     m = jnp.where(neg, m[0], 0), jnp.where(neg, m[1], 0)
     if head_mask is not None:
         m = jnp.where(head_mask, m[0], 0), jnp.where(head_mask, m[1], 0)
     total = _dw_add(WQ, _dw_neg(_dw_sum(m)))
     gap = total[0] + total[1]
-    return (gap, Q[0] + Q[1]) if return_q else gap
+    return (gap, Q[0] + Q[1], R[0] + R[1]) if return_q else gap
 
 
 # ----------------------------------------------------------------------------------------------
@@ -621,10 +617,10 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
     # The iterations see S through stop_gradient: X* is a fixed point for differentiation (see solve).
     P_fixed = head_softmax(jax.lax.stop_gradient(S), head_mask)
     X = _initial_point(H, C, S.dtype, head_mask, None if X0 is None else jax.lax.stop_gradient(X0))
-    RG = None
+    Gt = None
     if method == "pgd":
-        X, k, gap, RG = _pgd(P_fixed, X, head_mask, tol_l, atol_l, 2000 if max_iter is None else max_iter,
-                             precondition, restart_every)
+        X, k, gap, Gt = _pgd(P_fixed, X, head_mask, tol_l, atol_l, 2000 if max_iter is None else max_iter,
+                             precondition, restart_every, uniform_start=X0 is None)
     elif method == "fista":
         X, k, gap = _fista(P_fixed, X, head_mask, tol_l, atol_l, 500 if max_iter is None else max_iter,
                            precondition, accelerate=True)
@@ -639,17 +635,17 @@ def _solve_impl(S, head_mask=None, *, method, tol, atol, max_iter, precondition,
     Q = None
     if S.dtype == jnp.float32:
         # pgd's gradient at X (class-major) picks the candidate classes of m_h, sparing a product.
-        gap, Q = _gap_accurate(P_fixed, X, head_mask, None if RG is None else RG[1], return_q=True)
-    # Losses at the final X with the accurate logarithms of _log_pair, differentiable in S. pgd carries
-    # R = P^T (1 - X) of its final X (computed directly, never updated incrementally) and Q's diagonal,
-    # its off-diagonal entries only as 1 - R (see _pgd); Q = P^T X comes from the accurate gap's
-    # double-word product (float32) or one product (float64). The derivative in S is that of the
-    # recomputation (_loss_at).
-    if RG is None:
+        gap, Q, R = _gap_accurate(P_fixed, X, head_mask, Gt, return_q=True)
+    # Losses at the final X with the accurate logarithms of _log_pair, differentiable in S. For pgd,
+    # Q = P^T X and R = P^T (1 - X) of the final X come from the accurate gap's double-word product
+    # (float32; R = s - Q in double words, s = P^T 1) or two products (float64), never from the loop's
+    # incrementally updated ones. The derivative in S is that of the recomputation (_loss_at).
+    if method != "pgd":
         loss = _loss_qr(*_qr(head_softmax(S, head_mask), X))
     else:
-        Q = P_fixed.T @ X if Q is None else Q
-        loss = _loss_at(S, jnp.ones((H,), bool) if head_mask is None else head_mask, X, Q, RG[0])
+        if Q is None:
+            Q, R = _qr(P_fixed, X)
+        loss = _loss_at(S, jnp.ones((H,), bool) if head_mask is None else head_mask, X, Q, R)
     f = jnp.sum(loss)
     fd = jax.lax.stop_gradient(f)
     converged = (gap <= tol * jnp.abs(fd) + atol) & jnp.isfinite(fd) & jnp.isfinite(gap)
@@ -681,6 +677,25 @@ def _metric(D, precondition, dtype):
         return None
     dmax = jnp.max(D)
     return 1 / jnp.maximum(D, jnp.maximum(dmax, 1) * jnp.asarray(1e-12, dtype))
+
+
+def _metric_diag(W2, P2t, rs2):
+    """The diagonal metric of pgd, class-major (C, H): an upper bound of the Hessian's diagonal.
+
+    The diagonal itself is ``d[h, c] = sum_c' P[h, c']^2 W2[c', c]`` (one more (C, C) x (C, H) product
+    per iteration). With ``w_c = max_{c' != c} W2[c', c]`` the bound
+    ``P[h, c]^2 W2[c, c] + w_c (sum_c' P[h, c']^2 - P[h, c]^2) >= d[h, c]`` costs one elementwise pass
+    from the heads' row sums ``rs2`` ((1, H)) of ``P^2`` and the ``P^2`` given class-major (``P2t``).
+    (Measured, pgd, 60 models each: iterations mean synthetic C = 50 17.4 -> 17.3, C = 10 13.1 -> 12.9,
+    real C = 50 59.6 -> 59.0, C = 10 25.0 -> 25.7, all certified with both; the column mean instead of
+    the max, not a bound, took up to 41 instead of 25 iterations.) The bound is floored at its first
+    term, which it never falls below in exact arithmetic, against cancellation when ``w_c`` is large.
+    """
+    C = W2.shape[0]
+    dg = jnp.diagonal(W2)[:, None]
+    wb = jnp.max(jnp.where(jnp.eye(C, dtype=bool), 0, W2), axis=0)[:, None] if C > 1 else jnp.zeros_like(dg)
+    first = P2t * dg
+    return jnp.maximum(first + wb * (rs2 - P2t), first)
 
 
 def _delta_loss(Q, R, dQ):
@@ -831,7 +846,7 @@ def _csum(f, C):
     return jnp.sum(jnp.stack([f(i) for i in range(C)]))
 
 
-def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None):
+def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None, uniform_start=False):
     """Projected gradient in the diagonal-Hessian metric, one trial step per iteration (no inner loops).
 
     Each iteration: ``Xn = proj(X - a * scale * G)``, accepted when the decrease
@@ -850,9 +865,11 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
     contiguous vector operation over heads; for C <= 16 the projection is the loop-free pairwise one
     (measured on CPU, H = 1000, C = 10: 0.033 ms per model against 0.225 for the Newton loop), above
     it Newton's method warm-started from the previous iteration's multipliers (exact from any start;
-    2.4 loop steps instead of 7.1 at C = 50). One (2C, H) x (H, C) product per iteration gives the
-    trial's ``dQ`` and the trial point's ``R`` (taken on acceptance; of ``Q`` only the diagonal is
-    needed, an elementwise row sum), then ``G`` and ``D``: three products per iteration.
+    2.4 loop steps instead of 7.1 at C = 50). Two products per iteration: the trial's ``dQ = P^T dX``
+    ((C, H) x (H, C); ``Q`` and ``R`` are updated by it, see body) and ``G = P W`` ((C, C) x (C, H)); the
+    metric is a bound of the Hessian's diagonal that costs no product (:func:`_metric_diag`). With
+    ``uniform_start`` (``X0 = 1/C`` on the unmasked heads) the starting ``Q`` and ``R`` come from ``P``'s
+    column sums.
     """
     dtype = P.dtype
     one = jnp.asarray(1.0, dtype)
@@ -860,7 +877,6 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
     Pt = P.T  # (C, H)
     P2t = Pt * Pt if precondition else None
     hm = None if head_mask is None else head_mask[None, :]
-    eye = jnp.eye(P.shape[1], dtype=bool)
 
     def qr(Xt):
         # (Xt @ P).T rather than Pt @ Xt.T: a plain (C, H) x (H, C) product on the stored layouts; the
@@ -868,10 +884,13 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         # C = 50 for the fused product below).
         return (Xt @ P).T, ((1 - Xt) @ P).T
 
+    # Row sums of P^2 (per head), for the diagonal metric below.
+    rs2 = jnp.sum(P2t, axis=0)[None, :] if precondition else None
+
     def evaluate_qr(Q, R):
         W, W2 = _w_qr(Q, R, precondition)
         Gt = W.T @ Pt
-        Dt = W2.T @ P2t if precondition else None
+        Dt = _metric_diag(W2, P2t, rs2) if precondition else None
         return Q, R, _loss_qr(Q, R), Gt, Dt
 
     def evaluate(Xt):
@@ -907,12 +926,26 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         a0 = jnp.clip(r, eps, one if precondition else jnp.inf)
         return jnp.where(jnp.isfinite(a0), a0, one)
 
+    # The loop carries Q and R as Qc, Rc: transposed for C <= 16, as they are above. Transposed, the
+    # loop's product is a plain (C, H) x (H, C) one, dX^T P, which XLA:CPU hands to XNNPACK; used as is,
+    # XLA folds the transpose into the product (P^T dX, contracting P's leading axis) and runs it on
+    # Eigen. Measured per op (profiler, per model-iteration): vmapped C = 10, 4 models per call, 50 us
+    # (XNNPACK) against 140 us; C = 50, one model per call, 82-104 us (Eigen) against 130-148 us.
+    ori = (lambda A: A.T) if X0.shape[1] <= _PAIRWISE_MAX_C else (lambda A: A)
     X0t = X0.T
-    Q0, R0, l0, G0, D0 = evaluate(X0t)
+    if uniform_start:
+        # X0 = 1/C on every unmasked head (P is 0 on masked ones): Q0 = P^T X0 and R0 = P^T (1 - X0) are
+        # P's column sums times 1/C and 1 - 1/C, no (C, H) x (H, C) products.
+        C0 = X0t.shape[0]
+        cs = jnp.sum(P, axis=0)[:, None]
+        Q0, R0, l0, G0, D0 = evaluate_qr(jnp.broadcast_to(cs / C0, (C0, C0)),
+                                         jnp.broadcast_to(cs * (1 - 1 / C0), (C0, C0)))
+    else:
+        Q0, R0, l0, G0, D0 = evaluate(X0t)
     f0 = jnp.sum(l0)
     gap0 = gap_of(G0, X0t)
     zero_i = jnp.zeros((), jnp.int32)
-    state = dict(X=X0t, Q=Q0, R=R0, loss=l0, G=G0, D=D0 if precondition else jnp.zeros((), dtype),
+    state = dict(X=X0t, Qc=ori(Q0), Rc=ori(R0), loss=l0, G=G0, D=D0 if precondition else jnp.zeros((), dtype),
                  a=one, k=zero_i, kr=zero_i, gap=gap0, done=gap0 <= tol * jnp.abs(f0) + atol, flat=zero_i,
                  rej=zero_i, lam=jnp.zeros((1, X0t.shape[1]), dtype))
 
@@ -928,16 +961,14 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         if hm is not None:
             Xn = jnp.where(hm, Xn, 0)
         Dx = Xn - Xt
-        # One product for the trial's dQ and the trial point's R (taken below if the step is accepted):
-        # a (2C, H) x (H, C) product runs faster than two (C, H) x (H, C) ones on CPU. Of Q = P^T Xn the
-        # iterations use only the diagonal (an elementwise row sum); its off-diagonal entries, which
-        # only the off-diagonal log terms of the carried loss read (as log1p(-Q) where R > 1/2), are
-        # taken as 1 - R there (absolute error ~eps per term). The reported losses take the final X's
-        # Q from a product (see _solve_impl), so they keep log1p(-Q) accuracy.
-        QRd = jnp.concatenate([Dx, 1 - Xn], 0) @ P  # (2C, C): [dQ; Rn] transposed
-        dQ, Rn = QRd[:C].T, QRd[C:].T
-        Qn = jnp.where(eye, jnp.sum(Xn * Pt, axis=1)[None, :], 1 - Rn)  # diagonal: sum_h Xn[c, h] P[h, c]
-        dl = jnp.sum(_delta_loss(s["Q"], s["R"], dQ))
+        # One (C, H) x (H, C) product per iteration: the trial's dQ = P^T dX. Q and R are carried and
+        # updated by dQ on acceptance (R = P^T (1 - X) falls by what Q gains), so neither is recomputed
+        # by a product in the loop; restart refreshes both from X every round (see restart), which bounds
+        # their drift (~eps per accepted step). The losses reported at the end come from Q and R of the
+        # final X (_gap_accurate's double words in float32, products in float64), not from these.
+        dQc = ori((Dx @ P).T)  # dQ = P^T dX in the carried orientation
+        Qcn, Rcn = s["Qc"] + dQc, s["Rc"] - dQc
+        dl = jnp.sum(_delta_loss(ori(s["Qc"]), ori(s["Rc"]), ori(dQc)))
         # Sufficient decrease: dl <= <G, dX> + |dX|^2_metric / (2 a), both sums in one pass.
         h = 0.5 / a
         if scale is None:
@@ -953,7 +984,8 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         flat = jnp.where(ok & tiny_step, s["flat"] + 1, 0)
         rej = jnp.where(ok, 0, s["rej"] + 1)
         Xn = jnp.where(ok, Xn, Xt)
-        Q, R, ln, Gn, Dn = evaluate_qr(jnp.where(ok, Qn, s["Q"]), jnp.where(ok, Rn, s["R"]))
+        Qc, Rc = jnp.where(ok, Qcn, s["Qc"]), jnp.where(ok, Rcn, s["Rc"])
+        _, _, ln, Gn, Dn = evaluate_qr(ori(Qc), ori(Rc))
         fn = jnp.sum(ln)
         gap = gap_of(Gn, Xn)
         # Grow the step only after two accepted steps in a row: growing right after a rejection
@@ -962,29 +994,36 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         a_up = jnp.minimum(2 * a, one) if precondition else a * 1.25
         a = jnp.where(ok, jnp.where(grow, a_up, a), a / 2)
         done = (gap <= tol * jnp.abs(fn) + atol) | (rej >= _MAX_BACKTRACK) | (flat >= _PGD_FLAT_STOP)
-        return dict(X=Xn, Q=Q, R=R, loss=ln, G=Gn, D=Dn if precondition else s["D"], a=a, k=s["k"] + 1,
+        return dict(X=Xn, Qc=Qc, Rc=Rc, loss=ln, G=Gn, D=Dn if precondition else s["D"], a=a, k=s["k"] + 1,
                     kr=s["kr"] + 1, gap=gap, done=done, flat=flat, rej=rej, lam=lam)
 
-    def restart(s):
+    def refresh(s):
+        # Q and R recomputed from X (the loop only updates them by each step's dQ).
+        Q, R = qr(s["X"])
+        return dict(s, Qc=ori(Q), Rc=ori(R), loss=_loss_qr(Q, R))
+
+    def restart(s, fresh):
         z = _vary_like(zero_i, P)
         # The stop counters (flat, rej) carry across restarts: resetting them every round_iter (12)
         # iterations meant neither the 30-rejection nor the stagnation stop could ever fire, so a model
         # that cannot move ran to max_iter (review finding). A restart breaks their streaks anyway when
         # it changes the step (flat counts only full steps; rej resets on any accepted step).
-        return dict(s, a=ray(s["X"], s["Q"], s["R"], s["G"], s["D"] if precondition else None), kr=z)
+        if not fresh:  # Q, R carried through a round: refreshed, unless no step was taken yet
+            s = jax.lax.cond(s["k"] > 0, refresh, lambda t: t, s)
+        return dict(s, a=ray(s["X"], ori(s["Qc"]), ori(s["Rc"]), s["G"], s["D"] if precondition else None), kr=z)
 
     if restart_every is None or restart_every >= max_iter:
-        s = jax.lax.while_loop(cond, body, _vary_like(restart(state), P))
+        s = jax.lax.while_loop(cond, body, _vary_like(restart(state, True), P))
     else:
         # Warm restarts inside the loop: every ``restart_every`` iterations the step length is
         # re-initialised by the ray rule (what solve_batch's rounds did by re-packing the unconverged
         # models; the stop counters carry over, see restart), so a model never leaves the compiled loop.
         def round_body(s):
-            return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < restart_every), body, restart(s))
+            return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < restart_every), body, restart(s, False))
 
         s = jax.lax.while_loop(cond, round_body, _vary_like(state, P))
-    # R and the class-major G at the final X (the carried Q is only right on its diagonal, see body).
-    return s["X"].T, s["k"], s["gap"], (s["R"], s["G"])
+    # The class-major G at the final X (for _gap_accurate's candidates).
+    return s["X"].T, s["k"], s["gap"], s["G"]
 
 
 def _head_by_head(P, X0, head_mask, tol, atol, max_sweeps, precondition):

@@ -281,7 +281,8 @@ def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(mon
     # loop's threshold scaled by 1/4. Forced here: 0.7 thr is added to the accurate gap (thr = 1e-5 |f|),
     # so a model whose loop stopped with a gap above 0.3 thr fails the first check, and must pass after
     # the retry (its loop gap then <= thr / 4, so the patched gap <= 0.95 thr).
-    rng = np.random.default_rng(77)
+    # (Seed 80: the loop's final gaps are 0.003-0.24 thr on five models and 0.84 thr on one.)
+    rng = np.random.default_rng(80)
     Ss = [family(rng, kind, 24, 5) for kind in ("normal", "peaked", "scaled", "heavy", "twins", "duplicated")]
     ref = chco.solve_batch(Ss, progress=False, atol=0.0)
     assert ref.converged.all()
@@ -290,7 +291,7 @@ def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(mon
     def patched(P, X, *a, return_q=False, **k):
         out = real(P, X, *a, return_q=return_q, **k)
         extra = 0.7e-5 * jnp.abs(jnp.sum(chco._loss_qr(*chco._qr(P, X))))
-        return (out[0] + extra, out[1]) if return_q else out + extra
+        return (out[0] + extra,) + tuple(out[1:]) if return_q else out + extra
 
     monkeypatch.setattr(chco, "_gap_accurate", patched)
     chco._solve_chunk.clear_cache()
