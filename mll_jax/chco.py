@@ -14,7 +14,9 @@ The problem is convex; the optimal ``X`` is generally not unique, so compare obj
 Numerics:
 
 * ``1 - Q`` is computed as ``P^T (1 - X)`` (the columns of ``P`` sum to one), a sum of nonnegative
-  terms like ``Q`` itself, so both keep their relative precision. Reported losses take ``log Q`` as
+  terms like ``Q`` itself, so both keep their relative precision (inside pgd's loop both are updated
+  by each step's ``P^T dX`` and recomputed from ``X`` periodically; the reported values are always
+  recomputed at the returned X). Reported losses take ``log Q`` as
   ``log1p(-(1 - Q))`` where ``Q > 1/2`` (and ``log(1 - Q)`` as ``log1p(-Q)`` where ``1 - Q > 1/2``),
   so losses near zero (near-perfect experts) are accurate in float32 (tested: within 1e-5 relative or
   1e-6 absolute of a float64 evaluation of the returned X); every log argument is clamped at
@@ -32,8 +34,9 @@ Numerics:
 
 Algorithms (``method=``):
 
-* ``"pgd"`` (default): projected gradient in a diagonal metric -- the diagonal of the Hessian,
-  ``D[h, c] = sum_c' P[h, c']^2 d^2L_c/dQ[c', c]^2`` -- with the projection taken in the same metric.
+* ``"pgd"`` (default): projected gradient in a diagonal metric -- an upper bound of the Hessian's
+  diagonal ``sum_c' P[h, c']^2 d^2L_c/dQ[c', c]^2`` that needs no matrix product (:func:`_metric_diag`)
+  -- with the projection taken in the same metric.
   One trial step per iteration, no inner loops: a rejected step keeps ``X`` and halves the step
   length for the next iteration (see :func:`_pgd`). The iterations run on class-major (C, H) arrays
   with an exact loop-free projection for C <= 16
@@ -389,11 +392,12 @@ def _gap_accurate(P, X, head_mask=None, Gt=None, return_q=False):
     ``Q = P^T X`` and the column sums ``s = P^T 1`` come from one split product (:func:`_mm_dw`),
     ``R = s - Q`` (so ``R`` is ``P^T (1 - X)`` for this very ``P``) and ``W = dL/dQ`` are double words,
     and ``gap = <G, X> - sum_h m_h = <W, Q> - sum_h m_h`` with ``m_h = min(0, min_c G[h, c])``: the
-    first term is a sum of C^2 double-word products. ``m_h`` is the smallest double word among the
-    3 classes with the smallest ``G[h, c]``. For C <= 16 the candidates come from ``Gt`` ((C, H), the
+    first term is a sum of C^2 double-word products. For C <= 16, ``m_h`` is the smallest double word
+    among the 3 classes with the smallest ``G[h, c]``: the candidates come from ``Gt`` ((C, H), the
     solver's working-precision gradient at ``X``, class-major) when given, else from ``P W`` in working
     precision, and only those 3 entries per head are evaluated in double words (C error-free products
-    each); for larger C all of ``G`` comes from a second split product and its high parts rank.
+    each). For larger C all of ``G`` comes from a second split product and ``m_h`` is the exact minimum
+    of each row's double words.
     """
     H, C = X.shape
     dtype = P.dtype
@@ -450,6 +454,8 @@ def _gap_accurate(P, X, head_mask=None, Gt=None, return_q=False):
         G = _mm_dw(P, W[0], W[1], na=1, nb=1)
         mh = jnp.min(G[0], axis=1)
         m = _fast_two_sum(mh, jnp.min((G[0] - mh[:, None]) + G[1], axis=1))
+        fin = jnp.isfinite(mh)  # a row of G at -inf (an infinite loss): -inf, not NaN
+        m = jnp.where(fin, m[0], mh), jnp.where(fin, m[1], 0)
     neg = m[0] < 0
     m = jnp.where(neg, m[0], 0), jnp.where(neg, m[1], 0)
     if head_mask is not None:
@@ -815,6 +821,7 @@ def _fista(P, X0, head_mask, tol, atol, max_iter, precondition, accelerate=True)
     return s["X"], s["k"], s["gap"]
 
 
+_PGD_REFRESH_EVERY = 50  # pgd without warm restarts: Q and R recomputed from X every this many iterations
 _UNROLL_MAX_C = 64  # pgd's gap: reductions over the classes unrolled up to this C (see gap_of)
 _PAIRWISE_MAX_C = 16  # up to this C the projection is the unrolled pairwise one, above it Newton
 
@@ -963,8 +970,9 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         Dx = Xn - Xt
         # One (C, H) x (H, C) product per iteration: the trial's dQ = P^T dX. Q and R are carried and
         # updated by dQ on acceptance (R = P^T (1 - X) falls by what Q gains), so neither is recomputed
-        # by a product in the loop; restart refreshes both from X every round (see restart), which bounds
-        # their drift (~eps per accepted step). The losses reported at the end come from Q and R of the
+        # by a product in the loop; they are recomputed from X (with the carried loss; G, the metric and
+        # the gap follow at the next iteration) at every warm restart, or every _PGD_REFRESH_EVERY
+        # iterations without restarts, which bounds their drift (~eps per accepted step). The losses reported at the end come from Q and R of the
         # final X (_gap_accurate's double words in float32, products in float64), not from these.
         dQc = ori((Dx @ P).T)  # dQ = P^T dX in the carried orientation
         Qcn, Rcn = s["Qc"] + dQc, s["Rc"] - dQc
@@ -1013,7 +1021,14 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         return dict(s, a=ray(s["X"], ori(s["Qc"]), ori(s["Rc"]), s["G"], s["D"] if precondition else None), kr=z)
 
     if restart_every is None or restart_every >= max_iter:
-        s = jax.lax.while_loop(cond, body, _vary_like(restart(state, True), P))
+        # No warm restarts (solve): rounds of _PGD_REFRESH_EVERY iterations that only refresh Q and R. (Never
+        # refreshed, their drift reached ~20 eps after 1351 iterations and the loop's float32 gap 1% below the
+        # accurate one, so solve stopped early and reported converged=False on 2 of 8 slow models; review.)
+        def round_body(s):
+            s = dict(jax.lax.cond(s["k"] > 0, refresh, lambda t: t, s), kr=_vary_like(zero_i, P))
+            return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < _PGD_REFRESH_EVERY), body, s)
+
+        s = jax.lax.while_loop(cond, round_body, _vary_like(restart(state, True), P))
     else:
         # Warm restarts inside the loop: every ``restart_every`` iterations the step length is
         # re-initialised by the ray rule (what solve_batch's rounds did by re-packing the unconverged

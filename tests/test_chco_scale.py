@@ -275,6 +275,21 @@ def test_solve_batch_results_do_not_depend_on_worker_threads(method):
             chco.solve_batch(Ss[:1], workers=bad, progress=False)
 
 
+def test_solve_refreshes_pgd_carried_q_r_on_long_runs():
+    # pgd carries Q = P^T X and R = P^T (1 - X) and updates them by each step's P^T dX. Without warm restarts
+    # (solve) they were never recomputed, drifted ~20 eps over ~900 iterations, and the loop stopped on a
+    # float32 gap ~1% low: this slow model (twins, H = 100, C = 17) came back converged=False (review). They
+    # are now recomputed every chco._PGD_REFRESH_EVERY iterations.
+    rng = np.random.default_rng(123)
+    Ss = [family(rng, "twins", 100, c) for c in [10] * 8 + [17] * 8]
+    r = chco.solve(jnp.asarray(Ss[15]))
+    assert int(r.iterations) > 10 * chco._PGD_REFRESH_EVERY
+    assert bool(r.converged), (float(r.gap), float(r.objective))
+    _, f64, gap64 = eval_float64(Ss[15], r.X)
+    assert gap64 <= 1e-5 * abs(f64) + 1e-7
+    _close(r.objective, f64)
+
+
 def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(monkeypatch):
     # When the loop stops on its float32 gap but the accurate (double-word) gap misses the threshold
     # (seen on 1 of 400 real C = 50 models), solve_batch re-runs the model once from its X with the
