@@ -296,7 +296,9 @@ def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(mon
     # loop's threshold scaled by 1/4. Forced here: 0.7 thr is added to the accurate gap (thr = 1e-5 |f|),
     # so a model whose loop stopped with a gap above 0.3 thr fails the first check, and must pass after
     # the retry (its loop gap then <= thr / 4, so the patched gap <= 0.95 thr).
-    # (Seed 80: the loop's final gaps are 0.003-0.24 thr on five models and 0.84 thr on one.)
+    # (Seed 80: the loop's final gaps are 0.003-0.24 thr on five models and 0.84 thr on one. The seed depends on
+    # pgd's trajectories: when the algorithm changes, pick one again so that some but not all exceed 0.3 thr;
+    # 77 served until the metric bound of 3664c70.)
     rng = np.random.default_rng(80)
     Ss = [family(rng, kind, 24, 5) for kind in ("normal", "peaked", "scaled", "heavy", "twins", "duplicated")]
     ref = chco.solve_batch(Ss, progress=False, atol=0.0)
