@@ -699,7 +699,7 @@ def _metric_diag(W2, P2t, rs2):
     """
     C = W2.shape[0]
     dg = jnp.diagonal(W2)[:, None]
-    wb = jnp.max(jnp.where(jnp.eye(C, dtype=bool), 0, W2), axis=0)[:, None] if C > 1 else jnp.zeros_like(dg)
+    wb = jnp.max(jnp.where(jnp.eye(C, dtype=bool), 0, W2), axis=0)[:, None]
     first = P2t * dg
     return jnp.maximum(first + wb * (rs2 - P2t), first)
 
@@ -970,10 +970,9 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
         Dx = Xn - Xt
         # One (C, H) x (H, C) product per iteration: the trial's dQ = P^T dX. Q and R are carried and
         # updated by dQ on acceptance (R = P^T (1 - X) falls by what Q gains), so neither is recomputed
-        # by a product in the loop; they are recomputed from X (with the carried loss; G, the metric and
-        # the gap follow at the next iteration) at every warm restart, or every _PGD_REFRESH_EVERY
-        # iterations without restarts, which bounds their drift (~eps per accepted step). The losses reported at the end come from Q and R of the
-        # final X (_gap_accurate's double words in float32, products in float64), not from these.
+        # by a product in the loop; they are recomputed from X at every round start (see refresh), which
+        # bounds their drift (~eps per accepted step). The losses reported at the end come from Q and R of
+        # the final X (_gap_accurate's double words in float32, products in float64), not from these.
         dQc = ori((Dx @ P).T)  # dQ = P^T dX in the carried orientation
         Qcn, Rcn = s["Qc"] + dQc, s["Rc"] - dQc
         dl = jnp.sum(_delta_loss(ori(s["Qc"]), ori(s["Rc"]), ori(dQc)))
@@ -1006,37 +1005,35 @@ def _pgd(P, X0, head_mask, tol, atol, max_iter, precondition, restart_every=None
                     kr=s["kr"] + 1, gap=gap, done=done, flat=flat, rej=rej, lam=lam)
 
     def refresh(s):
-        # Q and R recomputed from X (the loop only updates them by each step's dQ).
-        Q, R = qr(s["X"])
-        return dict(s, Qc=ori(Q), Rc=ori(R), loss=_loss_qr(Q, R))
+        # At a round start after the first: Q and R recomputed from X (the loop only updates them by each
+        # step's dQ), with the carried loss; G, the metric and the gap follow at the next iteration.
+        def recompute(t):
+            Q, R = qr(t["X"])
+            return dict(t, Qc=ori(Q), Rc=ori(R), loss=_loss_qr(Q, R))
 
-    def restart(s, fresh):
-        z = _vary_like(zero_i, P)
+        return dict(jax.lax.cond(s["k"] > 0, recompute, lambda t: t, s), kr=_vary_like(zero_i, P))
+
+    def restart(s):
         # The stop counters (flat, rej) carry across restarts: resetting them every round_iter (12)
         # iterations meant neither the 30-rejection nor the stagnation stop could ever fire, so a model
         # that cannot move ran to max_iter (review finding). A restart breaks their streaks anyway when
         # it changes the step (flat counts only full steps; rej resets on any accepted step).
-        if not fresh:  # Q, R carried through a round: refreshed, unless no step was taken yet
-            s = jax.lax.cond(s["k"] > 0, refresh, lambda t: t, s)
-        return dict(s, a=ray(s["X"], ori(s["Qc"]), ori(s["Rc"]), s["G"], s["D"] if precondition else None), kr=z)
+        return dict(s, a=ray(s["X"], ori(s["Qc"]), ori(s["Rc"]), s["G"], s["D"] if precondition else None))
 
-    if restart_every is None or restart_every >= max_iter:
-        # No warm restarts (solve): rounds of _PGD_REFRESH_EVERY iterations that only refresh Q and R. (Never
-        # refreshed, their drift reached ~20 eps after 1351 iterations and the loop's float32 gap 1% below the
-        # accurate one, so solve stopped early and reported converged=False on 2 of 8 slow models; review.)
-        def round_body(s):
-            s = dict(jax.lax.cond(s["k"] > 0, refresh, lambda t: t, s), kr=_vary_like(zero_i, P))
-            return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < _PGD_REFRESH_EVERY), body, s)
+    # Rounds inside the compiled loop. With warm restarts, every ``restart_every`` iterations the step length
+    # is re-initialised by the ray rule (what solve_batch's rounds did by re-packing the unconverged models;
+    # the stop counters carry over, see restart), so a model never leaves the compiled loop. Without (solve),
+    # the step rule starts once and the rounds of _PGD_REFRESH_EVERY iterations only refresh Q and R (never
+    # refreshed, their drift reached ~20 eps after 1351 iterations and the loop's float32 gap 1% below the
+    # accurate one, so solve stopped early and reported converged=False on 2 of 8 slow models; review).
+    warm = restart_every is not None and restart_every < max_iter
+    period = restart_every if warm else _PGD_REFRESH_EVERY
 
-        s = jax.lax.while_loop(cond, round_body, _vary_like(restart(state, True), P))
-    else:
-        # Warm restarts inside the loop: every ``restart_every`` iterations the step length is
-        # re-initialised by the ray rule (what solve_batch's rounds did by re-packing the unconverged
-        # models; the stop counters carry over, see restart), so a model never leaves the compiled loop.
-        def round_body(s):
-            return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < restart_every), body, restart(s, False))
+    def round_body(s):
+        s = restart(refresh(s)) if warm else refresh(s)
+        return jax.lax.while_loop(lambda t: cond(t) & (t["kr"] < period), body, s)
 
-        s = jax.lax.while_loop(cond, round_body, _vary_like(state, P))
+    s = jax.lax.while_loop(cond, round_body, _vary_like(state if warm else restart(state), P))
     # The class-major G at the final X (for _gap_accurate's candidates).
     return s["X"].T, s["k"], s["gap"], s["G"]
 
