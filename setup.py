@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["mll_jax", "mll_jax.*"]),
+    packages=find_packages(include=["mll_jax", "mll_jax.*", "mll_lab", "mll_lab.*"]),
     package_data={"mll_jax.vlm": ["clip_hub.json"]},
     install_requires=[
         "jax>=0.4.31",

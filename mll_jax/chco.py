@@ -75,6 +75,7 @@ import numpy as np
 
 from .projection import projection_capped_simplex, projection_capped_simplex_pairwise
 from .utils import next_pow2, usable_cores
+from mll_jax.errors import CHCOInputError  # noqa: F401  (re-exported)
 
 __all__ = [
     "CHCOResult",
@@ -101,10 +102,6 @@ _MAX_BACKTRACK = 30
 _PGD_FLAT_STOP = 100
 _IN_FLIGHT = 4  # calls dispatched ahead of the one being collected in solve_batch
 _SUBCHUNKS = 16  # sub-chunks (of cs models) per compiled call in solve_batch
-
-
-class CHCOInputError(ValueError):
-    """Raised for invalid CHCO inputs; the message names the model and the problem."""
 
 
 class CHCOResult(NamedTuple):

@@ -15,8 +15,9 @@ configuration (see :mod:`mll_jax.system`).  The commands::
     mll-jax bench      [flags]        # the built-in benchmarks (same as ``python -m mll_jax.run``)
 
 Flags are absl flags, defined here by the command that parses them (never when a library module is imported).
-Exit codes: 0 success; 2 bad usage or bad input (one line ``mll-jax <cmd>: error: ...`` on stderr); 1 any other
-failure (one line; ``--traceback`` shows the full traceback).
+Exit codes: 0 success; 2 bad usage or bad input (one line ``mll-jax <cmd>: error: ...`` on stderr); 3 damaged data
+on disk (a corrupt label store or checkpoint: the message names the file and how to recover); 1 any other failure
+(one line; ``--traceback`` shows the full traceback).
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ FLAGS = flags.FLAGS
 
 __all__ = ["COMMANDS", "main", "entry_point"]
 
-USAGE_EXIT = 2
-FAILURE_EXIT = 1
+from mll_jax.errors import DATA_EXIT, FAILURE_EXIT, USAGE_EXIT, MLLError, exit_code  # noqa: F401
 
 
 class _Usage(Exception):
@@ -401,7 +401,7 @@ def cmd_label(argv) -> int:
 
 
 def _class_names(value: str | None) -> list[str] | None:
-    from mll_jax.system import check_class_names
+    from mll_jax.names import check_class_names
 
     if value is None:
         return None
@@ -662,6 +662,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mll-jax", command_pr
                 if not FLAGS["verbosity"].present:
                     logging.set_verbosity(logging.WARNING)
             return cmd.run(args) or 0
+        except MLLError as e:  # bad input (2), damaged data (3), a missing install or a failed peer (1)
+            if e.exit_code == FAILURE_EXIT and "traceback" in FLAGS and FLAGS.traceback:
+                raise
+            _error(cprog, e)
+            return exit_code(e)
         except (_Usage, app.UsageError, ValueError, FileNotFoundError, NotADirectoryError) as e:
             _error(cprog, e)
             return USAGE_EXIT

@@ -17,6 +17,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from mll_jax.errors import ConfigError  # noqa: F401  (re-exported)
 
 __all__ = [
     "DEFAULT_DELTA",
@@ -48,10 +49,6 @@ DEFAULT_MATCH_THRESHOLD = 0.35
 DEFAULT_NODE_TEXT = "lemmas"
 #: Built-in scorers (see mll_jax.selection.select_models).
 SCORERS = ("chco", "random", "heu", "logme", "leep")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value (the message names the field)."""
 
 
 @dataclass(frozen=True)

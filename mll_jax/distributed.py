@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from mll_jax.errors import DistributedError, ProcessFailedError  # noqa: F401  (re-exported)
 
 __all__ = ["DistributedError", "ProcessFailedError", "Processes", "initialize", "current", "assign",
            "solve_batch", "chco_scores"]
@@ -49,14 +50,6 @@ _seen: dict[int, tuple] = {}  # process -> (last heartbeat value, when this proc
 _beating = False
 _stop = threading.Event()  # stops the heartbeat thread (at exit)
 _known_dead: set[int] = set()
-
-
-class DistributedError(RuntimeError):
-    """The cooperating processes could not complete a step (a peer failed, died or timed out)."""
-
-
-class ProcessFailedError(DistributedError):
-    """Another process raised, died or stopped making progress; the message names it."""
 
 
 def _check_int(v, what: str, lo: int) -> int:

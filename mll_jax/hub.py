@@ -53,6 +53,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from . import utils
+from mll_jax.errors import UntrustedModuleError  # noqa: F401  (re-exported)
 
 __all__ = ["ModelHub", "MANIFEST_NAME", "default_hub_root", "PreprocessSpec", "trust_modules",
            "DEFAULT_TRUSTED_MODULES", "UntrustedModuleError"]
@@ -65,10 +66,6 @@ _DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 #: Packages whose Flax module classes a manifest may name (``module_class``) without an explicit opt-in.
 DEFAULT_TRUSTED_MODULES = ("mll_jax", "flax", "transformers")
 _TRUSTED_MODULES: set[str] = set()
-
-
-class UntrustedModuleError(ValueError):
-    """A manifest's ``module_class`` lies outside the trusted packages (nothing was imported)."""
 
 
 def trust_modules(*prefixes: str) -> None:

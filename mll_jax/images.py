@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .utils import usable_cores
+from mll_jax.errors import ImageBatchError, ImageDecodeError  # noqa: F401  (re-exported)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -39,14 +40,6 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
-
-class ImageBatchError(ValueError):
-    """An array that is not an image batch of the package's contract (see the module docstring)."""
-
-
-class ImageDecodeError(ValueError):
-    """An image file that cannot be read or decoded."""
 
 
 def as_image_batch(images, what: str = "images", *, copy: bool = False) -> np.ndarray:

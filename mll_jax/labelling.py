@@ -104,6 +104,7 @@ __all__ = [
 ]
 
 from mll_jax.config import DEFAULT_DELTA  # noqa: E402  (the one default, kept importable here)
+from mll_jax.errors import LabelPrecisionError, LabelStoreCorruptError, LabellingError, NonFiniteLogitsError  # noqa: F401  (re-exported)
 _FORMAT = "mll_jax.labels/2"     # written by commit: one row file per model (see the module docstring)
 _PACK_FORMAT = "mll_jax.labelpack/1"  # consolidated read-optimised copy (LabelStore.pack)
 _FORMAT_V1 = "mll_jax.labels/1"  # orbax / tensorstore checkpoint per model: still read, written with format=1
@@ -142,22 +143,6 @@ def quantisation_bound(labels, dtype: str) -> np.ndarray:
         raise ValueError(f"unknown label dtype {dtype!r}; one of {sorted(LABEL_DTYPES)}")
     u, eta, _ = LABEL_DTYPES[dtype]
     return u * np.abs(np.asarray(labels, dtype=np.float64)) + eta
-
-
-class LabellingError(ValueError):
-    """An expert misbehaved while being labelled (wrong output shape, ...)."""
-
-
-class NonFiniteLogitsError(LabellingError):
-    """An expert produced NaN or inf logits."""
-
-
-class LabelStoreCorruptError(ValueError):
-    """A label-store file is damaged or was edited (names the file, the model and how to recover)."""
-
-
-class LabelPrecisionError(ValueError):
-    """Labels do not fit the store's reduced-precision storage dtype (float16 overflow)."""
 
 
 def _positive_int(v, what: str) -> int:

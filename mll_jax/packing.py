@@ -59,12 +59,9 @@ import concurrent.futures as cf
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+from mll_jax.errors import PackingError  # noqa: F401  (re-exported)
 
 __all__ = ["iter_node_means", "packed_node_means", "PackingError"]
-
-
-class PackingError(ValueError):
-    """Bad input to the packer (empty node, duplicate node, malformed item)."""
 
 
 def _labelling_errors():

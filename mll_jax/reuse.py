@@ -34,12 +34,9 @@ import numpy as np
 
 from mll_jax.images import as_image_batch
 from mll_jax.selection import Selection
+from mll_jax.errors import NonFiniteOutputError  # noqa: F401  (re-exported)
 
 __all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "ensemble_scores", "Reuser"]
-
-
-class NonFiniteOutputError(FloatingPointError, ValueError):
-    """An expert or the patch returned NaN/inf for some images (the message names the model)."""
 
 
 @jax.jit

@@ -12,14 +12,11 @@ import os
 from pathlib import Path
 
 import numpy as np
+from mll_jax.errors import SampleImagesNotFound  # noqa: F401  (re-exported)
 
 __all__ = ["SampleImagesNotFound", "sample_dir", "sample_files", "sample_images"]
 
 SETS = ("imagenet", "cifar10", "cifar100", "mnist", "fashionMNIST")
-
-
-class SampleImagesNotFound(FileNotFoundError):
-    """foolbox's sample images are not installed (``pip install --no-deps foolbox``)."""
 
 
 def sample_dir() -> Path:

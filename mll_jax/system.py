@@ -33,7 +33,9 @@ import numpy as np
 from mll_jax.config import MLLConfig
 from mll_jax.images import as_image_batch
 from mll_jax.selection import Selection, select_models
+from mll_jax.names import check_class_names  # noqa: F401  (re-exported)
 from mll_jax.utils import atomic_write_json, home
+from mll_jax.errors import ClassNamesError, MLLError, MissingLabelsError, StaleClassifierError, UncoveredTaskError, UnknownModelError  # noqa: F401  (re-exported)
 
 __all__ = [
     "MLLError",
@@ -58,64 +60,6 @@ SHIPPED_EXPERTS = {
     "efficientnet-lite2": ("efficientnet_lite", "lite2"),
     "cifar10-cnn": ("keras_cifar10", None),
 }
-
-
-class MLLError(ValueError):
-    """Base class of the system's input errors."""
-
-
-class ClassNamesError(MLLError):
-    """Invalid class names (none, a bare string, empty, duplicated)."""
-
-
-class UnknownModelError(MLLError, KeyError):
-    """A model id the hub does not know."""
-
-    def __str__(self):  # KeyError quotes its message; show it plainly
-        return str(self.args[0]) if self.args else ""
-
-
-class MissingLabelsError(MLLError):
-    """A model that is needed has no labels (run MLL.label())."""
-
-
-class StaleClassifierError(MLLError):
-    """A saved classifier was built from other labels or model weights than the system has now."""
-
-
-class UncoveredTaskError(MLLError):
-    """No class of the task can be served by the hub and there is no patch."""
-
-
-def check_class_names(class_names) -> list[str]:
-    """Validate task class names: a non-empty list of non-empty strings, distinct after stripping spaces and case.
-
-    Names are returned stripped."""
-    if isinstance(class_names, str):
-        raise ClassNamesError(
-            f"class_names must be a list of names, got the string {class_names!r} (it would be one class per "
-            f"character); pass e.g. {class_names.split(',') if ',' in class_names else [class_names]!r}")
-    try:
-        names = list(class_names)
-    except TypeError:
-        raise ClassNamesError(f"class_names must be a list of strings, got {type(class_names).__name__}") from None
-    if not names:
-        raise ClassNamesError("no class names given: a task needs at least one class")
-    out = []
-    for i, c in enumerate(names):
-        if not isinstance(c, str):
-            raise ClassNamesError(f"class name {i} is {c!r} ({type(c).__name__}); class names must be strings")
-        if not c.strip():
-            raise ClassNamesError(f"class name {i} is empty")
-        out.append(" ".join(c.split()))
-    seen: dict[str, int] = {}
-    for i, c in enumerate(out):
-        key = c.casefold()
-        if key in seen:
-            raise ClassNamesError(f"duplicate class names: {names[seen[key]]!r} (#{seen[key]}) and {names[i]!r} (#{i}) "
-                                  "are the same class")
-        seen[key] = i
-    return out
 
 
 def label_fingerprint(labels, model_ids: Sequence[str], wnids: Sequence[str | None]) -> str:

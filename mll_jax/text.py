@@ -576,7 +576,7 @@ def match_classes(class_names: Sequence[str], wnids: Sequence[str], node_texts: 
     ``encoder``: a :class:`TextEncoder` (None: the default all-MiniLM-L6-v2).
     ``cache_dir``: where node embeddings are cached (None: not cached).
     """
-    from mll_jax.system import check_class_names
+    from mll_jax.names import check_class_names
 
     if not isinstance(class_names, str) and len(class_names) == 0:
         return []

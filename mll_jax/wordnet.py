@@ -32,6 +32,7 @@ import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
+from mll_jax.errors import WordNetNotFoundError  # noqa: F401  (re-exported)
 
 __all__ = [
     "DEBIAN_WORDNET_DIR",
@@ -81,10 +82,6 @@ _HOW_TO_INSTALL = (
     "`python -m mll_jax.wordnet install`;\n"
     "  * nltk (needs network): `python -c \"import nltk; nltk.download('wordnet')\"`."
 )
-
-
-class WordNetNotFoundError(RuntimeError):
-    """WordNet 3.0 is neither loadable by nltk nor available as Debian files to install from."""
 
 
 def lexnames_text() -> str:

@@ -32,12 +32,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from mll_jax.errors import ResampleError  # noqa: F401  (re-exported)
 
 __all__ = ["DEVICE_FILTERS", "ResampleError", "resample_coeffs", "resize_on_device", "resize_on_device_2pass"]
-
-
-class ResampleError(ValueError):
-    """Bad arguments to the device resize (unknown filter, non-positive size, wrong array rank)."""
 
 
 def _bicubic(x):

@@ -41,6 +41,7 @@ import zipfile
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
+from mll_jax.errors import CheckpointError  # noqa: F401  (re-exported)
 
 __all__ = [
     "CheckpointError",
@@ -77,13 +78,6 @@ def _np_dtype(name: str) -> np.dtype:
 
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(dt)
-
-
-class CheckpointError(pickle.UnpicklingError, ValueError):
-    """A checkpoint that cannot be read safely: corrupt, truncated, crafted, or referencing a refused global.
-
-    Subclasses both :class:`pickle.UnpicklingError` (what earlier versions raised) and ``ValueError``.
-    """
 
 
 #: Most dimensions a tensor may have.

@@ -31,16 +31,13 @@ import numpy as np
 from mll_jax.utils import atomic_save_npy, atomic_write_json, next_pow2, texts_hash
 from mll_jax.vlm import core
 from mll_jax.vlm.models import check_vlm, node_text
+from mll_jax.errors import LabelsMissingError  # noqa: F401  (re-exported)
 
 __all__ = ["VLMLabels", "VLMLabelStore", "LabelsMissingError", "sdag_node_texts", "label_vlm", "label_vlms",
            "node_logits", "node_text_embeddings"]
 
 
 LABELS_FORMAT = "mll-jax-vlm-labels/2"
-
-
-class LabelsMissingError(KeyError):
-    """No (current) labels for a model in the store."""
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ __all__ = ["VLMSelection", "class_query_texts", "class_descriptions", "select_vl
 
 
 def _check_classes(class_names: Sequence[str]) -> list[str]:
-    from mll_jax.system import check_class_names  # the one validator (ClassNamesError, a ValueError)
+    from mll_jax.names import check_class_names
 
     return check_class_names(class_names)
 
