@@ -40,8 +40,6 @@ import heapq
 import json
 import os
 import re
-import warnings
-import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -49,7 +47,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from mll_jax import wordnet as _wordnet
-from mll_jax.images import IMAGE_EXTENSIONS, ImageDecodeError, as_image_batch, list_image_files, load_image
+from mll_jax.images import IMAGE_EXTENSIONS, ImageDecodeError, as_image_batch
+from mll_jax import sdag_sources
 from mll_jax.utils import array_hash, atomic_write
 
 __all__ = ["SDAG", "ImageDecodeError", "IMAGE_EXTENSIONS", "FORMAT"]
@@ -68,10 +67,6 @@ def _up(s):
 
 def _down(s, include_instances: bool):
     return _wordnet.hyponyms(s, instances=include_instances)
-
-
-def _node_seed(node_id: str) -> int:
-    return zlib.crc32(node_id.encode("utf-8"))
 
 
 def _check_images(images, what: str) -> np.ndarray:
@@ -466,108 +461,23 @@ class SDAG:
                 raise KeyError(f"malformed wnid {w!r}")
         return self._add_wordnet_nodes(list(wnids))
 
-    # ------------------------------------------------------------------ data sources
-    @staticmethod
-    def _sample(n_total: int, n: int, node_id: str, seed: int) -> np.ndarray:
-        if n_total <= n:
-            return np.arange(n_total)
-        rng = np.random.default_rng([seed, _node_seed(node_id)])
-        return np.sort(rng.choice(n_total, size=n, replace=False))
-
+    # ------------------------------------------------------------------ data sources (mll_jax.sdag_sources)
     def add_images_from_folder(self, root: str | os.PathLike, *, n_per_node: int = 50, seed: int = 0,
                                image_size: int | None = 224, add_missing: bool = False,
                                progress: bool = True) -> dict[str, int]:
-        """Fill nodes from an ImageNet-style folder ``root/nXXXXXXXX/*.JPEG`` (replacing their images).
-
-        Up to ``n_per_node`` files per wnid directory are sampled deterministically (sorted file list, seeded
-        choice) and decoded with :func:`mll_jax.images.load_image` (RGB; shorter side to ``image_size`` with
-        bicubic resampling, then centre crop; ``None`` keeps the size, which must then be uniform per node).  Directories of wnids not in the graph are skipped unless
-        ``add_missing``.  Raises :class:`ImageDecodeError` naming the file for undecodable images.  Returns
-        {wnid: number of images stored}.
-        """
-        from tqdm.auto import tqdm
-
-        root = Path(root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist")
-        if n_per_node < 1:
-            raise ValueError(f"n_per_node must be >= 1, got {n_per_node}")
-        dirs = sorted(p for p in root.iterdir() if p.is_dir() and _wordnet.is_wnid(p.name))
-        if not dirs:
-            raise ValueError(f"{root} has no nXXXXXXXX/ wnid directories (ImageNet layout expected)")
-        missing = [p.name for p in dirs if p.name not in self._pos]
-        if missing and add_missing:
-            self._add_wordnet_nodes(missing)
-        todo = [p for p in dirs if p.name in self._pos]
-        out: dict[str, int] = {}
-        for d in tqdm(todo, desc="SDAG images", unit="node", disable=not progress):
-            files = list_image_files(d)
-            if not files:
-                continue
-            idx = self._sample(len(files), n_per_node, d.name, seed)
-            imgs = [load_image(files[i], image_size) for i in idx]
-            shapes = {im.shape for im in imgs}
-            if len(shapes) > 1:
-                raise ValueError(f"images of {d} have different sizes {sorted(shapes)}; pass image_size to resize")
-            self.set_images(d.name, np.stack(imgs))
-            out[d.name] = len(imgs)
-        if missing and not add_missing:
-            warnings.warn(f"{len(missing)} wnid directories are not SDAG nodes and were skipped "
-                          f"(e.g. {missing[:3]}); pass add_missing=True to add them", stacklevel=2)
-        return out
+        """Fill nodes from an ImageNet-style folder ``root/nXXXXXXXX/*.JPEG`` (replacing their images); see
+        :func:`mll_jax.sdag_sources.add_images_from_folder`.  Returns {wnid: number of images stored}."""
+        return sdag_sources.add_images_from_folder(self, root, n_per_node=n_per_node, seed=seed,
+                                                   image_size=image_size, add_missing=add_missing,
+                                                   progress=progress)
 
     def add_images_from_arrays(self, images, labels, class_names: Sequence[str],
                                name_to_wnid: Mapping[str, str], *, n_per_node: int = 50, seed: int = 0,
                                add_missing: bool = False) -> dict[str, int]:
-        """Fill nodes from a labelled array dataset (replacing their images).
-
-        Args:
-          images: an image batch (:func:`mll_jax.images.as_image_batch`): uint8 (N, h, w) or (N, h, w, 3).
-          labels: int (N,), indices into ``class_names``.
-          class_names: name of each class index.
-          name_to_wnid: class name -> node id (a wnid or a present custom id); classes not in it are ignored;
-            several classes may map to one node (their images are pooled).
-          add_missing: add wnids that are not yet nodes (else they are skipped with a warning).
-        Returns {node: number of images stored}.
-        """
-        images = as_image_batch(images, "images")
-        labels = np.asarray(labels)
-        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise ValueError(f"labels must be (N,) with N={images.shape[0]}, got {labels.shape}")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise TypeError(f"labels must be integers, got {labels.dtype}")
-        if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-            raise ValueError(f"labels must lie in [0, {len(class_names)}), got range "
-                             f"[{labels.min()}, {labels.max()}]")
-        if n_per_node < 1:
-            raise ValueError(f"n_per_node must be >= 1, got {n_per_node}")
-        unknown = [n for n in name_to_wnid if n not in class_names]
-        if unknown:
-            raise KeyError(f"name_to_wnid has class names not in class_names: {unknown[:5]}")
-        node_classes: dict[str, list[int]] = {}
-        for k, n in enumerate(class_names):
-            if n in name_to_wnid:
-                node_classes.setdefault(name_to_wnid[n], []).append(k)
-        missing = [w for w in node_classes if w not in self._pos]
-        bad = [w for w in missing if not _wordnet.is_wnid(w)]
-        if bad:
-            raise KeyError(f"name_to_wnid maps to ids that are neither wnids nor SDAG nodes: {bad[:5]}")
-        if missing and add_missing:
-            self._add_wordnet_nodes(missing)
-        elif missing:
-            warnings.warn(f"{len(missing)} mapped wnids are not SDAG nodes and were skipped (e.g. {missing[:3]}); "
-                          "pass add_missing=True to add them", stacklevel=2)
-        out: dict[str, int] = {}
-        for w, ks in node_classes.items():
-            if w not in self._pos:
-                continue
-            pool = np.flatnonzero(np.isin(labels, ks))
-            if pool.size == 0:
-                continue
-            idx = pool[self._sample(pool.size, n_per_node, w, seed)]
-            self.set_images(w, images[idx])
-            out[w] = int(idx.size)
-        return out
+        """Fill nodes from a labelled array dataset (replacing their images); see
+        :func:`mll_jax.sdag_sources.add_images_from_arrays`.  Returns {node: number of images stored}."""
+        return sdag_sources.add_images_from_arrays(self, images, labels, class_names, name_to_wnid,
+                                                   n_per_node=n_per_node, seed=seed, add_missing=add_missing)
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike) -> Path:
