@@ -129,7 +129,7 @@ def baseline_selection(
     """
     if method not in ("random", "heu", "logme", "leep"):
         raise ValueError(f"unknown baseline {method!r}; expected random, heu, logme or leep")
-    node_data = None
+    node_data: Callable | None = None
     if method in ("logme", "leep"):
         if outputs is None or output_labels is None:
             raise ValueError(f"{method} needs outputs (model logits on the target node images) and output_labels")
@@ -140,9 +140,10 @@ def baseline_selection(
         lab = remap[np.asarray(output_labels, np.int64)]
         keep = lab >= 0
 
-        def node_data(_model_ids, _wnids):
+        def given_outputs(_model_ids, _wnids):
             return [np.asarray(z)[keep] for z in outputs], lab[keep]
 
+        node_data = given_outputs
     return select_models(labels, wnids, scorer=method, k=k, beta=beta, model_ids=model_ids,
                          class_names=class_names, node_wnids=node_wnids, node_data=node_data, columns=columns,
                          progress=progress, seed=seed, link=link, **solver_kwargs)
