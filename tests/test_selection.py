@@ -1,6 +1,8 @@
 """Selection: the top-k / beta rule on hand-made losses, label readers, CHCO plumbing and persistence."""
 
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 from mll_jax import selection as S
+from mll_jax.config import SCORERS
 from mll_jax.selection import DictLabels, ModelScores, Selection, select, select_experts, select_top_k
 
 INF = math.inf
@@ -275,3 +278,36 @@ def test_select_experts_reads_a_label_store(tmp_path):
     np.testing.assert_allclose(from_store.loss, from_dict.loss[order], rtol=1e-6)
     # stand-in loss = -(head 0 label of the class's node)
     np.testing.assert_allclose(from_store.loss[from_store.model_ids.index("a")], -rows["a"][[1, 2, 0], 0], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# Scorer registry and the distributed CHCO scorer
+# --------------------------------------------------------------------------------------------------
+
+
+def test_builtin_scorers_are_registered_by_the_registry_alone():
+    """The five built-in scorers exist as soon as the registry is imported, whatever else was imported."""
+    assert S.scorers() == sorted(SCORERS)
+    assert [(s.name, s.uses_beta, s.min_classes) for s in S.registry.BUILTIN_SCORERS] == [
+        ("chco", True, 2), ("random", False, 1), ("heu", True, 2), ("logme", False, 1), ("leep", False, 1)]
+    code = ("from mll_jax.selection.registry import scorers, get_scorer; "
+            "print(scorers(), get_scorer('heu').uses_beta)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"{sorted(SCORERS)} True"
+    with pytest.raises(ValueError, match="unknown scorer 'oracle'; available: \\['chco', 'heu'"):
+        S.get_scorer("oracle")
+    with pytest.raises(ValueError, match="already registered"):
+        S.register_scorer("chco", lambda task: None)
+
+
+def test_chco_scores_distributed_with_one_process_is_chco_scores():
+    rng = np.random.default_rng(11)
+    S_list = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(6, 3)).astype(np.float32)]
+    ids = ["a", "b"]
+    ref = S.chco_scores(S_list, ids, progress=False)
+    got = S.chco_scores_distributed(S_list, ids, progress=False)
+    assert got.method == "chco" and got.model_ids == ("a", "b")
+    np.testing.assert_array_equal(got.loss, ref.loss)
+    for x, y in zip(got.columns, ref.columns):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(got.info["iterations"], ref.info["iterations"])
