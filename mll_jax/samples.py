@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from mll_jax.errors import SampleImagesNotFound  # noqa: F401  (re-exported)
+from mll_jax.images import load_images
 
 __all__ = ["SampleImagesNotFound", "sample_dir", "sample_files", "sample_images"]
 
@@ -43,7 +45,6 @@ def sample_files(which: str = "imagenet") -> tuple[list[Path], np.ndarray]:
 def sample_images(which: str = "imagenet", size: int | None = None) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """``(images, labels, files)``: a sample set decoded with :func:`mll_jax.images.load_images`
     (``size=None``: native size, 224 for ImageNet, 32 for CIFAR, 28 for MNIST)."""
-    from mll_jax.images import load_images
 
     files, labels = sample_files(which)
     if size is None and which == "imagenet":
