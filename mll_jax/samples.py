@@ -8,7 +8,6 @@ needs eagerpy).  Each set is labelled: ImageNet samples by ImageNet-1k class ind
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +44,6 @@ def sample_files(which: str = "imagenet") -> tuple[list[Path], np.ndarray]:
 def sample_images(which: str = "imagenet", size: int | None = None) -> tuple[np.ndarray, np.ndarray, list[Path]]:
     """``(images, labels, files)``: a sample set decoded with :func:`mll_jax.images.load_images`
     (``size=None``: native size, 224 for ImageNet, 32 for CIFAR, 28 for MNIST)."""
-
     files, labels = sample_files(which)
     if size is None and which == "imagenet":
         size = 224
