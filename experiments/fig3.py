@@ -1,7 +1,7 @@
 """Figure 3: accuracy and number of models used vs the reuse budget k = 1..5 (CHCO selection).
 
 Mean over tasks of Acc(c), Acc(a) (left axis) and the number of models used (right panel).
-Writes fig3.png, fig3.json and fig3.md to --out_dir.
+Writes fig3.png, fig3.json and fig3.md (with provenance) to --out_dir (default: results/).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from absl import app, flags
 
 import common  # noqa: F401
 from common import FLAGS, Timer, config_summary, fmt, make_benchmark, markdown_table, mean_row, out_dir, run_grid, \
-    tasks_from_flags, write_json, write_text
+    tasks_from_flags, write_table
 
 flags.DEFINE_list("k_values", ["1", "2", "3", "4", "5"], "reuse budgets to sweep")
 
@@ -49,10 +49,10 @@ def main(argv):
     fig.tight_layout()
     png = out_dir() / "fig3.png"
     fig.savefig(png, dpi=120)
-    md = ["# Figure 3: accuracy and #models vs k", "", f"![fig3]({png.name})", "",
+    md = [f"![fig3]({png.name})", "",
           markdown_table(["k", "Acc(c) %", "coverage %", "Acc(a) %", "#models"], rows)]
-    write_text("fig3.md", "\n".join(md) + "\n")
-    write_json("fig3.json", {"config": config_summary(bench), "points": points})
+    write_table("fig3", {"config": config_summary(bench), "points": points}, "\n".join(md),
+                "Figure 3: accuracy and #models vs k")
     print("\n".join(md))
     print(f"\nwritten {png} in {timer}")
 

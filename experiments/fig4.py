@@ -3,7 +3,7 @@
 The hub's models are added one at a time in ``--orders`` random orders (seeded); after each addition every task is
 run with CHCO selection restricted to the models present.  With an empty hub every class is uncovered (Acc(a) = 0,
 or the CLIP patch's accuracy if ``--clip_model`` is set).  Plotted: mean over orders and tasks of Acc(a) and
-coverage, with the min-max band over orders.  Writes fig4.png, fig4.json and fig4.md to --out_dir.
+coverage, with the min-max band over orders.  Writes fig4.png, fig4.json and fig4.md (with provenance) to --out_dir (default: results/).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from absl import app, flags
 
 import common  # noqa: F401
 from common import FLAGS, Timer, config_summary, fmt, make_benchmark, markdown_table, mean_row, out_dir, run_grid, \
-    tasks_from_flags, write_json, write_text
+    tasks_from_flags, write_table
 
 flags.DEFINE_integer("orders", 3, "number of random orders in which the hub grows", lower_bound=1)
 flags.DEFINE_integer("order_seed", 0, "seed of the orders")
@@ -60,13 +60,13 @@ def main(argv):
     rows = [[j, fmt(acc[:, j].mean()), fmt(cov[:, j].mean()), fmt(np.nanmean(accc[:, j]) if np.isfinite(accc[:, j]).any()
                                                                   else float("nan")), fmt(nmod[:, j].mean(), False)]
             for j in sizes]
-    md = ["# Figure 4: accuracy as the hub grows", "", f"![fig4]({png.name})", "",
+    md = [f"![fig4]({png.name})", "",
           "Orders: " + "; ".join(" > ".join(o) for o in orders), "",
           markdown_table(["#models in hub", "Acc(a) %", "coverage %", "Acc(c) %", "#models used"], rows)]
-    write_text("fig4.md", "\n".join(md) + "\n")
-    write_json("fig4.json", {"config": config_summary(bench), "orders": orders, "sizes": sizes,
-                             "acc_all": acc.tolist(), "coverage": cov.tolist(), "n_models": nmod.tolist(),
-                             "acc_covered": np.where(np.isfinite(accc), accc, -1).tolist()})
+    write_table("fig4", {"config": config_summary(bench), "orders": orders, "sizes": sizes,
+                         "acc_all": acc.tolist(), "coverage": cov.tolist(), "n_models": nmod.tolist(),
+                         "acc_covered": np.where(np.isfinite(accc), accc, -1).tolist()}, "\n".join(md),
+                "Figure 4: accuracy as the hub grows")
     print("\n".join(md))
     print(f"\nwritten {png} in {timer}")
 

@@ -31,7 +31,7 @@ QUERY_FORMATS = {"name": "{}", "name_prefix": "Name: {}"}
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 
 
-# Basic-level class names (CIFAR-10, Fashion-MNIST as in mll_jax.offline.data, ten common nouns)
+# Basic-level class names (CIFAR-10, Fashion-MNIST as in mll_lab.fashion_mnist, ten common nouns)
 # with their WordNet synsets: a sanity check of the similarity threshold and of coarse names.
 BASIC_CLASSES = {
     "airplane": "airplane.n.01", "automobile": "car.n.01", "bird": "bird.n.01", "cat": "cat.n.01",

@@ -9,7 +9,7 @@ configured) and the number of models used; then the mean over tasks.  Every meth
     python experiments/table1.py --imagenet_dir=... --test_dir=... --tasks_file=... --hf_models=... \\
         --clip_model=openai/clip-vit-base-patch32                       # the paper's setting
 
-Writes table1.json and table1.md to --out_dir.
+Writes table1.json and table1.md (with provenance) to --out_dir (default: results/).
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from __future__ import annotations
 from absl import app, flags
 
 import common  # noqa: F401  (path set-up + shared flags)
-from common import FLAGS, Timer, config_summary, fmt, make_benchmark, markdown_table, mean_row, run_grid, \
-    tasks_from_flags, write_json, write_text
-from mll_jax.run import parse_methods
+from common import FLAGS, LOAD_AT_START, Timer, make_benchmark, out_dir, run_grid, tasks_from_flags
+from mll_lab.run import parse_methods
+from mll_lab.tables import table1_markdown, write_table1
 
 flags.DEFINE_list("table1_methods", ["chco", "random", "heu", "logme", "leep"], "methods (rows) of Table 1")
-
-NAMES = {"chco": "MLL (CHCO)", "random": "Random", "heu": "HEU", "logme": "LogME", "leep": "LEEP"}
 
 
 def main(argv):
@@ -33,25 +31,9 @@ def main(argv):
     bench = make_benchmark()
     tasks = tasks_from_flags(bench)
     results = run_grid(bench, tasks, methods=methods, progress_desc="table1")
-    rows, summary = [], {}
-    for m in methods:
-        s = mean_row([r for r in results if r.method == m])
-        summary[m] = s
-        rows.append([NAMES[m], fmt(s["acc_covered"]), fmt(s["coverage"]), fmt(s["acc_all"]), fmt(s["n_models"], False)])
-    md = ["# Table 1: zero-shot accuracy of MLL vs selection baselines", "",
-          f"Benchmark {type(bench).__name__}, {len(tasks)} tasks, k={bench.config.k}, beta={bench.config.beta}, "
-          f"delta={bench.config.delta}, hub of {len(bench.model_ids)} models.", "",
-          markdown_table(["method", "Acc(c) %", "coverage %", "Acc(a) %", "#models"], rows), "",
-          "## Per task", ""]
-    per = []
-    for t in tasks:
-        for m in methods:
-            (r,) = [x for x in results if x.task == t.name and x.method == m]
-            per.append([t.name, NAMES[m], fmt(r.acc_covered), fmt(r.coverage), fmt(r.acc_all), r.n_models])
-    md.append(markdown_table(["task", "method", "Acc(c) %", "coverage %", "Acc(a) %", "#models"], per))
-    p = write_text("table1.md", "\n".join(md) + "\n")
-    write_json("table1.json", {"config": config_summary(bench), "summary": summary, "results": results})
-    print("\n".join(md[:7]))
+    _, p = write_table1("table1", bench, tasks, results, methods, load_at_start=LOAD_AT_START, directory=out_dir())
+    md, _ = table1_markdown(bench, tasks, results, methods)
+    print(md.split("## Per task")[0].rstrip())
     print(f"\nwritten {p} (and table1.json) in {timer}")
 
 

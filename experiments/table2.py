@@ -4,7 +4,7 @@ Both score models from the labels alone and share the loss scale, the threshold 
 the reuse step, so the difference is the predictor: HEU's one-hot head vs CHCO's convex head combination.  Also
 a sweep over ``--beta_sweep`` (coverage / accuracy trade-off of the threshold) for both.
 
-Writes table2.json and table2.md to --out_dir.
+Writes table2.json and table2.md (with provenance) to --out_dir (default: results/).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from absl import app, flags
 
 import common  # noqa: F401
 from common import FLAGS, Timer, config_summary, fmt, make_benchmark, markdown_table, mean_row, run_grid, \
-    tasks_from_flags, write_json, write_text
-from mll_jax.run import parse_beta
+    tasks_from_flags, write_table
+from mll_lab.run import parse_beta
 
 flags.DEFINE_list("beta_sweep", ["none", "1.0", "0.8", "0.6", "0.4"], "beta values of the threshold sweep")
 
@@ -45,13 +45,11 @@ def main(argv):
             sweep[f"{m}@{beta}"] = s
             sweep_rows.append([m.upper(), "none" if beta is None else beta, fmt(s["acc_covered"]), fmt(s["coverage"]),
                                fmt(s["acc_all"]), fmt(s["n_models"], False)])
-    md = ["# Table 2: HEU vs CHCO", "",
-          f"Benchmark {type(bench).__name__}, k={bench.config.k}, beta={bench.config.beta}, delta={bench.config.delta} "
+    md = [f"Benchmark {type(bench).__name__}, k={bench.config.k}, beta={bench.config.beta}, delta={bench.config.delta} "
           "(percentages).", "", markdown_table(hdr, per), "", "## Threshold sweep (means over tasks)", "",
           markdown_table(["method", "beta", "Acc(c) %", "coverage %", "Acc(a) %", "#models"], sweep_rows)]
-    p = write_text("table2.md", "\n".join(md) + "\n")
-    write_json("table2.json", {"config": config_summary(bench), "summary": {"heu": sh, "chco": sc},
-                               "beta_sweep": sweep, "results": results})
+    p = write_table("table2", {"config": config_summary(bench), "summary": {"heu": sh, "chco": sc},
+                               "beta_sweep": sweep, "results": results}, "\n".join(md), "Table 2: HEU vs CHCO")
     print("\n".join(md))
     print(f"\nwritten {p} (and table2.json) in {timer}")
 

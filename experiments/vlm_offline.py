@@ -2,8 +2,9 @@
 
     MLL_JAX_HOME=... python experiments/vlm_offline.py --out_dir=docs/vlm
 
-What it runs and writes: :mod:`mll_jax.vlm.benchmark` (this script only parses the flags; the main command
-``python -m mll_jax.run`` runs the same benchmark after the expert one).
+What it runs and writes: :mod:`mll_lab.vlm_benchmark` (this script only parses the flags; the main command
+``python -m mll_lab.run`` runs the same benchmark after the expert one).  The table also goes, with provenance, to
+``results/vlm_table.{json,md}`` (``$MLL_RESULTS_DIR`` overrides the folder), the figures next to it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mll_lab.vlm_benchmark import VLMBenchConfig, run  # noqa: E402
+
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-    from mll_jax.vlm.benchmark import VLMBenchConfig
-
     d = VLMBenchConfig()
     flags.DEFINE_string("home", d.home, "cache root (default $MLL_JAX_HOME or ~/.cache/mll_jax); uses <home>/vlm_offline")
     flags.DEFINE_string("out_dir", d.out_dir, "where the table, json and figures go")
@@ -44,8 +45,6 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    from mll_jax.vlm.benchmark import VLMBenchConfig, run
-
     run(VLMBenchConfig(home=FLAGS.home, out_dir=FLAGS.out_dir, max_k=FLAGS.max_k, random_draws=FLAGS.random_draws,
                        test_per_class=FLAGS.test_per_class, alpha=FLAGS.alpha, descriptions=FLAGS.descriptions,
                        top=FLAGS.top, models=tuple(FLAGS.models), rebuild=FLAGS.rebuild,

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mll_jax.offline import data as fdata
+from mll_lab import fashion_mnist as fdata
 
-FMNIST_PRESENT = all((Path(fdata.FMNIST_DIR) / n).is_file() for n in fdata._FILES.values())
+FMNIST_PRESENT = all((Path(fdata.FMNIST_DIR) / n).is_file() for n in fdata.FMNIST_FILES.values())
 needs_fmnist = pytest.mark.skipif(not FMNIST_PRESENT, reason="apt-get install dataset-fashion-mnist")
 
 
@@ -60,8 +60,11 @@ def test_read_idx_roundtrip_and_errors(tmp_path):
 
 
 def test_missing_fashion_mnist_says_how_to_install(tmp_path):
-    with pytest.raises(fdata.FashionMNISTNotFoundError, match="apt-get install dataset-fashion-mnist"):
+    from mll_jax.errors import MLLError
+
+    with pytest.raises(fdata.FashionMNISTNotFoundError, match="apt-get install dataset-fashion-mnist") as e:
         fdata.load_fashion_mnist(tmp_path)
+    assert isinstance(e.value, MLLError) and isinstance(e.value, FileNotFoundError) and e.value.exit_code == 2
 
 
 # ------------------------------------------------------------------------------------------------ real data
@@ -157,7 +160,7 @@ def test_class_synsets_resolve(wn):
 # ------------------------------------------------------------------------------------------------ experts
 
 def test_expert_spec_validation():
-    from mll_jax.offline.train import HUB_SPECS, ExpertSpec
+    from mll_lab.train_experts import HUB_SPECS, ExpertSpec
 
     with pytest.raises(ValueError, match="two heads"):
         ExpertSpec("x", "resnet", (("a", (1,)), ("b", (1, 2))))
@@ -174,7 +177,7 @@ def test_expert_spec_validation():
 
 @needs_fmnist
 def test_expert_training_set_uses_pool_only(fm):
-    from mll_jax.offline.train import HUB_SPECS, expert_training_set
+    from mll_lab.train_experts import HUB_SPECS, expert_training_set
 
     s = fdata.make_splits(fm.train_labels)
     for spec in HUB_SPECS:
@@ -192,7 +195,7 @@ def test_train_register_load_roundtrip(fm, tmp_path):
     import dataclasses
 
     from mll_jax.hub import ModelHub
-    from mll_jax.offline import train
+    from mll_lab import train_experts as train
 
     s = fdata.make_splits(fm.train_labels)
     spec = dataclasses.replace(train.HUB_SPECS[1], steps=30)  # sandal / sneaker / ankle boot
@@ -208,12 +211,24 @@ def test_train_register_load_roundtrip(fm, tmp_path):
     np.testing.assert_allclose(loaded.logits(np.repeat(x[..., None], 3, -1)), loaded.logits(x), atol=1e-4)
     cfg = json.loads((tmp_path / "hub" / "models" / spec.model_id / "config.json").read_text())
     assert cfg["id2label"] == {"0": "sandal", "1": "sneaker", "2": "ankle boot"}
+    # New manifests name the library's module; manifests written before it moved name the old path.
+    import mll_jax.hub as hub_module
+
+    manifest = tmp_path / "hub" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    entry = doc["models"][spec.model_id]
+    assert entry["options"]["module_class"] == "mll_jax.models.gray_hf:GrayHFClassifier"
+    if hasattr(hub_module, "MODULE_CLASS_ALIASES"):
+        entry["options"]["module_class"] = "mll_jax.offline.train:GrayHFClassifier"
+        manifest.write_text(json.dumps(doc))
+        old = ModelHub(tmp_path / "hub").load(spec.model_id)
+        np.testing.assert_array_equal(old.logits(x), loaded.logits(x))
 
 
 # ------------------------------------------------------------------------------------------------ metrics, cache
 
 def test_evaluate_scores_hand_computed():
-    from mll_jax.offline.benchmark import evaluate_scores
+    from mll_lab.benchmark import evaluate_scores
 
     scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.0], [0.6, 0.3, 0.0], [0.1, 0.8, 0.0], [0.5, 0.4, 0.0]])
     y = np.array([0, 1, 1, 2, 2])  # class 2 uncovered
@@ -229,7 +244,7 @@ def test_evaluate_scores_hand_computed():
 
 
 def test_logit_cache_memoises(tmp_path):
-    from mll_jax.offline.benchmark import CachedExpert, LogitCache
+    from mll_lab.benchmark import CachedExpert, LogitCache
 
     class Fake:
         model_id = "fake/1"
@@ -258,7 +273,7 @@ def test_logit_cache_memoises(tmp_path):
 def test_cli_parsers():
     from absl import app
 
-    from mll_jax import run
+    from mll_lab import run
 
     assert run.parse_beta("none") is None and run.parse_beta("0.8") == 0.8
     with pytest.raises(app.UsageError):
@@ -266,8 +281,8 @@ def test_cli_parsers():
     assert run.parse_methods(["all"]) == ["chco", "random", "heu", "logme", "leep"]
     with pytest.raises(app.UsageError):
         run.parse_methods(["chco", "bogus"])
-    assert run._resolution("auto", folder=False) == 128 and run._resolution("auto", folder=True) is None
-    assert run._resolution("native", folder=False) is None and run._resolution("96", folder=False) == 96
+    assert run.parse_resolution("auto", folder=False) == 128 and run.parse_resolution("auto", folder=True) is None
+    assert run.parse_resolution("native", folder=False) is None and run.parse_resolution("96", folder=False) == 96
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -276,8 +291,8 @@ def test_cli_parsers():
 @needs_fmnist
 def test_pipeline_end_to_end(fm, tmp_path):
     """Two experts trained for a handful of steps, SDAG, labels, matching, CHCO, reuse, metrics; cached rerun."""
-    from mll_jax.offline import train
-    from mll_jax.offline.benchmark import BenchmarkConfig, OfflineBenchmark
+    from mll_lab import train_experts as train
+    from mll_lab.benchmark import BenchmarkConfig, OfflineBenchmark
     from mll_jax.reuse import Reuser
 
     by = {t.name: t for t in fdata.TASKS}
@@ -343,7 +358,7 @@ def test_folder_benchmark_on_real_cifar_samples(tmp_path):
     import warnings
 
     from mll_jax.models import CIFAR10_CLASSES, CIFAR10_WNIDS
-    from mll_jax.offline.benchmark import BenchmarkConfig, FolderBenchmark
+    from mll_lab.benchmark import BenchmarkConfig, FolderBenchmark
 
     by_class: dict[int, list[Path]] = {}
     for p in _foolbox_cifar_samples():
@@ -396,10 +411,16 @@ def test_main_command_small(tmp_path):
            "--train_steps=5", "--imagenet_experts=", "--nocifar10_expert", "--tasks=shoes,dress-coat-shirt",
            "--test_per_class=20", "--per_class_sdag=10", "--methods=chco,heu", "--k=2", "--beta=none",
            "--progress=false", f"--output_json={out}", "--novlm"]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               MLL_RESULTS_DIR=str(tmp_path / "results"))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "MEAN" in p.stdout and "shoes" in p.stdout and "timings (s)" in p.stdout
+    # Table 1 with provenance: the means per method, the per-task rows in the JSON
+    table = json.loads((tmp_path / "results" / "table1.json").read_text())
+    assert table["methods"] == ["chco", "heu"] and set(table["summary"]) == {"chco", "heu"}
+    assert len(table["results"]) == 4 and table["provenance"]["command"]
+    assert "| MLL (CHCO) |" in (tmp_path / "results" / "table1.md").read_text()
     res = json.loads(out.read_text())
     assert res["config"]["k"] == 2 and res["config"]["beta"] is None
     assert [(r["task"], r["method"]) for r in res["results"]] == [
@@ -416,7 +437,7 @@ def test_main_command_small(tmp_path):
 
 def test_reuse_scores_with_patch_match_reuser(tmp_path):
     """The cached-logit ensemble (+ patch for an uncovered class) equals mll_jax.reuse.Reuser on the same experts."""
-    from mll_jax.offline.benchmark import BenchmarkConfig, OfflineBenchmark, evaluate_scores
+    from mll_lab.benchmark import BenchmarkConfig, OfflineBenchmark, evaluate_scores
     from mll_jax.reuse import Reuser
     from mll_jax.selection import ModelScores, select
 
@@ -445,7 +466,7 @@ def test_reuse_scores_with_patch_match_reuser(tmp_path):
                  wnids=["n1", "n2", None])
     assert list(sel.covered) == [True, True, False]
     b = OfflineBenchmark(BenchmarkConfig(home=str(tmp_path), clip_model="fake/clip", progress=False))
-    b._patch = Patch()
+    b.patch = Patch()
     ours, patched = b.reuse_scores(sel, lambda m: experts[m].logits(images), lambda: images)
     ref = Reuser(sel, experts, patch=Patch(), progress=False).scores(images)
     assert patched

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mll_jax.offline import data as fdata
-from mll_jax.vlm.offline import DualEncoderSpec, anchor_texts, class_training_texts
+from mll_lab import fashion_mnist as fdata
+from mll_lab.train_vlms import DualEncoderSpec, anchor_texts, class_training_texts
 
 
 def test_training_texts_and_negatives(wn):
@@ -19,7 +19,7 @@ def test_training_texts_and_negatives(wn):
         DualEncoderSpec("x", "resnet", (1, 1))
 
 
-class _HashEncoder:
+class HashEncoder:
     """Deterministic unit vectors per text (seeded by the text), in place of the MiniLM sentence encoder."""
 
     dim = 384
@@ -32,19 +32,23 @@ class _HashEncoder:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
+_HashEncoder = HashEncoder  # the name other test modules used
+
+
 @pytest.mark.slow
 def test_train_save_load_roundtrip(tmp_path, wn):
     from mll_jax.hub import ModelHub
     from mll_jax.vlm.models import VLM
-    from mll_jax.vlm.offline import TextFeatures, is_current, train_vlm_hub
+    from mll_lab.train_vlms import TextFeatures, is_current, train_vlm_hub
 
     data = fdata.load_fashion_mnist()
     splits = fdata.make_splits(data.train_labels)
     spec = DualEncoderSpec("t-vlm", "vit", (5, 7, 9), per_class=16, steps=3, width=4, dim=8, batch_size=16)
-    tf = TextFeatures(_HashEncoder())  # a stand-in for MiniLM (the real one is exercised by the benchmark)
+    tf = TextFeatures(HashEncoder())  # a stand-in for MiniLM (the real one is exercised by the benchmark)
     hub = ModelHub(tmp_path / "hub")
     (v,) = train_vlm_hub(hub, data, splits, tf, [spec], progress=False)
     assert isinstance(v, VLM) and is_current(hub, spec)
+    assert hub.entry("t-vlm")["options"]["module_class"] == "mll_jax.models.gray_hf:GrayHFClassifier"
     assert not is_current(hub, DualEncoderSpec("t-vlm", "vit", (5, 7, 9), per_class=16, steps=4, width=4, dim=8))
     imgs = data.test_images[:5]
     e = v.encode_images(imgs)

@@ -1,6 +1,6 @@
 """Fashion-MNIST data, its WordNet 3.0 class map, deterministic splits and the zero-shot target tasks.
 
-The offline benchmark needs no download: Fashion-MNIST comes from Debian's ``dataset-fashion-mnist``
+The offline benchmarks (:mod:`mll_lab.benchmark`, :mod:`mll_lab.vlm_benchmark`) need no download: Fashion-MNIST comes from Debian's ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist/*.gz``, the original idx files: 60k train + 10k test, 28x28 uint8).
 
 Splits (all deterministic, disjoint):
@@ -25,8 +25,13 @@ from typing import Sequence
 
 import numpy as np
 
+from mll_jax.errors import MLLError
+from mll_jax.wordnet import get_wordnet
+
 __all__ = [
     "FMNIST_DIR",
+    "FMNIST_FILES",
+    "SUBTREE_ROOTS",
     "FMNIST_CLASSES",
     "CLASS_SYNSETS",
     "ClassSynset",
@@ -48,7 +53,8 @@ __all__ = [
 
 #: Where Debian's ``dataset-fashion-mnist`` installs the idx files (override: ``$MLL_JAX_FMNIST_DIR``).
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
-_FILES = {
+#: The four idx files of Fashion-MNIST.
+FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
     "test_images": "t10k-images-idx3-ubyte.gz",
@@ -89,8 +95,8 @@ CLASS_SYNSETS: tuple[ClassSynset, ...] = (
 SUBTREE_ROOTS = ("clothing.n.01", "footwear.n.02", "bag.n.04")
 
 
-class FashionMNISTNotFoundError(FileNotFoundError):
-    pass
+class FashionMNISTNotFoundError(MLLError, FileNotFoundError):
+    """The Fashion-MNIST idx files are not installed (``apt-get install dataset-fashion-mnist``)."""
 
 
 def _fmnist_dir(root: str | os.PathLike | None) -> Path:
@@ -134,13 +140,13 @@ class FashionMNIST:
 def load_fashion_mnist(root: str | os.PathLike | None = None) -> FashionMNIST:
     """The Fashion-MNIST idx files from ``root`` (default ``$MLL_JAX_FMNIST_DIR`` or Debian's directory)."""
     d = _fmnist_dir(root)
-    missing = [n for n in _FILES.values() if not (d / n).is_file()]
+    missing = [n for n in FMNIST_FILES.values() if not (d / n).is_file()]
     if missing:
         raise FashionMNISTNotFoundError(
             f"Fashion-MNIST not found in {d} (missing {', '.join(missing)}). Install it with "
             "`apt-get install dataset-fashion-mnist` (Debian/Ubuntu) or point $MLL_JAX_FMNIST_DIR at a directory "
             "holding the four original *-idx?-ubyte.gz files.")
-    arrays = {k: read_idx(d / n) for k, n in _FILES.items()}
+    arrays = {k: read_idx(d / n) for k, n in FMNIST_FILES.items()}
     for split in ("train", "test"):
         im, lab = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if im.ndim != 3 or lab.ndim != 1 or im.shape[0] != lab.shape[0]:
@@ -199,8 +205,6 @@ def verify_class_synsets(wn=None) -> dict[str, list[str]]:
     Raises ValueError if a synset is unknown, has another offset, or lies outside :data:`SUBTREE_ROOTS`.
     """
     if wn is None:
-        from mll_jax.wordnet import get_wordnet
-
         wn = get_wordnet()
     roots = {r: wn.synset(r) for r in SUBTREE_ROOTS}
     out = {}

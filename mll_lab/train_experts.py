@@ -3,11 +3,11 @@
 Each expert (:class:`ExpertSpec`) sees only some Fashion-MNIST classes and has its own output space; a head may
 gather several classes (superclass heads such as ``footwear = sandal + sneaker + ankle boot``).  The networks are
 the Flax modules of ``FlaxResNetForImageClassification`` / ``FlaxViTForImageClassification`` built from tiny
-configs, wrapped in :class:`GrayHFClassifier` (grayscale input), trained with optax (AdamW, warm-up + cosine
+configs, wrapped in :class:`mll_jax.models.gray_hf.GrayHFClassifier` (grayscale input), trained with optax (AdamW, warm-up + cosine
 schedule, cross-entropy, random horizontal flips) on images of the expert split (never the SDAG or test images).
 
-They are registered in a :class:`mll_jax.hub.ModelHub` as kind ``flax_module`` (so ``hub.load(id)`` needs nothing
-from this module)::
+They are registered in a :class:`mll_jax.hub.ModelHub` as kind ``flax_module`` with ``module_class =
+"mll_jax.models.gray_hf:GrayHFClassifier"`` (so ``hub.load(id)`` needs nothing from the lab)::
 
     <hub>/manifest.json                      # entry: module class + kwargs (arch, HF config), preprocessing,
                                              #        head names, "spec" and "training" summary
@@ -29,23 +29,28 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from mll_jax.hub import ModelHub, PreprocessSpec
+from mll_jax.models import FlaxModuleExpert
+from mll_jax.models.gray_hf import GrayHFClassifier, plain_config
 from mll_jax.utils import atomic_write_text
-
-from mll_jax.offline.data import FMNIST_CLASSES, FashionMNIST, Splits
+from mll_lab.fashion_mnist import FMNIST_CLASSES, FashionMNIST, Splits
 
 __all__ = [
     "ExpertSpec",
     "HUB_SPECS",
     "FMNIST_MEAN",
     "FMNIST_STD",
+    "IMAGE_SIZE",
     "GrayHFClassifier",
     "hf_config",
     "make_model",
     "preprocess_spec",
+    "normalise_images",
     "expert_training_set",
     "TrainResult",
     "train_expert",
@@ -57,9 +62,8 @@ __all__ = [
 #: Normalisation of the trained experts (Fashion-MNIST pixel mean / std on [0, 1]).
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
+#: Side of the (square) Fashion-MNIST images the experts take.
 IMAGE_SIZE = 28
-#: ITU-R BT.601 luma weights (RGB -> gray).
-LUMA = (0.299, 0.587, 0.114)
 
 
 @dataclass(frozen=True)
@@ -166,61 +170,8 @@ def hf_config(spec: ExpertSpec):
                      num_labels=spec.num_heads, id2label=id2label, label2id=label2id)
 
 
-def _hf_module(arch: str, config: dict):
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "TensorFlow and JAX classes are deprecated" (transformers 4.x)
-        if arch == "resnet":
-            from transformers import ResNetConfig
-            from transformers.models.resnet.modeling_flax_resnet import FlaxResNetForImageClassificationModule
-
-            return FlaxResNetForImageClassificationModule(ResNetConfig(**config))
-        if arch == "vit":
-            from transformers import ViTConfig
-            from transformers.models.vit.modeling_flax_vit import FlaxViTForImageClassificationModule
-
-            return FlaxViTForImageClassificationModule(ViTConfig(**config))
-    raise ValueError(f"unknown expert architecture {arch!r} (expected 'resnet' or 'vit')")
-
-
-def _plain(tree):
-    """Nested FrozenDict / Mapping -> plain dicts (HF configs insist on dict, flax freezes module attributes)."""
-    if hasattr(tree, "items"):
-        return {k: _plain(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_plain(v) for v in tree]
-    return tree
-
-
-class GrayHFClassifier(nn.Module):
-    """A Hugging Face Flax image-classification module on grayscale input.
-
-    Input: float32 NHWC, either 1 channel (already normalised gray) or 3 channels (per-channel normalised RGB,
-    as produced by the hub's :class:`~mll_jax.hub.PreprocessSpec`), which is reduced to ITU-R 601 luma; since the
-    luma weights sum to 1, normalising the channels with the gray mean/std and then taking luma equals
-    normalising the luma.  Output: (N, num_labels) logits.  ``config`` is the HF config as a JSON dict, so the
-    module is re-creatable from the hub manifest (kind ``flax_module``).
-    """
-
-    arch: str
-    config: Any
-
-    @nn.compact
-    def __call__(self, x, deterministic: bool = True):
-        if x.shape[-1] == 3:
-            x = x @ jnp.asarray(LUMA, x.dtype)[:, None]
-        elif x.shape[-1] != 1:
-            raise ValueError(f"GrayHFClassifier expects 1 or 3 channels, got input of shape {x.shape}")
-        net = _hf_module(self.arch, _plain(self.config))
-        net = net.clone(parent=self, name="net")
-        return net(x, deterministic=deterministic, return_dict=False)[0]
-
-
 def make_model(spec: ExpertSpec, seed: int | None = None):
     """(GrayHFClassifier module, initial variables {"params", ["batch_stats"]}, HF config) of an expert spec."""
-    import jax
-
     config = hf_config(spec)
     module = GrayHFClassifier(spec.arch, json.loads(config.to_json_string()))
     x = jnp.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 1), jnp.float32)
@@ -230,13 +181,12 @@ def make_model(spec: ExpertSpec, seed: int | None = None):
 
 def preprocess_spec():
     """The hub preprocessing of the offline experts: resize to 28x28, scale to [0, 1], normalise."""
-    from mll_jax.hub import PreprocessSpec
-
     return PreprocessSpec((IMAGE_SIZE, IMAGE_SIZE), mean=(FMNIST_MEAN,) * 3, std=(FMNIST_STD,) * 3,
                           scale=1.0 / 255.0, layout="NHWC", resample="bilinear")
 
 
-def _normalise(x_uint8_gray: np.ndarray) -> np.ndarray:
+def normalise_images(x_uint8_gray: np.ndarray) -> np.ndarray:
+    """uint8 (N, 28, 28) gray images -> float32 (N, 28, 28, 1), scaled to [0, 1] and normalised (training input)."""
     return ((x_uint8_gray.astype(np.float32) / 255.0 - FMNIST_MEAN) / FMNIST_STD)[..., None]
 
 
@@ -271,8 +221,6 @@ class TrainResult:
 
     def expert(self, batch_size: int = 256):
         """The trained model as an expert (same preprocessing as when loaded from the hub)."""
-        from mll_jax.models import FlaxModuleExpert
-
         return FlaxModuleExpert(self.module, self.variables, preprocess_spec(), self.spec.model_id,
                                 self.spec.head_names, batch_size=batch_size, num_heads=self.spec.num_heads)
 
@@ -280,12 +228,11 @@ class TrainResult:
 def train_expert(spec: ExpertSpec, data: FashionMNIST, splits: Splits, *, steps: int | None = None,
                  progress: bool = True) -> TrainResult:
     """Train one expert with optax AdamW (warm-up + cosine) on its training subset, random horizontal flips."""
-    import jax
     import optax
 
     module, variables, config = make_model(spec)
     idx, targets = expert_training_set(spec, data, splits)
-    x_all = _normalise(data.train_images[idx])
+    x_all = normalise_images(data.train_images[idx])
     steps = spec.steps if steps is None else int(steps)
     if steps < 1:
         raise ValueError(f"{spec.model_id}: steps must be >= 1, got {steps}")
@@ -317,8 +264,6 @@ def train_expert(spec: ExpertSpec, data: FashionMNIST, splits: Splits, *, steps:
     losses = []
     it = range(steps)
     if progress:
-        from tqdm.auto import tqdm
-
         it = tqdm(it, desc=f"train {spec.model_id}", unit="step", leave=False)
     t0 = time.perf_counter()
     for i in it:
@@ -350,8 +295,6 @@ def train_expert(spec: ExpertSpec, data: FashionMNIST, splits: Splits, *, steps:
 # The hub
 # ---------------------------------------------------------------------------------------------------
 
-
-
 def register_expert(hub, result: TrainResult, *, overwrite: bool = True) -> dict:
     """Save a trained expert into the hub (orbax variables, config.json, expert.json) and register it.
 
@@ -360,10 +303,10 @@ def register_expert(hub, result: TrainResult, *, overwrite: bool = True) -> dict
     summary.
     """
     spec = result.spec
-    entry = hub.add_flax_module(
+    hub.add_flax_module(
         spec.model_id, result.module, result.variables, preprocess_spec(), head_names=spec.head_names,
-        num_heads=spec.num_heads, module_kwargs={"arch": spec.arch, "config": _plain(result.module.config)},
-        batch_size=256, source=f"mll_jax.offline.train:{spec.arch}:fashion-mnist", overwrite=overwrite)
+        num_heads=spec.num_heads, module_kwargs={"arch": spec.arch, "config": plain_config(result.module.config)},
+        batch_size=256, source=f"mll_lab.train_experts:{spec.arch}:fashion-mnist", overwrite=overwrite)
     summary = {
         "hf_class": ("FlaxResNetForImageClassification" if spec.arch == "resnet"
                      else "FlaxViTForImageClassification"),
@@ -394,10 +337,6 @@ def train_hub(hub, data: FashionMNIST, splits: Splits, specs: Sequence[ExpertSpe
     ``hub``: a :class:`mll_jax.hub.ModelHub` or its root directory.  ``steps`` overrides every spec's step count
     (e.g. a handful for tests).  Returns the manifest entries, in ``specs`` order.
     """
-    from tqdm.auto import tqdm
-
-    from mll_jax.hub import ModelHub
-
     if not isinstance(hub, ModelHub):
         hub = ModelHub(hub)
     entries = []

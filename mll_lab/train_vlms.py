@@ -1,10 +1,10 @@
 """An offline hub of small dual encoders (VLMs) trained on Fashion-MNIST, for the VLM benchmark.
 
-Each :class:`DualEncoderSpec` is a CLIP-like dual encoder with its own *specialty* (the Fashion-MNIST classes it
+Each :class:`~mll_jax.vlm.dual_encoder.DualEncoderSpec` is a CLIP-like dual encoder with its own *specialty* (the Fashion-MNIST classes it
 is trained on, how many images per class, tower size):
 
-* image tower: a tiny Hugging Face Flax ResNet / ViT (:class:`mll_jax.offline.train.GrayHFClassifier`, config
-  from :func:`mll_jax.offline.train.hf_config`) whose ``num_labels`` outputs are the ``dim``-d embedding;
+* image tower: a tiny Hugging Face Flax ResNet / ViT (:class:`mll_jax.models.gray_hf.GrayHFClassifier`, config
+  from :func:`mll_lab.train_experts.hf_config`) whose ``num_labels`` outputs are the ``dim``-d embedding;
 * text tower: the frozen MiniLM (:class:`mll_jax.text.TextEncoder`) followed by a learned linear projection
   ``384 -> dim``;
 * a learned temperature ``logit_scale = exp(s)`` (clipped to [1, 100]).
@@ -18,62 +18,43 @@ text-geometry regulariser (:data:`GEO_WEIGHT`): on the step's texts the projecte
 close to MiniLM's, so that unseen wordings land near their synonyms.  (Without negatives and the regulariser, a
 footwear model sent ankle-boot images to the text "dress": with three training texts the contrastive objective
 says nothing about other words.)  Training images come from the expert pool split only (never the SDAG or test images;
-:mod:`mll_jax.offline.data`).  Class names used by the tasks ("footwear", "frock", "jumper", ...) are never
+:mod:`mll_lab.fashion_mnist`).  Class names used by the tasks ("footwear", "frock", "jumper", ...) are never
 training texts unless they are WordNet lemmas of the class synset, so the tasks test zero-shot wording transfer.
 
 Saved in a :class:`mll_jax.hub.ModelHub` (the image tower as kind ``flax_module`` with the offline experts'
 preprocessing; ``text_proj.npy`` and the hub entry's ``vlm`` field hold the text side), so a trained VLM is
-loaded in any process with :func:`load_dual_encoder`.
+loaded in any process with :func:`mll_jax.vlm.dual_encoder.load_dual_encoder` (the library's loader; this module
+only trains).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from mll_jax.images import as_image_batch
-from mll_jax.offline.data import CLASS_SYNSETS, FMNIST_CLASSES, FashionMNIST, Splits
-from mll_jax.utils import array_hash, atomic_save_npy, texts_hash
+from mll_jax.models.gray_hf import GrayHFClassifier
+from mll_jax.utils import atomic_save_npy
+from mll_jax.vlm.dual_encoder import (MAX_LOG_SCALE, DualEncoderSpec, DualEncoderVLM, TextFeatures, l2_normalize,
+                                      load_dual_encoder)
+from mll_jax.wordnet import get_wordnet
+from mll_lab.fashion_mnist import CLASS_SYNSETS, SUBTREE_ROOTS, FashionMNIST, Splits
+from mll_lab.train_experts import FMNIST_MEAN, FMNIST_STD, ExpertSpec, hf_config, preprocess_spec
 
-__all__ = ["DualEncoderSpec", "VLM_SPECS", "class_training_texts", "TextFeatures", "DualEncoderVLM",
-           "train_dual_encoder", "is_current", "load_dual_encoder", "train_vlm_hub"]
+__all__ = ["DualEncoderSpec", "VLM_SPECS", "GEO_WEIGHT", "anchor_texts", "class_training_texts", "TextFeatures",
+           "DualEncoderVLM", "dual_encoder_tower", "vlm_training_set", "train_dual_encoder", "is_current",
+           "register_dual_encoder", "load_dual_encoder", "train_vlm_hub"]
 
-MAX_LOG_SCALE = math.log(100.0)
 #: Weight of the text-geometry regulariser (mean squared difference of cosine Gram matrices before/after the
 #: projection, on the step's class texts plus 48 random anchor texts).
 GEO_WEIGHT = 1.0
-
-
-@dataclass(frozen=True)
-class DualEncoderSpec:
-    model_id: str
-    arch: str  # "resnet" | "vit"
-    classes: tuple[int, ...]  # Fashion-MNIST labels it is trained on
-    per_class: int = 200
-    steps: int = 150
-    width: int = 8
-    dim: int = 32
-    batch_size: int = 64
-    lr: float = 3e-3
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.arch not in ("resnet", "vit"):
-            raise ValueError(f"{self.model_id}: arch must be 'resnet' or 'vit', got {self.arch!r}")
-        if len(set(self.classes)) < 2 or any(not 0 <= c < len(FMNIST_CLASSES) for c in self.classes):
-            raise ValueError(f"{self.model_id}: needs >= 2 distinct Fashion-MNIST labels, got {self.classes}")
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["classes"] = list(self.classes)
-        return d
 
 
 def _s(model_id, arch, classes, **kw):
@@ -96,11 +77,7 @@ def anchor_texts(exclude_labels: Sequence[int] = (), wn=None) -> list[str]:
     """Unlabelled vocabulary: the lemmas of every noun synset under the offline SDAG's subtrees (clothing,
     footwear, bag), minus the synsets related to ``exclude_labels`` (each class synset with its hypernyms and
     hyponyms, so that no synonym, parent or kind of a trained class is ever a negative)."""
-    from mll_jax.offline.data import SUBTREE_ROOTS
-
     if wn is None:
-        from mll_jax.wordnet import get_wordnet
-
         wn = get_wordnet()
     excluded = set()
     for c in exclude_labels:
@@ -120,8 +97,6 @@ def class_training_texts(label: int, wn=None) -> list[str]:
     """WordNet texts of a Fashion-MNIST class: every lemma, "a photo of a <lemma>", "<lemma>: <definition>", and
     the definition."""
     if wn is None:
-        from mll_jax.wordnet import get_wordnet
-
         wn = get_wordnet()
     s = wn.synset(CLASS_SYNSETS[label].synset)
     lemmas = list(dict.fromkeys(n.replace("_", " ") for n in s.lemma_names()))
@@ -129,74 +104,16 @@ def class_training_texts(label: int, wn=None) -> list[str]:
     return [t for lem in lemmas for t in (lem, f"a photo of a {lem}", f"{lem}: {d}")] + [d]
 
 
-class TextFeatures:
-    """Frozen MiniLM sentence embeddings with an in-memory cache, shared by all offline dual encoders."""
-
-    def __init__(self, encoder=None):
-        if encoder is None:
-            from mll_jax.text import TextEncoder
-
-            encoder = TextEncoder.load()
-        self.encoder = encoder
-        self._cache: dict[str, np.ndarray] = {}
-
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if todo:
-            for t, e in zip(todo, self.encoder.encode(todo)):
-                self._cache[t] = e
-        return np.stack([self._cache[t] for t in texts]).astype(np.float32)
-
-
-def _tower(spec: DualEncoderSpec):
-    from mll_jax.offline.train import ExpertSpec, GrayHFClassifier, hf_config
-
+def dual_encoder_tower(spec: DualEncoderSpec):
+    """(image tower module, its HF config dict) of a spec: a :class:`GrayHFClassifier` with ``dim`` outputs."""
     cfg = hf_config(ExpertSpec(spec.model_id, spec.arch, (("a", (0,)), ("b", (1,))), width=spec.width))
     cfg.num_labels = spec.dim  # the "classification" head is the embedding projection
     cfg_dict = json.loads(cfg.to_json_string())
     return GrayHFClassifier(spec.arch, cfg_dict), cfg_dict
 
 
-def _l2n(x):
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-@dataclass
-class DualEncoderVLM:
-    """A trained offline dual encoder as a :class:`mll_jax.vlm.models.VLM`."""
-
-    model_id: str
-    image_expert: object  # FlaxModuleExpert: uint8 images -> (N, dim) unnormalised embeddings
-    text_proj: np.ndarray  # (384, dim)
-    scale: float
-    text_features: TextFeatures
-    spec: DualEncoderSpec
-    _fingerprint: str = ""
-
-    @property
-    def fingerprint(self) -> str:
-        if not self._fingerprint:
-            self._fingerprint = texts_hash([json.dumps(self.spec.to_json(), sort_keys=True), array_hash(self.text_proj),
-                                            repr(self.scale)], length=20)
-        return self._fingerprint
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.scale)
-
-    def prompt(self, class_name: str) -> str:
-        return class_name
-
-    def encode_images(self, images: np.ndarray) -> np.ndarray:
-        z = np.asarray(self.image_expert.logits(as_image_batch(images)), np.float32)
-        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-
-    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        z = self.text_features(list(texts)) @ self.text_proj
-        return (z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
-def _training_set(spec: DualEncoderSpec, data: FashionMNIST, splits: Splits):
+def vlm_training_set(spec: DualEncoderSpec, data: FashionMNIST, splits: Splits):
+    """Indices (into the training set, expert pool only) and class positions of one dual encoder's images."""
     rng = np.random.default_rng(20_000 + spec.seed)
     pool_labels = data.train_labels[splits.pool]
     idx = []
@@ -212,11 +129,7 @@ def train_dual_encoder(spec: DualEncoderSpec, data: FashionMNIST, splits: Splits
                        steps: int | None = None, wn=None) -> dict:
     """Train one dual encoder; returns ``{"module", "variables", "config", "text_proj", "scale", "losses",
     "train_seconds"}``."""
-    import optax
-
-    from mll_jax.offline.train import FMNIST_MEAN, FMNIST_STD
-
-    module, cfg = _tower(spec)
+    module, cfg = dual_encoder_tower(spec)
     steps = spec.steps if steps is None else int(steps)
     x0 = jnp.zeros((1, 28, 28, 1), jnp.float32)
     variables = dict(jax.jit(module.init)(jax.random.PRNGKey(spec.seed), x0))
@@ -245,11 +158,11 @@ def train_dual_encoder(spec: DualEncoderSpec, data: FashionMNIST, splits: Splits
             z = module.apply(v, x, deterministic=False)
         scale = jnp.exp(jnp.clip(p["log_scale"], 0.0, MAX_LOG_SCALE))
         # class texts first, then the anchor texts as extra negatives
-        logits = scale * _l2n(z) @ _l2n(jnp.concatenate([t, a]) @ p["text_proj"]).T
+        logits = scale * l2_normalize(z) @ l2_normalize(jnp.concatenate([t, a]) @ p["text_proj"]).T
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         # keep MiniLM's geometry among texts (trained and unseen wordings), so new names land near their synonyms
         at = jnp.concatenate([a, t])
-        pa = _l2n(at @ p["text_proj"])
+        pa = l2_normalize(at @ p["text_proj"])
         geo = jnp.mean((pa @ pa.T - at @ at.T) ** 2)
         return ce + GEO_WEIGHT * geo, bs
 
@@ -259,7 +172,7 @@ def train_dual_encoder(spec: DualEncoderSpec, data: FashionMNIST, splits: Splits
         upd, o = tx.update(g, o, p)
         return optax.apply_updates(p, upd), bs, o, loss
 
-    idx, y_all = _training_set(spec, data, splits)
+    idx, y_all = vlm_training_set(spec, data, splits)
     x_all = ((data.train_images[idx].astype(np.float32) / 255.0 - FMNIST_MEAN) / FMNIST_STD)[..., None]
     n = len(idx)
     bsz = min(spec.batch_size, n)
@@ -290,8 +203,7 @@ def train_dual_encoder(spec: DualEncoderSpec, data: FashionMNIST, splits: Splits
 
 
 def is_current(hub, spec: DualEncoderSpec) -> bool:
-    import os
-
+    """True if ``spec`` is registered in ``hub`` with the same spec, its projection and its variables."""
     if spec.model_id not in hub:
         return False
     e = hub.entry(spec.model_id)
@@ -300,28 +212,17 @@ def is_current(hub, spec: DualEncoderSpec) -> bool:
             and os.path.isdir(hub.model_dir(spec.model_id, "variables")))
 
 
-def _register(hub, spec: DualEncoderSpec, res: dict) -> None:
-    from mll_jax.offline.train import preprocess_spec
-
+def register_dual_encoder(hub, spec: DualEncoderSpec, res: dict) -> None:
+    """Save a trained dual encoder (``res`` of :func:`train_dual_encoder`) into ``hub`` and register it."""
     atomic_save_npy(hub.model_dir(spec.model_id, "text_proj.npy"), res["text_proj"])
     hub.add_flax_module(spec.model_id, res["module"], res["variables"], preprocess_spec(), num_heads=spec.dim,
                         module_kwargs={"arch": spec.arch, "config": res["config"]}, batch_size=256,
-                        source=f"mll_jax.vlm.offline:{spec.arch}:fashion-mnist", overwrite=True)
+                        source=f"mll_lab.train_vlms:{spec.arch}:fashion-mnist", overwrite=True)
     hub.update(spec.model_id, group="offline-vlm",
                vlm={"spec": spec.to_json(), "logit_scale": res["scale"], "text_proj": "text_proj.npy",
                     "text_tower": "frozen all-MiniLM-L6-v2 + linear projection",
                     "train_seconds": round(res["train_seconds"], 2),
                     "final_loss": res["losses"][-1][1] if res["losses"] else None})
-
-
-def load_dual_encoder(hub, model_id: str, text_features: TextFeatures) -> DualEncoderVLM:
-    e = hub.entry(model_id)
-    v = e.get("vlm")
-    if not v:
-        raise KeyError(f"hub model {model_id!r} is not a dual-encoder VLM (no 'vlm' entry)")
-    w = np.load(hub.model_dir(model_id, v["text_proj"]))
-    return DualEncoderVLM(model_id, hub.load(model_id), w, float(v["logit_scale"]), text_features,
-                          DualEncoderSpec(**{**v["spec"], "classes": tuple(v["spec"]["classes"])}))
 
 
 def train_vlm_hub(hub, data: FashionMNIST, splits: Splits, text_features: TextFeatures,
@@ -332,7 +233,7 @@ def train_vlm_hub(hub, data: FashionMNIST, splits: Splits, text_features: TextFe
     for spec in specs:
         if rebuild or not is_current(hub, spec):
             res = train_dual_encoder(spec, data, splits, text_features)
-            _register(hub, spec, res)
+            register_dual_encoder(hub, spec, res)
             if progress:
                 print(f"trained {spec.model_id}: {res['train_seconds']:.1f}s, loss {res['losses'][-1][1]:.3f}, "
                       f"scale {res['scale']:.1f}", flush=True)
