@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mll_jax.errors import LockedError
+from mll_jax.errors import LockedError, MLLError
 
 __all__ = ["LOCK_FILE", "LockedError", "writer_lock", "lock_holder", "holds_writer_lock"]
 
@@ -191,8 +191,9 @@ def _acquire(root: Path, what: str, deadline: float | None, notify: Callable[[st
         if e.depth > 0:
             e.depth += 1
             return e
+        if not root.is_dir():  # locking creates no directory: a failed command leaves nothing behind
+            raise MLLError(f"cannot {what} in {root}: no such directory")
         try:
-            root.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
             if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
@@ -241,7 +242,8 @@ def _release(e: _Held) -> None:
 @contextlib.contextmanager
 def writer_lock(root: str | os.PathLike, *, wait: bool | float = True, what: str = "write",
                 notify: Callable[[str], None] | None = _default_notify, processes=None) -> Iterator[None]:
-    """Hold the writer lock of the system directory ``root`` for the ``with`` block (see the module doc).
+    """Hold the writer lock of the system directory ``root`` (which must exist) for the ``with`` block (see the
+    module doc).
 
     ``wait``: ``True`` (wait as long as it takes), ``False`` (refuse at once) or seconds; a writer that does not
     get the lock raises :class:`LockedError` naming the holder.  ``what`` names the operation in messages and in

@@ -37,6 +37,7 @@ def holder(tmp_path):
 
     def start(root):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+        root.mkdir(parents=True, exist_ok=True)
         p = subprocess.Popen([sys.executable, "-c", _HOLDER, str(root)], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=env)
         procs.append(p)
@@ -103,6 +104,11 @@ def test_a_dead_pid_in_a_held_lock_is_named(tmp_path, holder):
 
 def test_reentrant_within_a_process_threads_included(tmp_path):
     root = tmp_path / "sys"
+    with pytest.raises(MLLError, match="cannot label in .*sys: no such directory"):
+        with writer_lock(root, what="label"):
+            pass
+    assert not root.exists()
+    root.mkdir()
     seen = []
     with writer_lock(root, what="label"):
         with writer_lock(root, what="commit", wait=False):  # nested: no deadlock
@@ -158,6 +164,7 @@ class _FakeProcs:
 
 
 def _run_pair(root, wait, body):
+    root.mkdir(exist_ok=True)
     kv, cond, out = {}, threading.Condition(), {}
 
     def run(pid):
