@@ -15,6 +15,7 @@ LabelStoreCorruptError`` and ``from mll_jax.errors import LabelStoreCorruptError
 
 from __future__ import annotations
 
+import os
 import pickle
 
 __all__ = [
@@ -23,7 +24,8 @@ __all__ = [
     "StaleClassifierError", "UncoveredTaskError", "CHCOInputError", "LabellingError", "NonFiniteLogitsError",
     "LabelStoreCorruptError", "LabelPrecisionError", "ImageBatchError", "ImageDecodeError", "PackingError",
     "CheckpointError", "ResampleError", "UntrustedModuleError", "NonFiniteOutputError", "WordNetNotFoundError",
-    "SampleImagesNotFound", "DistributedError", "ProcessFailedError", "LockedError",
+    "SampleImagesNotFound", "DistributedError", "ProcessFailedError", "LockedError", "ImageTooLargeError",
+    "StorageError",
     "USAGE_EXIT", "FAILURE_EXIT", "DATA_EXIT", "exit_code",
 ]
 
@@ -118,6 +120,11 @@ class ImageDecodeError(MLLError):
     """An image file that cannot be read or decoded."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """An image file whose header declares more pixels than the limit (a decompression bomb guard; see
+    :data:`mll_jax.images.MAX_IMAGE_PIXELS`); nothing was decoded."""
+
+
 class PackingError(MLLError):
     """Bad input to the packer (empty node, duplicate node, malformed item)."""
 
@@ -135,7 +142,7 @@ class NonFiniteOutputError(MLLError, FloatingPointError):
 
 
 class LockedError(MLLError):
-    """Another process is writing to the same system directory."""
+    """Another process is writing to the same system directory (see :mod:`mll_jax.locking`)."""
 
 
 # ---------------------------------------------------------------------------------------------- damaged data
@@ -158,6 +165,22 @@ class WordNetNotFoundError(EnvironmentSetupError):
 
 class SampleImagesNotFound(MLLError, FileNotFoundError):
     """foolbox's sample images are not installed (``pip install --no-deps foolbox``)."""
+
+
+class StorageError(EnvironmentSetupError, OSError):
+    """A write failed for a reason of the storage (disk full, read-only or unwritable directory, quota, I/O
+    error); the previous state of the file is intact.  The message names the file and the cause.
+
+    Also an ``OSError`` with ``errno``, ``strerror`` and ``filename`` set (what earlier versions raised)."""
+
+    def __init__(self, message: str, *, path=None, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+        self.strerror = os.strerror(errno) if errno else None
+        self.filename = None if path is None else os.fspath(path)
+
+    def __str__(self):  # OSError would print "[Errno ...]" instead of the message
+        return str(self.args[0]) if self.args else ""
 
 
 class DistributedError(EnvironmentSetupError):

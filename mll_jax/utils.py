@@ -4,12 +4,18 @@
 * :func:`atomic_write` (bytes through a callback), :func:`atomic_write_bytes`, :func:`atomic_write_text`,
   :func:`atomic_write_json`, :func:`atomic_save_npy` -- write a file completely or not at all (temp file in
   the same directory, flush + fsync, ``os.replace``); a crash leaves the old file or none, never half of one.
+  A storage failure (disk full, read-only or unwritable directory, quota, I/O error) raises one
+  :class:`mll_jax.errors.StorageError` naming the file and the cause; the temp file is removed and the previous
+  file is intact.  :func:`storage_error` / :func:`storage_errors` give other writers (orbax checkpoints, ...) the
+  same error.
 * :func:`array_hash`, :func:`texts_hash`, :func:`file_hash` -- content hashes (hex digests).
 * :func:`next_pow2` -- padding sizes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno as errno_codes
 import hashlib
 import json
 import os
@@ -19,6 +25,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from mll_jax.errors import StorageError
+
 __all__ = [
     "orbax_checkpointer",
     "home",
@@ -27,6 +35,9 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_save_npy",
+    "STORAGE_ERRNOS",
+    "storage_error",
+    "storage_errors",
     "array_hash",
     "texts_hash",
     "file_hash",
@@ -41,24 +52,74 @@ def home(path: str | os.PathLike | None = None) -> Path:
     return Path(path).expanduser()
 
 
+#: errno values that :func:`atomic_write` reports as a :class:`StorageError` (other ``OSError`` s pass unchanged).
+STORAGE_ERRNOS = frozenset(getattr(errno_codes, n) for n in (
+    "ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "EIO", "EFBIG") if hasattr(errno_codes, n))
+
+_STORAGE_HINTS = {
+    errno_codes.ENOSPC: "the disk is full: free space and run the command again",
+    getattr(errno_codes, "EDQUOT", -1): "the disk quota is exhausted: free space and run the command again",
+    errno_codes.EROFS: "the file system is mounted read-only",
+    errno_codes.EACCES: "no permission to write there",
+    errno_codes.EPERM: "the operation is not permitted there",
+    errno_codes.EIO: "the storage reported an I/O error",
+    errno_codes.EFBIG: "the file is larger than the file system allows",
+}
+
+
+def storage_error(error: OSError, path: str | os.PathLike) -> StorageError | OSError:
+    """The :class:`StorageError` for ``error`` (an ``OSError`` raised while writing ``path``), or ``error``
+    itself when its errno is not a storage failure (:data:`STORAGE_ERRNOS`) or it already is one.
+
+    Use as ``except OSError as e: raise storage_error(e, path) from e``."""
+    if isinstance(error, StorageError) or error.errno not in STORAGE_ERRNOS:
+        return error
+    path = Path(path)
+    code = errno_codes.errorcode.get(error.errno, str(error.errno))
+    state = ("its previous content is unchanged" if path.exists() else "no file was created")
+    return StorageError(
+        f"cannot write {path}: {error.strerror or os.strerror(error.errno)} ({code}); "
+        f"{_STORAGE_HINTS.get(error.errno, 'check the storage')}; {state}", path=path, errno=error.errno)
+
+
+@contextlib.contextmanager
+def storage_errors(path: str | os.PathLike):
+    """Context manager: an ``OSError`` of :data:`STORAGE_ERRNOS` raised inside becomes :func:`storage_error`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        err = storage_error(e, path)
+        if err is e:
+            raise
+        raise err from e
+
+
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[Any], None], *, mode: int = 0o644) -> Path:
     """Write ``path`` atomically: ``write_fn(binary_file)`` fills a temp file that then replaces ``path``.
 
-    The parent directory is created.  On any exception the temp file is removed and ``path`` is untouched.
+    The parent directory is created.  On any exception the temp file is removed and ``path`` is untouched; a
+    storage failure (disk full, read-only directory, ...: :data:`STORAGE_ERRNOS`) raises :class:`StorageError`
+    naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with storage_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write_fn(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)  # mkstemp creates 0600
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
     return path
 
 

@@ -3,6 +3,9 @@
 Item 2: stale labels after a model update; item 3: hub directory collisions; item 5: one image-batch contract;
 item 6: label-store corruption; item 7 (part): SDAG order independent of PYTHONHASHSEED; item 8 (parts): manifest
 module_class imports, batch_size <= 0.
+
+Issue 23: every expert has a fingerprint (a user's own expert object without one is relabelled after new
+weights, with a warning); format-1 label stores upgrade in place to format 2.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from mll_jax import hub as hub_mod  # noqa: E402
 from mll_jax import images as images_mod  # noqa: E402
 from mll_jax import sdag as sdag_mod  # noqa: E402
 from mll_jax.hub import ModelHub, PreprocessSpec, UntrustedModuleError  # noqa: E402
+from mll_jax.errors import LabellingError  # noqa: E402
+from mll_jax.expert_fingerprint import expert_fingerprint, tree_fingerprint  # noqa: E402
 from mll_jax.images import ImageBatchError  # noqa: E402
+from mll_jax.label_upgrade import FORMAT_1, FORMAT_2, label_format, upgrade_label_store  # noqa: E402
 from mll_jax.labelling import LabelStore, LabelStoreCorruptError, label_models, node_mean_logits  # noqa: E402
 from mll_jax.models import FlaxModuleExpert  # noqa: E402
 from mll_jax.sdag import SDAG  # noqa: E402
@@ -325,3 +331,109 @@ def test_sdag_order_does_not_depend_on_the_hash_seed():
         outs.append(json.loads(r.stdout.strip().splitlines()[-1]))
     assert outs[0] == outs[1]
     assert len(outs[0][0]) > 100  # dog and two levels of hyponyms: many set-ordered siblings
+
+
+# ------------------------------------------------------------- issue 23, item 1: every expert has a fingerprint
+
+
+class OpaqueExpert:
+    """A user's own expert: model_id, num_heads, logits; no fingerprint, no reachable parameters."""
+
+    def __init__(self, model_id, seed, noise=0.0):
+        rng = np.random.default_rng(seed)
+        self.model_id, self.num_heads = model_id, 3
+        self._w = rng.normal(size=(3, 3)).astype(np.float32)
+        self._noise = noise  # relative float round-off of another run
+        self.calls = 0
+
+    def logits(self, images):
+        self.calls += 1
+        x = np.asarray(images, np.float32).reshape(len(images), -1, 3).mean(axis=1) / 255.0
+        out = x @ self._w
+        return (out * (1 + self._noise * np.sign(out))).astype(np.float32)
+
+
+class ParamsExpert(OpaqueExpert):
+    def __init__(self, model_id, seed):
+        super().__init__(model_id, seed)
+        self.params = {"w": self._w}
+
+
+def test_expert_fingerprint_sources():
+    own = OpaqueExpert("m", 1)
+    own.fingerprint = "hub-sha"
+    assert expert_fingerprint(own) == "hub-sha" and own.calls == 0
+    own.fingerprint = 3
+    with pytest.raises(LabellingError, match="'m': fingerprint must be a non-empty string"):
+        expert_fingerprint(own)
+    # parameters: no forward pass; equal weights -> equal fingerprints; any weight change -> another one
+    a, b, c = ParamsExpert("m", 1), ParamsExpert("other id", 1), ParamsExpert("m", 2)
+    fa = expert_fingerprint(a)
+    assert len(fa) == 64 and fa == expert_fingerprint(b) != expert_fingerprint(c) and a.calls == 0
+    a.params["w"] = a.params["w"].copy()
+    a.params["w"][0, 0] += 1e-3
+    assert expert_fingerprint(a) != fa
+    assert tree_fingerprint({"a": [1, 2]}) is None and tree_fingerprint({"a": np.zeros(2)}) is not None
+    # outputs on the seeded probe batch: stable across instances and float round-off, changed by new weights
+    o1, o2, o3 = OpaqueExpert("m", 1), OpaqueExpert("m", 1, noise=1e-6), OpaqueExpert("m", 2)
+    fo = expert_fingerprint(o1)
+    assert fo == expert_fingerprint(o2) != expert_fingerprint(o3) and o1.calls == 1
+    assert expert_fingerprint(o1) == fo  # deterministic
+
+
+def test_expert_fingerprint_probe_failure_says_what_to_do():
+    class Picky(OpaqueExpert):
+        input_size = 5
+
+        def logits(self, images):
+            raise ValueError(f"needs 6x6 images, got {images.shape}")
+
+    with pytest.raises(LabellingError, match=r"'p' .*\(4, 5, 5, 3\) probe batch raised ValueError.*`fingerprint`"):
+        expert_fingerprint(Picky("p", 0))
+
+
+def test_fingerprintless_expert_with_new_weights_is_relabelled(tmp_path, small):
+    """The library path: a user's expert object without a fingerprint, then the same id with new weights."""
+    store = LabelStore(tmp_path / "labels")
+    old_expert = OpaqueExpert("mine", 1)
+    assert label_models(small, [old_expert], store, progress=False)["mine"]["computed"] == 3
+    assert store.fingerprint("mine") == expert_fingerprint(old_expert)
+    old = store.read_all("mine")[1]
+    assert label_models(small, [OpaqueExpert("mine", 1)], store, progress=False)["mine"]["computed"] == 0
+
+    new_expert = OpaqueExpert("mine", 2)
+    with pytest.warns(UserWarning, match="'mine' changed since it was labelled"):
+        summary = label_models(small, [new_expert], store, progress=False)
+    assert summary["mine"]["computed"] == 3 and summary["mine"]["fingerprint_changed"] is True
+    fresh = LabelStore(tmp_path / "fresh")
+    label_models(small, [OpaqueExpert("mine", 2)], fresh, progress=False)
+    new = store.read_all("mine")[1]
+    assert np.array_equal(new, fresh.read_all("mine")[1]) and np.abs(new - old).max() > 1e-3
+    assert store.fingerprint("mine") == expert_fingerprint(new_expert)
+
+
+# ------------------------------------------------------------- issue 23, item 4: format-1 stores upgrade in place
+
+
+def test_format1_store_upgrades_in_place_to_format2(tmp_path, small):
+    old = LabelStore(tmp_path / "labels", format=1)
+    hub = ModelHub(tmp_path / "hub")
+    hub.add_flax_module("m", TinyDense(), _vars(1), SPEC)
+    e = hub.load("m")
+    label_models(small, [e], old, progress=False)
+    assert label_format(old, "m") == FORMAT_1
+    nodes, labels = old.read_all("m")
+    info = old.info("m")
+    assert upgrade_label_store(tmp_path / "labels") == ["m"]
+    new = LabelStore(tmp_path / "labels")
+    assert label_format(new, "m") == FORMAT_2
+    n2, l2 = new.read_all("m")
+    assert n2 == nodes and l2.dtype == np.float32 and np.array_equal(l2, labels)  # bitwise
+    got = new.info("m")
+    for k in ("fingerprint", "delta", "head_names", "num_images", "num_heads", "num_nodes"):
+        assert got[k] == info[k], k
+    np.testing.assert_array_equal(new.read("m", nodes[::-1]), labels[::-1])
+    new.check("m")
+    assert upgrade_label_store(new) == []  # already format 2
+    # nothing to relabel afterwards
+    assert label_models(small, [e], new, progress=False)["m"]["computed"] == 0
