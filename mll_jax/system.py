@@ -567,13 +567,13 @@ class MLL:
         other._node_text_cache = self._node_text_cache
         return other
 
-    def load_classifier(self, path: str | os.PathLike, patch=None) -> "Classifier":
+    def load_classifier(self, path: str | os.PathLike, patch=None, *, check: bool = True) -> "Classifier":
         """Load a saved classifier of any ``models=`` (``"vlms"`` / ``"both"``: :mod:`mll_jax.vlm.system`)."""
         if patch is None and Path(path).is_file():
             from mll_jax.vlm import system as vsys
 
-            return vsys.load_classifier(path, self)
-        return Classifier.load(path, self, patch=patch)
+            return vsys.load_classifier(path, self, check=check)
+        return Classifier.load(path, self, patch=patch, check=check)
 
 
 class Classifier:

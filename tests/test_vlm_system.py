@@ -2,6 +2,9 @@
 served by MLL.classifier(models="vlms" | "both"); checked against the functional API (mll_jax.vlm.*) on the same
 data, with the tiny random-weight FlaxCLIP of tests/test_clip_patch.py and a numpy toy expert."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -196,6 +199,24 @@ def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_v
         mll.classifier(names, models="both", vlm_options={"method": "chco"})
     with pytest.raises(MLLError, match="method must be one of"):
         mll.classifier(names, models="vlms", vlm_options={"method": "heu"})
+
+
+SAVED = Path(__file__).resolve().parent / "data" / "classifiers"
+
+
+@pytest.mark.parametrize("name", ["experts", "vlms", "vlms_chco", "both"])
+def test_saved_formats_of_every_model_kind_load(system, name):
+    """tests/data/classifiers holds one classifier of each saved format (mll_jax.classifier/1 for experts and
+    models='both', mll_jax.vlm_classifier/1, mll_jax.vlm_chco_classifier/1), written by the system on this
+    module's fixture (the tiny random CLIP is drawn afresh per run, so fingerprints are not checked): each loads
+    to a classifier that explains itself as when it was saved."""
+    mll, _ = system
+    want = json.loads((SAVED / "explain.json").read_text())[name]
+    clf = mll.load_classifier(SAVED / f"{name}.npz", check=False)
+    assert clf.class_names == ["jersey", "trousers", "violin"]
+    assert clf.explain_text() == want["explain_text"]
+    images = np.random.default_rng(5).integers(0, 256, size=(4, SIZE, SIZE, 3), dtype=np.uint8)
+    assert clf.scores(images).shape == (4, 3) and clf.predict(images).shape == (4,)
 
 
 def test_relabel_only_when_stale(system, plain_vlms, tmp_path):
