@@ -499,10 +499,10 @@ def cmd_classify(argv) -> int:
         if beta != "config":
             overrides["beta"] = beta
         _status(f"building the classifier: matching {len(names)} classes to SDAG nodes, selecting experts")
-        vlm_options = None
-        if FLAGS.vlm_method is not None:
-            vlm_options = {"method": FLAGS.vlm_method}
-        clf = mll.classifier(names, scorer=FLAGS.scorer, models=FLAGS.models, vlm_options=vlm_options, **overrides)
+        if FLAGS.models == "vlms":  # --scorer selects experts; --vlm_method selects the VLMs
+            clf = mll.classifier(names, models="vlms", method=FLAGS.vlm_method, **overrides)
+        else:  # models=both: the VLM part is the MLL-VLM selection (--vlm_method=mll, the default)
+            clf = mll.classifier(names, scorer=FLAGS.scorer, models=FLAGS.models, **overrides)
         _status(repr(clf))
     if FLAGS.save_classifier:
         clf.save(FLAGS.save_classifier)

@@ -24,14 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mll_jax.utils import home
+
 __all__ = ["ClipZeroShot", "DEFAULT_TEMPLATE", "default_cache_dir"]
 
 DEFAULT_TEMPLATE = "a photo of a {}"
 
 
 def default_cache_dir() -> str:
-    from mll_jax.utils import home
-
     return os.path.join(home(), "huggingface")
 
 

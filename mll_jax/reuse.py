@@ -35,8 +35,9 @@ import numpy as np
 from mll_jax.images import as_image_batch
 from mll_jax.selection import Selection
 from mll_jax.errors import NonFiniteOutputError  # noqa: F401  (re-exported)
+from mll_jax.vlm.select import reuse_scores, task_logits
 
-__all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "ensemble_scores", "Reuser"]
+__all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "ensemble_scores", "Reuser", "patch_logits", "VLMPatch"]
 
 
 @jax.jit
@@ -270,3 +271,28 @@ class Reuser:
         if self.patch is None:
             can &= bool(self.covered.any())
         return np.where(can, pred, -1)
+
+
+def patch_logits(scores) -> np.ndarray:
+    """VLM ensemble scores ``(N, C)`` -> patch logits ``log(s / sum_y s_y)`` (the rule of ``MLL.classifier(models="both")``, :mod:`mll_jax.classifier`)."""
+    s = np.asarray(scores, np.float64)
+    return np.log(np.maximum(s / s.sum(axis=1, keepdims=True), 1e-30)).astype(np.float32)
+
+
+class VLMPatch:
+    """A VLM selection reused as a patch for the expert reuser: ``logits(images, class_names)`` returns
+    ``log(s / sum_y s_y)`` of the VLM ensemble scores ``s`` (see :mod:`mll_jax.classifier` for the rule)."""
+
+    def __init__(self, selection, vlms: Mapping[str, Any]):
+        self.selection = selection
+        self.vlms = dict(vlms)
+
+    def scores(self, images) -> np.ndarray:
+        names = self.selection.class_names
+        logits = {m: task_logits(self.vlms[m], images, names) for m in self.selection.used_models}
+        return reuse_scores(self.selection, logits)
+
+    def logits(self, images, class_names: Sequence[str]) -> np.ndarray:
+        if list(class_names) != list(self.selection.class_names):
+            raise ValueError(f"VLMPatch was selected for {self.selection.class_names}, asked for {list(class_names)}")
+        return patch_logits(self.scores(images))

@@ -2,6 +2,9 @@
 served by MLL.classifier(models="vlms" | "both"); checked against the functional API (mll_jax.vlm.*) on the same
 data, with the tiny random-weight FlaxCLIP of tests/test_clip_patch.py and a numpy toy expert."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -95,9 +98,7 @@ def test_classifier_vlms_equals_the_functional_api(system, plain_vlms, tmp_path,
     mll, _ = system
     names = ["jersey", "trousers", "frock"]
     labels, sel, vlms = _functional(mll, plain_vlms, tmp_path, names, k=k)
-    from mll_jax.vlm.system import vlm_labels
-
-    for m, lab in vlm_labels(mll).items():  # the system's stored labels are the functional ones
+    for m, lab in mll.family("vlms").labels().items():  # the system's stored labels are the functional ones
         np.testing.assert_array_equal(lab.counts, labels[m].counts)
         assert lab.nodes == labels[m].nodes
     clf = mll.classifier(names, models="vlms", vlm_options={"k": k})
@@ -162,13 +163,13 @@ def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_v
     the functional pipeline on the system's stored labels, SDAG, matching and config."""
     from mll_jax.vlm import expert_style as es
     from mll_jax.vlm.labels import node_logits
-    from mll_jax.vlm.system import VLMExpertClassifier, vlm_labels, vlm_store
+    from mll_jax.vlm.system import VLMExpertClassifier
 
     mll, _ = system
     names = ["jersey", "trousers", "violin"]
     clf = mll.classifier(names, models="vlms", vlm_options={"method": "chco", "k": 2}, beta=None)
     assert isinstance(clf, VLMExpertClassifier) and clf.class_names == names
-    labels, store = vlm_labels(mll), vlm_store(mll)
+    labels, store = mll.family("vlms").labels(), mll.family("vlms").store()
     esl = {m: es.expert_style_labels(labels[m], node_logits(store, labels[m]), mll.sdag, delta=mll.config.delta)
            for m in labels}
     matches = es.match_nodes(names, esl, mll.node_text, mll.encoder, threshold=mll.config.match_threshold)
@@ -198,6 +199,24 @@ def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_v
         mll.classifier(names, models="vlms", vlm_options={"method": "heu"})
 
 
+SAVED = Path(__file__).resolve().parent / "data" / "classifiers"
+
+
+@pytest.mark.parametrize("name", ["experts", "vlms", "vlms_chco", "both"])
+def test_saved_formats_of_every_model_kind_load(system, name):
+    """tests/data/classifiers holds one classifier of each saved format (mll_jax.classifier/1 for experts and
+    models='both', mll_jax.vlm_classifier/1, mll_jax.vlm_chco_classifier/1), written by the system on this
+    module's fixture (the tiny random CLIP is drawn afresh per run, so fingerprints are not checked): each loads
+    to a classifier that explains itself as when it was saved."""
+    mll, _ = system
+    want = json.loads((SAVED / "explain.json").read_text())[name]
+    clf = mll.load_classifier(SAVED / f"{name}.npz", check=False)
+    assert clf.class_names == ["jersey", "trousers", "violin"]
+    assert clf.explain_text() == want["explain_text"]
+    images = np.random.default_rng(5).integers(0, 256, size=(4, SIZE, SIZE, 3), dtype=np.uint8)
+    assert clf.scores(images).shape == (4, 3) and clf.predict(images).shape == (4,)
+
+
 def test_relabel_only_when_stale(system, plain_vlms, tmp_path):
     mll, _ = system  # last test of the module: it changes the SDAG data
     assert mll.label() == {}
@@ -215,9 +234,7 @@ def test_relabel_only_when_stale(system, plain_vlms, tmp_path):
     assert set(summary) == {"clip-b", "toy-expert"} and summary["clip-b"]["embedded"] == 1
     assert mll.label() == {}
     labels, _, _ = _functional(mll, plain_vlms, tmp_path, ["jersey"])
-    from mll_jax.vlm.system import vlm_labels
-
-    for m, lab in vlm_labels(mll).items():  # incremental labels equal a fresh labelling of the new data
+    for m, lab in mll.family("vlms").labels().items():  # incremental labels equal a fresh labelling of the new data
         np.testing.assert_array_equal(lab.counts, labels[m].counts)
     mll.remove_model("clip-b")
     assert mll.vlm_ids() == ["clip-a"] and not (mll.root / "vlm_labels" / "clip-b").exists()

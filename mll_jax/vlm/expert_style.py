@@ -44,7 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mll_jax import text
 from mll_jax.config import DEFAULT_BETA, DEFAULT_DELTA, DEFAULT_MATCH_THRESHOLD
+from mll_jax.labelling import dag_index, smooth_labels
+from mll_jax.selection import DictLabels, ModelScores, chco_scores, expand_classes, label_submatrices, select
+from mll_jax.vlm.labels import node_text_embeddings
 
 __all__ = ["DEFAULT_HEAD_SCALE", "ExpertStyleLabels", "raw_node_labels", "expert_style_labels", "label_source",
            "common_nodes", "match_nodes", "chco_vlm_scores", "select_vlms_chco", "head_logits", "vlm_head_logits",
@@ -119,8 +123,6 @@ def expert_style_labels(labels, node_logits: tuple[np.ndarray, np.ndarray], sdag
         raise ValueError(f"VLM {labels.model_id!r}: labelled nodes without images {bad[:5]}")
     if sdag is None:
         return ExpertStyleLabels(labels.model_id, heads, heads, raw.astype(np.float32), float(scale), None)
-    from mll_jax.labelling import dag_index, smooth_labels
-
     if not 0.0 <= delta <= 1.0:
         raise ValueError(f"delta must be in [0, 1], got {delta}")
     nodes = list(sdag.nodes)
@@ -143,8 +145,6 @@ def expert_style_labels(labels, node_logits: tuple[np.ndarray, np.ndarray], sdag
 
 def label_source(es_labels: Mapping[str, ExpertStyleLabels] | Sequence[ExpertStyleLabels]):
     """The expert-style labels as a label reader of the expert pipeline (:class:`mll_jax.selection.DictLabels`)."""
-    from mll_jax.selection import DictLabels
-
     if isinstance(es_labels, Mapping):
         es_labels = list(es_labels.values())
     return DictLabels({e.model_id: (e.rows, list(e.wnids)) for e in es_labels})
@@ -171,8 +171,6 @@ def match_nodes(class_names: Sequence[str], es_labels, node_text=None, encoder=N
     (rows in :func:`common_nodes` order) and ``class_emb`` (of the plain class names), matched by
     :func:`mll_jax.text.match_embeddings` with the same rule.
     """
-    from mll_jax import text
-
     names = list(class_names)
     if isinstance(es_labels, Mapping):
         es_labels = list(es_labels.values())
@@ -197,8 +195,6 @@ def chco_vlm_scores(es_labels, wnids: Sequence[str | None], **chco_options):
     classes, or fewer than two matched ones: ``+inf``) with the combination ``X_m`` of every VLM.  Solved once;
     :func:`select_vlms_chco` can then select for several ``k`` / ``beta`` from it.  ``chco_options``: ``method``,
     ``tol`` and solver keywords of :func:`mll_jax.selection.chco_scores`."""
-    from mll_jax.selection import ModelScores, chco_scores, expand_classes, label_submatrices
-
     if isinstance(es_labels, Mapping):
         es_labels = list(es_labels.values())
     es_labels = list(es_labels)
@@ -222,8 +218,6 @@ def select_vlms_chco(class_names: Sequence[str], es_labels, wnids: Sequence[str 
     classes): per class the top ``k`` VLMs with loss ``<= beta`` (:func:`mll_jax.selection.select`).
     ``wnids[c]``: class ``c``'s matched node (``None``: uncovered).  ``scores``: :func:`chco_vlm_scores` already
     computed for these labels and nodes (else solved here with ``chco_options``)."""
-    from mll_jax.selection import select
-
     if len(wnids) != len(class_names):
         raise ValueError(f"{len(wnids)} matched nodes for {len(class_names)} classes")
     if scores is None:
@@ -242,8 +236,6 @@ def head_logits(image_emb: np.ndarray, text_emb: np.ndarray, scale: float = DEFA
 def vlm_head_logits(vlm, images: np.ndarray, store, labels, scale: float = DEFAULT_HEAD_SCALE) -> np.ndarray:
     """The head logits of ``vlm`` on ``images``: its image embeddings against its stored node-text embeddings
     (:func:`mll_jax.vlm.labels.node_text_embeddings`; no text tower runs)."""
-    from mll_jax.vlm.labels import node_text_embeddings
-
     return head_logits(vlm.encode_images(images), node_text_embeddings(store, labels), scale)
 
 

