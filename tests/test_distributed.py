@@ -155,7 +155,7 @@ def test_killed_process_loses_only_its_unit_and_rerun_completes(system, tmp_path
     raw = store.load_raw(first)
     # process 0 wrote its 5 units of the first model (15 nodes), process 1 one unit (3 nodes) before dying
     assert len(raw) == 15 + UNIT
-    assert len(list((store._model_dir(first) / "raw").iterdir())) == 5 + 1  # one chunk per unit
+    assert len(list((store.model_dir(first) / "raw").iterdir())) == 5 + 1  # one chunk per unit
     # the rerun (one process here) computes only the missing nodes and gives the same labels bitwise
     summary = MLL.open(root).with_config(progress=False).label(unit_nodes=UNIT)
     assert summary[first]["computed"] == 27 - 18 and summary[first]["cached"] == 18
@@ -203,15 +203,15 @@ def test_raw_chunk_names_never_collide_and_old_names_stay_readable(tmp_path, mon
 
     store = LabelStore(tmp_path / "labels")
     store.append_raw("m", {"n1": ("k1", np.ones(2, np.float32))})
-    old = next((store._model_dir("m") / "raw").iterdir())
+    old = next((store.model_dir("m") / "raw").iterdir())
     old.rename(old.with_name("raw-00000000-0123abcd.npz"))  # the 8-hex-digit names of earlier versions
     # two processes listing the directory at the same time pick the same seq: names still differ
-    files = store._raw_files("m")
-    monkeypatch.setattr(store, "_raw_files", lambda mid: files)
+    files = store.raw_files("m")
+    monkeypatch.setattr(store, "raw_files", lambda mid: files)
     store.append_raw("m", {"n2": ("k2", np.full(2, 2, np.float32))})
     store.append_raw("m", {"n3": ("k3", np.full(2, 3, np.float32))})
     monkeypatch.undo()
-    names = sorted(p.name for p in (store._model_dir("m") / "raw").iterdir())
+    names = sorted(p.name for p in (store.model_dir("m") / "raw").iterdir())
     assert len(names) == 3 and names[0] == "raw-00000000-0123abcd.npz"
     assert [n[:13] for n in names[1:]] == ["raw-00000001-"] * 2
     raw = store.load_raw("m")
