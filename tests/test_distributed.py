@@ -285,8 +285,8 @@ def test_waits_name_the_failed_dead_or_late_process(monkeypatch):
 
     from mll_jax import distributed as d
 
-    monkeypatch.setattr(d, "_POLL", 0.01)
-    monkeypatch.setattr(d, "_seen", {})
+    monkeypatch.setattr(d, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(d, "heartbeats_seen", {})
     kv = _FakeKV()
     p0 = d.Processes(0, 3, kv)
     kv.key_value_set("t1/1", "ok")
@@ -296,14 +296,14 @@ def test_waits_name_the_failed_dead_or_late_process(monkeypatch):
     with pytest.raises(d.ProcessFailedError, match=r"process 2 of 3 failed while step two: NonFiniteLogitsError"):
         p0.barrier("t2", "step two", timeout=5)
     # process 2 arrived; process 1 did not and its heartbeat key never changes: named after the heartbeat timeout
-    monkeypatch.setattr(d, "_dead_after", 0.2)
+    monkeypatch.setattr(d, "dead_after_seconds", 0.2)
     kv.key_value_set("t3/2", "ok")
     t = time.monotonic()
     with pytest.raises(d.ProcessFailedError, match=r"process 1 of 3 died while step three"):
         p0.barrier("t3", "step three", timeout=30)
     assert time.monotonic() - t < 5
     # alive but stuck: no progress for `timeout` seconds -> timed out, naming whom it waited for
-    monkeypatch.setattr(d, "_dead_after", 1e9)
+    monkeypatch.setattr(d, "dead_after_seconds", 1e9)
     with pytest.raises(d.ProcessFailedError, match=r"timed out after 0.3 s .*step four: waiting for processes 1, 2"):
         p0.barrier("t4", "step four", timeout=0.3)
     # a process's own failure: published for the others, re-raised here
