@@ -169,7 +169,7 @@ def make_nodes(n_nodes: int, max_images: int, side: int, seed: int):
     return nodes
 
 
-def main(argv):
+def run_benchmark(argv):
     del argv
     import jax
     import numpy as np
@@ -304,6 +304,36 @@ def main(argv):
             print(f"  node by node (node_mean_logits)      : {n_img / t_per:8.1f} images/s; "
                   f"packed / node-by-node = {t_per / t_packed:.2f}x; max rel. diff of the means {diff:.1e}")
     print(f"\nload average at end: {_load_average()}")
+
+
+def main(argv):
+    """Run the benchmark, echoing its report, then write results/forward_bench.json and .md with provenance
+    (``mll_lab.results.write_results``): the flags, the report lines (the numbers as printed) and the load."""
+    import contextlib
+    import io
+
+    from mll_lab.results import write_results
+
+    load = os.getloadavg()
+
+    class _Tee(io.TextIOBase):
+        def __init__(self, out):
+            self.out, self.buf = out, io.StringIO()
+
+        def write(self, text):
+            self.buf.write(text)
+            return self.out.write(text)
+
+        def flush(self):
+            self.out.flush()
+
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        run_benchmark(argv)
+    report = tee.buf.getvalue().strip("\n")
+    flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])}
+    write_results("forward_bench", {"flags": flag_values, "report": report.splitlines()},
+                  "```\n" + report + "\n```", title="Expert forward and packed labelling throughput", load_at_start=load)
 
 
 if __name__ == "__main__":
