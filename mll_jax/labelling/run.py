@@ -63,7 +63,7 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
 
     **Units.**  The SDAG nodes with images (in SDAG order) are cut into blocks of ``flush_every`` nodes; a
     (model, node block) is a unit of work.  A unit's missing nodes are computed together (no device batch mixes
-    two units: :mod:`mll_jax.packing`) and written to the raw cache as ONE atomically written chunk, so a killed
+    two units: :mod:`mll_jax.labelling.packing`) and written to the raw cache as ONE atomically written chunk, so a killed
     process loses at most its unfinished unit (on a Python exception the finished nodes of the current unit are
     written too), and a rerun computes only the nodes still missing.
 
@@ -81,7 +81,7 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     An expert's ``fingerprint`` attribute (hub experts have one) keys its raw cache: when it differs from the one
     the cache (or the committed labels) were made with, every node is recomputed and a warning says so.
 
-    Images are packed into full device batches (:func:`mll_jax.packing.iter_node_means`: the expert's own fixed
+    Images are packed into full device batches (:func:`mll_jax.labelling.packing.iter_node_means`: the expert's own fixed
     batch size for Flax experts, ``batch_size`` images per ``logits`` call otherwise), loaded and preprocessed on
     ``workers`` host threads ahead of the device; each node's mean is summed in float64 on the host and equals the
     node-by-node :func:`node_mean_logits` up to float32 round-off.
