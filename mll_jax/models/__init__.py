@@ -237,7 +237,7 @@ class FlaxModuleExpert:
         head_wnids: optional WordNet ids of the heads (ImageNet / CIFAR-10 experts).
         device_preprocess: optional :class:`DevicePreprocess` computing ``preprocess`` (to float32 round-off)
             as a host crop plus a device resize.  When given, :meth:`logits` on an image array and the packed
-            labelling (:mod:`mll_jax.packing`) use it: the host only slices, the resize runs in small jitted
+            labelling (:mod:`mll_jax.labelling.packing`) use it: the host only slices, the resize runs in small jitted
             executables before the network's.  :attr:`forward` stays the network alone on preprocessed
             input.  A list of single images of different sizes still goes through ``preprocess``.
 
