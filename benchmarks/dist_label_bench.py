@@ -84,7 +84,7 @@ def _run(root: Path, n: int, devices: int = 1) -> float:
     return dt
 
 
-def main(argv):
+def run_benchmark(argv):
     del argv
     from mll_jax.labelling import LabelStore
 
@@ -116,6 +116,36 @@ def main(argv):
                 print(f"labels of {name!r} bitwise equal to 1 process: {same}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv):
+    """Run the benchmark, echoing its report, then write results/dist_label_bench.json and .md with provenance
+    (``mll_lab.results.write_results``): the flags, the report lines (the numbers as printed) and the load."""
+    import contextlib
+    import io
+
+    from mll_lab.results import write_results
+
+    load = os.getloadavg()
+
+    class _Tee(io.TextIOBase):
+        def __init__(self, out):
+            self.out, self.buf = out, io.StringIO()
+
+        def write(self, text):
+            self.buf.write(text)
+            return self.out.write(text)
+
+        def flush(self):
+            self.out.flush()
+
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        run_benchmark(argv)
+    report = tee.buf.getvalue().strip("\n")
+    flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])}
+    write_results("dist_label_bench", {"flags": flag_values, "report": report.splitlines()},
+                  "```\n" + report + "\n```", title="Labelling over processes and local devices", load_at_start=load)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Prints, in one run and one process:
   * packed labelling (``mll_jax.packing.iter_node_means``: uint8 images of many nodes -> host preprocessing
     on threads -> full device batches -> per-node means) against the bare forward of the same expert and
     against the node-by-node path (``mll_jax.labelling.node_mean_logits``).  "Bare forward" is the network
-    alone (``expert._forward``) on already preprocessed (cropped, resized) device-resident input; the packed
+    alone (``expert.forward``) on already preprocessed (cropped, resized) device-resident input; the packed
     number includes everything: loading, the host crop, the resize (on the device for experts with a
     ``device_preprocess``; ``--host_path`` also times the old host PIL resize in the same packer), the forward
     and the per-node sums.  The host preprocessing per image before (PIL crop + float resize) and after (the
@@ -124,7 +124,7 @@ def bare_forward(ex, size: int, batch: int, seconds: float, repeats: int) -> tup
     import numpy as np
 
     x = jnp.asarray(np.random.default_rng(batch).random((batch, size, size, 3), dtype=np.float32) * 255.0)
-    t, c = _time(lambda: ex._forward(ex.params, x).block_until_ready(), seconds, repeats)
+    t, c = _time(lambda: ex.forward(ex.params, x).block_until_ready(), seconds, repeats)
     return batch / t, batch / c
 
 
@@ -135,7 +135,7 @@ def reference_flops(name: str, ex) -> float:
     size = RES[name]
     x = jnp.zeros((1, size, size, 3), jnp.float32)
     if name == "cifar":
-        return _flops(ex._forward, ex.params, x)
+        return _flops(ex.forward, ex.params, x)
     from mll_jax.models.efficientnet_lite import load_variables, make_module
 
     module = make_module(name)
@@ -169,7 +169,7 @@ def make_nodes(n_nodes: int, max_images: int, side: int, seed: int):
     return nodes
 
 
-def main(argv):
+def run_benchmark(argv):
     del argv
     import jax
     import numpy as np
@@ -304,6 +304,36 @@ def main(argv):
             print(f"  node by node (node_mean_logits)      : {n_img / t_per:8.1f} images/s; "
                   f"packed / node-by-node = {t_per / t_packed:.2f}x; max rel. diff of the means {diff:.1e}")
     print(f"\nload average at end: {_load_average()}")
+
+
+def main(argv):
+    """Run the benchmark, echoing its report, then write results/forward_bench.json and .md with provenance
+    (``mll_lab.results.write_results``): the flags, the report lines (the numbers as printed) and the load."""
+    import contextlib
+    import io
+
+    from mll_lab.results import write_results
+
+    load = os.getloadavg()
+
+    class _Tee(io.TextIOBase):
+        def __init__(self, out):
+            self.out, self.buf = out, io.StringIO()
+
+        def write(self, text):
+            self.buf.write(text)
+            return self.out.write(text)
+
+        def flush(self):
+            self.out.flush()
+
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        run_benchmark(argv)
+    report = tee.buf.getvalue().strip("\n")
+    flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])}
+    write_results("forward_bench", {"flags": flag_values, "report": report.splitlines()},
+                  "```\n" + report + "\n```", title="Expert forward and packed labelling throughput", load_at_start=load)
 
 
 if __name__ == "__main__":

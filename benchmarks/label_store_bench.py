@@ -288,7 +288,7 @@ def part2() -> None:
             shutil.rmtree(os.path.join(FLAGS.dir, f"real-{dt}"), ignore_errors=True)
 
 
-def main(argv):
+def run_benchmark(argv):
     del argv
     print(f"label_store_bench: load average at start {_load_average()}")
     os.makedirs(FLAGS.dir, exist_ok=True)
@@ -300,6 +300,36 @@ def main(argv):
     finally:
         shutil.rmtree(FLAGS.dir, ignore_errors=True)
     print(f"\nload average at end {_load_average()}")
+
+
+def main(argv):
+    """Run the benchmark, echoing its report, then write results/label_store_bench.json and .md with provenance
+    (``mll_lab.results.write_results``): the flags, the report lines (the numbers as printed) and the load."""
+    import contextlib
+    import io
+
+    from mll_lab.results import write_results
+
+    load = os.getloadavg()
+
+    class _Tee(io.TextIOBase):
+        def __init__(self, out):
+            self.out, self.buf = out, io.StringIO()
+
+        def write(self, text):
+            self.buf.write(text)
+            return self.out.write(text)
+
+        def flush(self):
+            self.out.flush()
+
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        run_benchmark(argv)
+    report = tee.buf.getvalue().strip("\n")
+    flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])}
+    write_results("label_store_bench", {"flags": flag_values, "report": report.splitlines()},
+                  "```\n" + report + "\n```", title="Label store: query cost by format and pack; selection with reduced-precision labels", load_at_start=load)
 
 
 if __name__ == "__main__":

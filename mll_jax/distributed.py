@@ -18,7 +18,12 @@ device collective runs between processes, so it works on CPU hosts without a col
   work, the same in every process.
 * :func:`solve_batch`: ``mll_jax.chco.solve_batch`` split over the processes (each solves its share of the
   models, the results are gathered through the key-value store), a drop-in ``solver`` for
-  :func:`mll_jax.selection.chco_scores`; :func:`chco_scores` is that call.
+  :func:`mll_jax.selection.chco_scores` (the selection layer passes it; this module does not import selection).
+
+Process identity comes from the public JAX API (``jax.distributed.is_initialized``, ``jax.process_index``,
+``jax.process_count``).  The key-value store is the coordination service's client, which the installed JAX
+exports no public accessor for (``jax.distributed`` has ``initialize``, ``is_initialized`` and ``shutdown`` only):
+:func:`coordination_client` is the one function that reaches it.
 
 Labelling over processes is :func:`mll_jax.labelling.label_models` (``processes=``): see docs/DISTRIBUTED.md for
 the unit scheme and the failure semantics.
@@ -33,20 +38,26 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
+
+from mll_jax import chco
 from mll_jax.errors import DistributedError, ProcessFailedError  # noqa: F401  (re-exported)
 
 __all__ = ["DistributedError", "ProcessFailedError", "Processes", "initialize", "current", "assign",
-           "solve_batch", "chco_scores"]
+           "solve_batch", "coordination_client", "POLL_SECONDS"]
 
 #: seconds a wait tolerates without any process making progress (a unit done, a key published)
 DEFAULT_TIMEOUT = 1800.0
-_POLL = 0.05
+#: seconds between two polls of the key-value store while waiting
+POLL_SECONDS = 0.05
 _PIECE = 1 << 20  # key-value values are sent in pieces of at most 1 MiB
 _wait_timeout: float | None = None  # set by initialize(wait_timeout=...)
 _ALIVE = "mll_jax/alive"
-_dead_after = 100.0  # seconds without a heartbeat: initialize(heartbeat_timeout_seconds=...)
-_seen: dict[int, tuple] = {}  # process -> (last heartbeat value, when this process saw it change)
+#: seconds without a heartbeat after which a process counts as dead (``initialize(heartbeat_timeout_seconds=...)``)
+dead_after_seconds = 100.0
+#: process -> (last heartbeat value, when this process saw it change)
+heartbeats_seen: dict[int, tuple] = {}
 _beating = False
 _stop = threading.Event()  # stops the heartbeat thread (at exit)
 _known_dead: set[int] = set()
@@ -70,10 +81,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     the argument.  Calling it again with the same settings returns the running runtime.  ``wait_timeout``: the
     default of every wait's ``timeout`` (seconds without progress; default ``DEFAULT_TIMEOUT``).
     """
-    import jax
-
-    global _wait_timeout, _dead_after
-    _dead_after = float(_check_int(heartbeat_timeout_seconds, "heartbeat_timeout_seconds", 1))
+    global _wait_timeout, dead_after_seconds
+    dead_after_seconds = float(_check_int(heartbeat_timeout_seconds, "heartbeat_timeout_seconds", 1))
     if wait_timeout is not None:
         if not float(wait_timeout) > 0:
             raise ValueError(f"wait_timeout must be > 0 seconds, got {wait_timeout!r}")
@@ -103,7 +112,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                              f"{coordinator_address!r}")
     if cluster_detection_method is not None and not cluster:
         raise ValueError("cluster_detection_method needs cluster=True")
-    if _client() is not None:
+    if jax.distributed.is_initialized():
         p = current()
         if not cluster and (p.num_processes, p.process_id) != (num_processes, process_id):
             raise ValueError(f"jax.distributed already runs as process {p.process_id} of {p.num_processes}")
@@ -128,8 +137,6 @@ def _goodbye(timeout: float = 30.0) -> None:
     is still disconnecting, that process aborts.  So every other process says goodbye (a key) and disconnects, and
     process 0 waits (at most ``timeout`` s; processes known dead are not awaited) for every goodbye, plus a second
     for the disconnects to land, before it shuts the coordinator down."""
-    import jax
-
     procs = current()
     if not procs.multi:
         return
@@ -144,29 +151,33 @@ def _goodbye(timeout: float = 30.0) -> None:
         while others and time.monotonic() < end:
             seen = {k for k, _ in procs.client.key_value_dir_get("mll_jax/goodbye/")}
             others = [p for p in others if f"mll_jax/goodbye/{p}" not in seen and p not in procs._dead([p])]
-            time.sleep(_POLL)
+            time.sleep(POLL_SECONDS)
         time.sleep(1.0)
         jax.distributed.shutdown()
     except Exception:  # noqa: BLE001  (exit path: never raise)
         pass
 
 
-def _client():
-    try:
-        from jax._src import distributed as _d
-    except ImportError:  # pragma: no cover
+def coordination_client():
+    """The key-value client of the running ``jax.distributed`` runtime (None when it is not initialized).
+
+    The installed JAX has no public accessor for it: ``jax.distributed`` exports ``initialize``,
+    ``is_initialized`` and ``shutdown`` only, and JAX's own users of the client (``multihost_utils``, array
+    serialization) as well as orbax read the runtime's global state.  This function is the one place mll_jax does
+    so; everything else (process index and count) uses the public API.
+    """
+    if not jax.distributed.is_initialized():
         return None
-    return getattr(_d.global_state, "client", None)
+    from jax._src import distributed as runtime  # no public accessor (see above)
+
+    return runtime.global_state.client
 
 
 def current() -> "Processes":
     """The processes of this run: ``Processes(0, 1)`` unless ``jax.distributed`` was initialized."""
-    c = _client()
-    if c is None:
+    if not jax.distributed.is_initialized():
         return Processes(0, 1, None)
-    from jax._src import distributed as _d
-
-    procs = Processes(int(_d.global_state.process_id), int(_d.global_state.num_processes), c)
+    procs = Processes(jax.process_index(), jax.process_count(), coordination_client())
     if procs.multi:
         _start_heartbeat(procs)
     return procs
@@ -230,10 +241,10 @@ class Processes:
         dead = []
         for p in procs:
             v = beats.get(f"{_ALIVE}/{p}")
-            last = _seen.get(p)
+            last = heartbeats_seen.get(p)
             if last is None or last[0] != v:
-                _seen[p] = (v, now)
-            elif now - last[1] > _dead_after:
+                heartbeats_seen[p] = (v, now)
+            elif now - last[1] > dead_after_seconds:
                 dead.append(p)
         return dead
 
@@ -268,7 +279,7 @@ class Processes:
                 raise ProcessFailedError(
                     f"timed out after {timeout:g} s without progress while {what}: waiting for process"
                     f"{'es' if len(awaited) > 1 else ''} {', '.join(map(str, awaited))} of {self.num_processes}")
-            time.sleep(_POLL)
+            time.sleep(POLL_SECONDS)
 
     def barrier(self, tag: str, what: str, *, error: BaseException | None = None, timeout: float | None = None,
                 progress_prefix: str | None = None) -> None:
@@ -354,8 +365,6 @@ def solve_batch(S_list: Sequence[np.ndarray], *, processes: "Processes | None" =
     Per model it is the result ``chco.solve_batch`` gives for that model (tests/test_distributed.py compares it
     with one process).  With one process it is ``chco.solve_batch``.
     """
-    from mll_jax import chco
-
     procs = current() if processes is None else processes
     S_list = list(S_list)
     ids = [f"model[{i}]" for i in range(len(S_list))] if model_ids is None else list(model_ids)
@@ -390,16 +399,3 @@ def solve_batch(S_list: Sequence[np.ndarray], *, processes: "Processes | None" =
     return chco.BatchResult(X=X, loss=fields["loss"], objective=fields["objective"],
                             iterations=fields["iterations"], converged=fields["converged"], gap=fields["gap"],
                             model_ids=ids)
-
-
-def chco_scores(S_list: Sequence[np.ndarray], model_ids: Sequence[str], *, processes: "Processes | None" = None,
-                **kw):
-    """:func:`mll_jax.selection.chco_scores` (CHCO scores of a hub's models on a task) with the models split over
-    the processes (:func:`solve_batch`); every process gets the whole result."""
-    from mll_jax import selection
-
-    def solver(S, **kws):
-        return solve_batch(S, processes=processes, **kws)
-
-    return selection.chco_scores(S_list, model_ids, solver=solver, **kw)
-

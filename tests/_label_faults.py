@@ -29,7 +29,7 @@ import numpy as np
 
 import flax.linen as nn
 
-from mll_jax import labelling
+from mll_jax.labelling import layout
 from mll_jax.labelling import LabelStore, label_models
 from mll_jax.models import FlaxModuleExpert
 from mll_jax.sdag import SDAG
@@ -43,7 +43,7 @@ def tick() -> None:
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup code runs
 
 
-_real_write = labelling.atomic_write_bytes
+_real_write = layout.atomic_write_bytes
 
 
 def _write(path, data):
@@ -53,7 +53,7 @@ def _write(path, data):
     return out
 
 
-labelling.atomic_write_bytes = _write
+layout.atomic_write_bytes = _write  # every write of the label store goes through layout.write_file
 for _name in ("commit", "compact_raw"):
     _orig = getattr(LabelStore, _name)
 

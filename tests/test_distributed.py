@@ -155,7 +155,7 @@ def test_killed_process_loses_only_its_unit_and_rerun_completes(system, tmp_path
     raw = store.load_raw(first)
     # process 0 wrote its 5 units of the first model (15 nodes), process 1 one unit (3 nodes) before dying
     assert len(raw) == 15 + UNIT
-    assert len(list((store._model_dir(first) / "raw").iterdir())) == 5 + 1  # one chunk per unit
+    assert len(list((store.model_dir(first) / "raw").iterdir())) == 5 + 1  # one chunk per unit
     # the rerun (one process here) computes only the missing nodes and gives the same labels bitwise
     summary = MLL.open(root).with_config(progress=False).label(unit_nodes=UNIT)
     assert summary[first]["computed"] == 27 - 18 and summary[first]["cached"] == 18
@@ -203,15 +203,15 @@ def test_raw_chunk_names_never_collide_and_old_names_stay_readable(tmp_path, mon
 
     store = LabelStore(tmp_path / "labels")
     store.append_raw("m", {"n1": ("k1", np.ones(2, np.float32))})
-    old = next((store._model_dir("m") / "raw").iterdir())
+    old = next((store.model_dir("m") / "raw").iterdir())
     old.rename(old.with_name("raw-00000000-0123abcd.npz"))  # the 8-hex-digit names of earlier versions
     # two processes listing the directory at the same time pick the same seq: names still differ
-    files = store._raw_files("m")
-    monkeypatch.setattr(store, "_raw_files", lambda mid: files)
+    files = store.raw_files("m")
+    monkeypatch.setattr(store, "raw_files", lambda mid: files)
     store.append_raw("m", {"n2": ("k2", np.full(2, 2, np.float32))})
     store.append_raw("m", {"n3": ("k3", np.full(2, 3, np.float32))})
     monkeypatch.undo()
-    names = sorted(p.name for p in (store._model_dir("m") / "raw").iterdir())
+    names = sorted(p.name for p in (store.model_dir("m") / "raw").iterdir())
     assert len(names) == 3 and names[0] == "raw-00000000-0123abcd.npz"
     assert [n[:13] for n in names[1:]] == ["raw-00000001-"] * 2
     raw = store.load_raw("m")
@@ -285,8 +285,8 @@ def test_waits_name_the_failed_dead_or_late_process(monkeypatch):
 
     from mll_jax import distributed as d
 
-    monkeypatch.setattr(d, "_POLL", 0.01)
-    monkeypatch.setattr(d, "_seen", {})
+    monkeypatch.setattr(d, "POLL_SECONDS", 0.01)
+    monkeypatch.setattr(d, "heartbeats_seen", {})
     kv = _FakeKV()
     p0 = d.Processes(0, 3, kv)
     kv.key_value_set("t1/1", "ok")
@@ -296,14 +296,14 @@ def test_waits_name_the_failed_dead_or_late_process(monkeypatch):
     with pytest.raises(d.ProcessFailedError, match=r"process 2 of 3 failed while step two: NonFiniteLogitsError"):
         p0.barrier("t2", "step two", timeout=5)
     # process 2 arrived; process 1 did not and its heartbeat key never changes: named after the heartbeat timeout
-    monkeypatch.setattr(d, "_dead_after", 0.2)
+    monkeypatch.setattr(d, "dead_after_seconds", 0.2)
     kv.key_value_set("t3/2", "ok")
     t = time.monotonic()
     with pytest.raises(d.ProcessFailedError, match=r"process 1 of 3 died while step three"):
         p0.barrier("t3", "step three", timeout=30)
     assert time.monotonic() - t < 5
     # alive but stuck: no progress for `timeout` seconds -> timed out, naming whom it waited for
-    monkeypatch.setattr(d, "_dead_after", 1e9)
+    monkeypatch.setattr(d, "dead_after_seconds", 1e9)
     with pytest.raises(d.ProcessFailedError, match=r"timed out after 0.3 s .*step four: waiting for processes 1, 2"):
         p0.barrier("t4", "step four", timeout=0.3)
     # a process's own failure: published for the others, re-raised here

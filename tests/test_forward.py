@@ -14,7 +14,7 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from test_models import _foolbox_samples  # noqa: E402
+from test_models import foolbox_samples  # noqa: E402
 
 
 @pytest.mark.parametrize("k,stride,h,w", [(3, 1, 7, 6), (3, 2, 8, 8), (5, 2, 9, 7), (5, 1, 5, 5), (3, 2, 1, 2)])
@@ -37,7 +37,7 @@ def test_depthwise_taps_equal_grouped_conv(k, stride, h, w):
 
 def test_fold_batch_norm_is_exact_on_one_layer():
     """conv + BN(scale, bias, mean, var, eps 1e-3) == conv with folded kernel + bias, computed by hand."""
-    from mll_jax.models.efficientnet_lite import _fold
+    from mll_jax.models.efficientnet_lite import fold_conv_bn
 
     rng = np.random.default_rng(0)
     kern = rng.normal(size=(1, 1, 4, 3))
@@ -46,7 +46,7 @@ def test_fold_batch_norm_is_exact_on_one_layer():
     x = rng.normal(size=(6, 4))
     y = x @ kern[0, 0]
     ref = (y - bn_s["mean"]) / np.sqrt(bn_s["var"] + 1e-3) * bn_p["scale"] + bn_p["bias"]
-    w, b = _fold(kern, bn_p, bn_s)
+    w, b = fold_conv_bn(kern, bn_p, bn_s)
     np.testing.assert_allclose(x @ w[0, 0].astype(np.float64) + b, ref, rtol=1e-6, atol=1e-6)
 
 
@@ -74,7 +74,7 @@ def _experts(variant, batch_size=10):
 def test_fast_lite0_equals_original_on_foolbox_images():
     fast, orig = _experts("lite0")
     assert fast.num_heads == orig.num_heads == 1000 and fast.head_wnids == orig.head_wnids
-    imgs, labels = _foolbox_samples("imagenet")
+    imgs, labels = foolbox_samples("imagenet")
     a, b = fast.logits(imgs), orig.logits(imgs)
     assert a.dtype == np.float32 and a.shape == (20, 1000)
     # float32 round-off of a 60-layer network: measured max |diff| 1.4e-5 on logits up to 13.8
@@ -88,7 +88,7 @@ def test_fast_lite0_equals_original_on_foolbox_images():
 @pytest.mark.parametrize("variant", ["lite1", "lite2"])
 def test_fast_lite12_equal_original(variant):
     fast, orig = _experts(variant, batch_size=4)
-    imgs, labels = _foolbox_samples("imagenet")
+    imgs, labels = foolbox_samples("imagenet")
     imgs = imgs[:4]
     a, b = fast.logits(imgs), orig.logits(imgs)
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
@@ -109,7 +109,7 @@ def cifar_expert():
 
 
 def _nodes(seed=0):
-    imgs, _ = _foolbox_samples("cifar10")
+    imgs, _ = foolbox_samples("cifar10")
     photos = np.stack(imgs)
     rng = np.random.default_rng(seed)
     nodes = []
@@ -224,7 +224,7 @@ def _forward_host_path(expert, imgs):
         x = np.asarray(expert.preprocess(imgs[s:s + expert.batch_size]))
         k = x.shape[0]
         x = np.concatenate([x, np.zeros((expert.batch_size - k,) + x.shape[1:], x.dtype)])
-        out.append(np.asarray(expert._forward(expert.params, x))[:k])
+        out.append(np.asarray(expert.forward(expert.params, x))[:k])
     return np.concatenate(out)
 
 
@@ -238,7 +238,7 @@ def test_lite0_device_resize_equals_pil_path():
     except FileNotFoundError:
         pytest.skip("efficientnet-lite0 weights not installed")
     assert ex.device_preprocess is not None
-    imgs, labels = _foolbox_samples("imagenet")
+    imgs, labels = foolbox_samples("imagenet")
     for shape in sorted({im.shape for im in imgs}):
         x = np.stack([im for im in imgs if im.shape == shape])
         # and an upsampling case: the SDAG's 224 px images, crop 196 -> 224

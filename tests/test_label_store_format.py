@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from mll_jax import labelling
+from mll_jax.labelling import layout
 from mll_jax.labelling import LabelPrecisionError, LabelStore, LabelStoreCorruptError, quantisation_bound
 
 NODES = [f"n{i:08d}" for i in range(1, 41)]
@@ -20,7 +20,7 @@ def _labels(seed=0, n=len(NODES), h=7):
 
 
 def _meta(store, m):
-    return json.loads((store._model_dir(m) / "meta.json").read_text())
+    return json.loads((store.model_dir(m) / "meta.json").read_text())
 
 
 def test_float32_round_trip_is_exact_and_reads_only_the_asked_rows(tmp_path):
@@ -42,7 +42,7 @@ def test_float32_round_trip_is_exact_and_reads_only_the_asked_rows(tmp_path):
     assert info["head_names"] == list("abcdefg") and info["num_images"] == {NODES[3]: 2}
     assert fresh.fingerprint("a/b c") == "fp" and fresh.nodes("a/b c") == NODES
     meta = _meta(fresh, "a/b c")
-    assert (fresh._model_dir("a/b c") / (meta["checkpoint"] + ".rows")).stat().st_size == len(NODES) * (7 * 4 + 4)
+    assert (fresh.model_dir("a/b c") / (meta["checkpoint"] + ".rows")).stat().st_size == len(NODES) * (7 * 4 + 4)
     fresh.check("a/b c")
 
 
@@ -61,7 +61,7 @@ def test_reduced_precision_within_the_rounding_bound(tmp_path, dtype, u, eta, it
     assert np.max(err / bound) > 0.5  # the bound is nearly attained: the rows really are rounded
     meta = _meta(store, "m")
     assert meta["dtype"] == dtype
-    assert (store._model_dir("m") / (meta["checkpoint"] + ".rows")).stat().st_size == len(NODES) * (7 * itemsize + 4)
+    assert (store.model_dir("m") / (meta["checkpoint"] + ".rows")).stat().st_size == len(NODES) * (7 * itemsize + 4)
     np.testing.assert_array_equal(store.read("m", [NODES[9], NODES[2]]), got[[9, 2]])
 
 
@@ -104,7 +104,7 @@ def test_old_orbax_stores_stay_readable_and_are_replaced_on_recommit(tmp_path):
     np.testing.assert_array_equal(new.read_all("old")[1], x)
     assert new.info("old")["head_names"] == list("abcdefg")
     new.check("old")
-    ckpt = new._model_dir("old") / _meta(new, "old")["checkpoint"]
+    ckpt = new.model_dir("old") / _meta(new, "old")["checkpoint"]
     assert ckpt.is_dir()
     new.commit("old", NODES, x + 1)  # relabelling rewrites it in format 2 and removes the checkpoint
     assert _meta(new, "old")["format"] == "mll_jax.labels/2" and not ckpt.exists()
@@ -114,7 +114,7 @@ def test_old_orbax_stores_stay_readable_and_are_replaced_on_recommit(tmp_path):
 def test_unknown_format_is_a_clear_error(tmp_path):
     store = LabelStore(tmp_path / "s")
     store.commit("m", NODES, _labels())
-    f = store._model_dir("m") / "meta.json"
+    f = store.model_dir("m") / "meta.json"
     meta = json.loads(f.read_text())
     f.write_text(json.dumps({**meta, "format": "mll_jax.labels/9"}))
     with pytest.raises(LabelStoreCorruptError, match=r"unknown label format 'mll_jax.labels/9'"):
@@ -128,7 +128,7 @@ def test_damaged_rows_are_detected(tmp_path, dtype):
     store.commit("m", NODES, x)
     store.commit("other", NODES, x)
     meta = _meta(store, "m")
-    f = store._model_dir("m") / (meta["checkpoint"] + ".rows")
+    f = store.model_dir("m") / (meta["checkpoint"] + ".rows")
     rec = 7 * (4 if dtype == "float32" else 2) + 4
     data = bytearray(f.read_bytes())
     data[12 * rec + 3] ^= 0x10  # one bit of row 12's values
@@ -159,7 +159,7 @@ def test_damaged_rows_are_detected(tmp_path, dtype):
 def test_rows_swapped_within_a_file_are_detected(tmp_path):
     store = LabelStore(tmp_path / "s")
     store.commit("m", NODES, _labels(5))
-    f = store._model_dir("m") / (_meta(store, "m")["checkpoint"] + ".rows")
+    f = store.model_dir("m") / (_meta(store, "m")["checkpoint"] + ".rows")
     rec = 7 * 4 + 4
     data = bytearray(f.read_bytes())
     data[0:rec], data[rec:2 * rec] = data[rec:2 * rec], data[0:rec]  # records intact, rows exchanged
@@ -172,7 +172,7 @@ def test_shared_node_list_still_checks_each_models_index(tmp_path):
     store = LabelStore(tmp_path / "s")
     for m in ("a", "b"):
         store.commit(m, NODES, _labels(6))
-    f = store._model_dir("b") / _meta(store, "b")["index"]
+    f = store.model_dir("b") / _meta(store, "b")["index"]
     doc = json.loads(f.read_text())
     doc["head_names"] = ["x"] * 7
     f.write_text(json.dumps(doc))
@@ -196,18 +196,18 @@ def test_interrupted_commit_leaves_the_old_labels(tmp_path, monkeypatch):
     old = _labels(7)
     store.commit("m", NODES, old)
     before = store.read_all("m")[1]
-    real = labelling.atomic_write_bytes
+    real = layout.atomic_write_bytes
 
     def dies_at_meta(path, data):
         if str(path).endswith("meta.json"):
             raise KeyboardInterrupt("killed before meta.json was replaced")
         return real(path, data)
 
-    monkeypatch.setattr(labelling, "atomic_write_bytes", dies_at_meta)
+    monkeypatch.setattr(layout, "atomic_write_bytes", dies_at_meta)
     with pytest.raises(KeyboardInterrupt):
         store.commit("m", NODES, old + 5)
-    monkeypatch.setattr(labelling, "atomic_write_bytes", real)
-    mdir = store._model_dir("m")
+    monkeypatch.setattr(layout, "atomic_write_bytes", real)
+    mdir = store.model_dir("m")
     assert len(list(mdir.glob("labels-*.rows"))) == 2  # the new rows file was written, but is not referenced
     for reader in (store, LabelStore(tmp_path / "s")):
         np.testing.assert_array_equal(reader.read_all("m")[1], before)

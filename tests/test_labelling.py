@@ -155,7 +155,7 @@ def test_resume_after_crash_is_identical_and_skips_done_nodes(tmp_path, tiny):
     # nothing to do on a third run; raw chunks were compacted into one file
     third = LinearExpert()
     assert label_models(g, [third], store, progress=False)["lin"]["computed"] == 0 and third.calls == 0
-    raw_files = list((store._model_dir("lin") / "raw").iterdir())
+    raw_files = list((store.model_dir("lin") / "raw").iterdir())
     assert len(raw_files) == 1
 
 
@@ -186,9 +186,9 @@ def test_partial_row_reads(tmp_path, tiny):
     assert store.read("m1", []).shape == (0, 3)
     assert store.read("m/2 with spaces", [DOG]).shape == (1, 2)
     # stored one fixed-size record per row (3 float32 + a CRC-32): a read touches only the requested rows
-    meta = json.loads((store._model_dir("m1") / "meta.json").read_text())
+    meta = json.loads((store.model_dir("m1") / "meta.json").read_text())
     assert meta["format"] == "mll_jax.labels/2" and meta["dtype"] == "float32"
-    assert (store._model_dir("m1") / (meta["checkpoint"] + ".rows")).stat().st_size == len(nodes) * (3 * 4 + 4)
+    assert (store.model_dir("m1") / (meta["checkpoint"] + ".rows")).stat().st_size == len(nodes) * (3 * 4 + 4)
     # a second store object on the same directory sees the same labels
     np.testing.assert_array_equal(LabelStore(tmp_path / "labels").read("m1", [x]), full[[nodes.index(x)]])
     with pytest.raises(KeyError, match="unknown model 'nope'"):

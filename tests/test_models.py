@@ -31,7 +31,7 @@ from mll_jax.models import (  # noqa: E402
 )
 from mll_jax.models import torch_pickle  # noqa: E402
 
-import _torch_fuzz  # noqa: E402  (the torch.save writer without torch, shared with the fuzzer)
+import torch_fuzz  # noqa: E402  (the torch.save writer without torch, shared with the fuzzer)
 
 
 def _foolbox_dir():
@@ -41,7 +41,7 @@ def _foolbox_dir():
     return os.path.join(list(spec.submodule_search_locations)[0], "data")
 
 
-def _foolbox_samples(prefix):
+def foolbox_samples(prefix):
     files = sorted(glob.glob(os.path.join(_foolbox_dir(), f"{prefix}_*")))
     from PIL import Image
 
@@ -71,8 +71,8 @@ def _logits_by_shape(expert, imgs):
 # stand-in 'torch' modules so the pickle references exactly the globals torch writes.
 
 
-_FakeStorage, _FakeTensor = _torch_fuzz.Storage, _torch_fuzz.Tensor
-write_torch_checkpoint = _torch_fuzz.write
+_FakeStorage, _FakeTensor = torch_fuzz.Storage, torch_fuzz.Tensor
+write_torch_checkpoint = torch_fuzz.write
 
 
 def _tensor(arr, key):
@@ -306,7 +306,7 @@ def test_efficientnet_lite0_matches_numpy_reference(lite0_state_dict):
     from mll_jax.models.efficientnet_lite import convert_state_dict, make_module
 
     sd = {k: v.astype(np.float64) for k, v in lite0_state_dict.items()}
-    imgs, _ = _foolbox_samples("imagenet")
+    imgs, _ = foolbox_samples("imagenet")
     # 100x100 keeps the reference cheap and makes every stride-2 'SAME' pad asymmetric (100, 50, 25, 13)
     x255 = center_crop_resize(np.stack([im for im in imgs if im.shape == imgs[0].shape][:2]), 100, None)
     ref = _np_efficientnet_lite0((x255 - 127.0) / 128.0, sd)
@@ -328,7 +328,7 @@ def lite0_expert():
 
 
 def test_efficientnet_lite0_foolbox_accuracy(lite0_expert):
-    imgs, labels = _foolbox_samples("imagenet")
+    imgs, labels = foolbox_samples("imagenet")
     logits = lite0_expert.logits(imgs)  # list of mixed-size images (19 are 512x512, one 1024x683)
     assert logits.shape == (20, 1000) and logits.dtype == np.float32
     correct = int((logits.argmax(1) == labels).sum())
@@ -354,7 +354,7 @@ def test_efficientnet_lite12_foolbox_accuracy(variant):
         ex = load_efficientnet_lite(variant, batch_size=10)
     except FileNotFoundError:
         pytest.skip(f"{variant} weights not installed")
-    imgs, labels = _foolbox_samples("imagenet")
+    imgs, labels = foolbox_samples("imagenet")
     correct = int((ex.logits(imgs).argmax(1) == labels).sum())
     print(f"efficientnet-{variant} foolbox ImageNet samples: {correct}/20 correct")
     assert correct >= 17  # measured 18/20 for both
@@ -427,7 +427,7 @@ def test_cifar_cnn_matches_numpy_reference_and_foolbox(cifar_path):
 
     ex = load_cifar10_cnn(cifar_path)
     assert ex.num_heads == 10 and ex.head_names == CIFAR10_CLASSES and ex.head_wnids == CIFAR10_WNIDS
-    imgs, labels = _foolbox_samples("cifar10")
+    imgs, labels = foolbox_samples("cifar10")
     x = np.stack(imgs)
     logits = ex.logits(x)
     ref = _np_cifar_reference(x.astype(np.float64), cifar_path)
@@ -446,7 +446,7 @@ def test_expert_batching_padding_and_grayscale(cifar_path):
     from mll_jax.models.cifar_cnn import load_cifar10_cnn
 
     ex = load_cifar10_cnn(cifar_path, batch_size=4)
-    imgs, _ = _foolbox_samples("cifar10")
+    imgs, _ = foolbox_samples("cifar10")
     x = np.stack(imgs)[:7]
     batched = ex.logits(x)  # chunks of 4, last one zero-padded
     single = np.concatenate([ex.logits(x[i:i + 1]) for i in range(7)])

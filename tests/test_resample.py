@@ -12,12 +12,12 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 
-from test_models import _foolbox_samples  # noqa: E402
+from test_models import foolbox_samples  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def photos():
-    imgs, _ = _foolbox_samples("imagenet")
+    imgs, _ = foolbox_samples("imagenet")
     return np.stack([im[:203, :211] for im in imgs[:3]])  # real photos, odd sizes
 
 

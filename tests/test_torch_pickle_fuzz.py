@@ -1,6 +1,6 @@
 """Memory safety of the torch-free checkpoint reader (issue 11, item 1).
 
-The fuzzer (tests/_torch_fuzz.py) runs in a subprocess so that an interpreter crash fails the test instead of
+The fuzzer (tests/torch_fuzz.py) runs in a subprocess so that an interpreter crash fails the test instead of
 killing pytest; the targeted cases below pin the defects that were found by hand.
 """
 
@@ -20,7 +20,7 @@ from mll_jax.models import torch_pickle as tp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _torch_fuzz as fz  # noqa: E402
+import torch_fuzz as fz  # noqa: E402
 
 
 def test_fuzzed_checkpoints_never_crash_the_interpreter(tmp_path):
@@ -28,7 +28,7 @@ def test_fuzzed_checkpoints_never_crash_the_interpreter(tmp_path):
     clean CheckpointError or the right tensors (views checked against a numpy fancy-indexing reference)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "_torch_fuzz.py"), str(tmp_path), "2100", "900", "11"],
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "torch_fuzz.py"), str(tmp_path), "2100", "900", "11"],
                        capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
     assert r.returncode == 0, f"fuzzer exited with {r.returncode} (negative: killed by signal)\n{r.stderr[-3000:]}"
     counts = json.loads(r.stdout.strip().splitlines()[-1])

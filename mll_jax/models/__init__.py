@@ -33,6 +33,7 @@ import numpy as np
 
 from ..images import as_image_batch
 from ..utils import home
+from .resample import DEVICE_FILTERS, ResampleError, resize_on_device_2pass
 
 __all__ = [
     "FlaxModuleExpert",
@@ -46,6 +47,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CIFAR10_WNIDS",
     "default_home",
+    "PIL_FILTERS",
 ]
 
 #: CIFAR-10 label order (as in the dataset's ``batches.meta`` and ``cifar-10-model``'s ``predict.py``).
@@ -111,7 +113,9 @@ def as_uint8_rgb(images: np.ndarray, model_id: str = "expert") -> np.ndarray:
     return images
 
 
-_PIL_FILTERS = {"bilinear": 2, "bicubic": 3, "lanczos": 1, "nearest": 0, "box": 4, "hamming": 5}
+#: PIL resampling filter numbers by name (the ``method`` of :func:`resize_images`; PIL's ``Image.Resampling``).
+PIL_FILTERS = {"bilinear": 2, "bicubic": 3, "lanczos": 1, "nearest": 0, "box": 4, "hamming": 5}
+_PIL_FILTERS = PIL_FILTERS  # the name mll_jax.hub used before PIL_FILTERS was public
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int], method: str = "bicubic") -> np.ndarray:
@@ -123,7 +127,7 @@ def resize_images(images: np.ndarray, size: tuple[int, int], method: str = "bicu
     if (h, w) == (H, W):
         return images.astype(np.float32)
     out = np.empty((n, H, W, 3), dtype=np.float32)
-    resample = _PIL_FILTERS[method]
+    resample = PIL_FILTERS[method]
     for i in range(n):
         # Per-channel float resize avoids uint8 rounding of bicubic overshoot.
         for c in range(3):
@@ -167,8 +171,6 @@ class DevicePreprocess:
     """
 
     def __init__(self, size: int | tuple[int, int], method: str = "bicubic", crop_fraction: float | None = None):
-        from .resample import DEVICE_FILTERS
-
         size = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
         if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size):
             raise ValueError(f"DevicePreprocess: size must be a positive int or (H, W), got {size!r}")
@@ -184,8 +186,6 @@ class DevicePreprocess:
 
     @staticmethod
     def _check_batch(x, what):
-        from .resample import ResampleError
-
         if getattr(x, "ndim", None) != 4 or x.shape[-1] != 3:
             raise ResampleError(f"DevicePreprocess.{what}: expected an RGB batch (n, h, w, 3), got shape "
                                 f"{getattr(x, 'shape', None)} (grayscale: mll_jax.models.as_uint8_rgb first)")
@@ -197,8 +197,6 @@ class DevicePreprocess:
 
     def device(self, x):
         """The output of :meth:`host` (numpy or jax, uint8) -> float32 ``(n, H, W, 3)`` jax array, 0-255."""
-        from .resample import resize_on_device_2pass
-
         self._check_batch(x, "device")
         return resize_on_device_2pass(x, self.size, self.method)
 
@@ -239,9 +237,15 @@ class FlaxModuleExpert:
         head_wnids: optional WordNet ids of the heads (ImageNet / CIFAR-10 experts).
         device_preprocess: optional :class:`DevicePreprocess` computing ``preprocess`` (to float32 round-off)
             as a host crop plus a device resize.  When given, :meth:`logits` on an image array and the packed
-            labelling (:mod:`mll_jax.packing`) use it: the host only slices, the resize runs in small jitted
-            executables before the network's.  ``_forward(params, x)`` stays the network alone on preprocessed
+            labelling (:mod:`mll_jax.labelling.packing`) use it: the host only slices, the resize runs in small jitted
+            executables before the network's.  :attr:`forward` stays the network alone on preprocessed
             input.  A list of single images of different sizes still goes through ``preprocess``.
+
+    Attributes:
+        forward: the jitted network, ``forward(params, x) -> float32 (batch_size, num_heads)`` on a preprocessed
+            batch ``x`` of exactly ``batch_size`` images (what :meth:`logits` runs per batch, and what the
+            packed labelling of :mod:`mll_jax.labelling.packing` dispatches asynchronously: it returns a jax
+            array).  Compiled once per input shape.
     """
 
     def __init__(self, module: Any, params: Any, preprocess: Callable[[np.ndarray], np.ndarray] | None,
@@ -281,7 +285,7 @@ class FlaxModuleExpert:
 
             return jnp.asarray(out_fn(apply_fn(variables, x)), dtype=jnp.float32)
 
-        self._forward = jax.jit(forward)
+        self.forward = jax.jit(forward)
         if num_heads is None:
             num_heads = len(self.head_names) if self.head_names is not None else None
         self._num_heads = num_heads
@@ -332,7 +336,7 @@ class FlaxModuleExpert:
                 raise ValueError(f"{self.model_id}: preprocess returned {k} images for {e - s}")
             if k < self.batch_size:
                 x = np.concatenate([x, np.zeros((self.batch_size - k,) + x.shape[1:], x.dtype)], axis=0)
-            y = np.asarray(self._forward(self.params, x if device is None else device(x)))[:k]
+            y = np.asarray(self.forward(self.params, x if device is None else device(x)))[:k]
             outs.append(y)
         if not outs:
             h = self._num_heads if self._num_heads is not None else 0

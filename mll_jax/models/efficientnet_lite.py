@@ -60,6 +60,7 @@ __all__ = [
     "depthwise_conv_taps",
     "fast_forward",
     "fold_batch_norm",
+    "fold_conv_bn",
     "find_pretrained_weights",
     "load_efficientnet_lite",
     "load_variables",
@@ -267,7 +268,7 @@ def convert_state_dict(state_dict: dict[str, np.ndarray], variant: str = "lite0"
 # ----------------------------------------------------------------------------- fast forward
 
 
-def _fold(kernel, bn_params, bn_stats) -> tuple[np.ndarray, np.ndarray]:
+def fold_conv_bn(kernel, bn_params, bn_stats) -> tuple[np.ndarray, np.ndarray]:
     """conv (no bias) followed by inference batch norm == conv with scaled kernel + bias (float64 math)."""
     scale = np.asarray(bn_params["scale"], np.float64) / np.sqrt(np.asarray(bn_stats["var"], np.float64) + BN_EPS)
     w = np.asarray(kernel, np.float64) * scale  # scale broadcasts over the output-channel (last) axis
@@ -287,21 +288,21 @@ def fold_batch_norm(variables: dict[str, Any], variant: str = "lite0") -> dict[s
     w_coef, d_coef, _, _ = VARIANTS[variant]
     try:
         p, s = variables["params"], variables["batch_stats"]
-        out: dict[str, Any] = {"stem": _fold(p["stem_conv"]["kernel"], p["stem_bn"], s["stem_bn"])}
+        out: dict[str, Any] = {"stem": fold_conv_bn(p["stem_conv"]["kernel"], p["stem_bn"], s["stem_bn"])}
         blocks = []
         for i, spec in enumerate(block_specs(w_coef, d_coef)):
             bp, bs = p[f"block_{i}"], s[f"block_{i}"]
             blk = {}
             if spec.expand_ratio != 1:
-                w, b = _fold(bp["expand_conv"]["kernel"], bp["expand_bn"], bs["expand_bn"])
+                w, b = fold_conv_bn(bp["expand_conv"]["kernel"], bp["expand_bn"], bs["expand_bn"])
                 blk["expand"] = (w[0, 0], b)
-            w, b = _fold(bp["depthwise_conv"]["kernel"], bp["depthwise_bn"], bs["depthwise_bn"])
+            w, b = fold_conv_bn(bp["depthwise_conv"]["kernel"], bp["depthwise_bn"], bs["depthwise_bn"])
             blk["depthwise"] = (w[:, :, 0, :], b)
-            w, b = _fold(bp["project_conv"]["kernel"], bp["project_bn"], bs["project_bn"])
+            w, b = fold_conv_bn(bp["project_conv"]["kernel"], bp["project_bn"], bs["project_bn"])
             blk["project"] = (w[0, 0], b)
             blocks.append(blk)
         out["blocks"] = blocks
-        w, b = _fold(p["head_conv"]["kernel"], p["head_bn"], s["head_bn"])
+        w, b = fold_conv_bn(p["head_conv"]["kernel"], p["head_bn"], s["head_bn"])
         out["head"] = (w[0, 0], b)
         out["fc"] = (np.asarray(p["fc"]["kernel"], np.float32), np.asarray(p["fc"]["bias"], np.float32))
     except KeyError as e:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import FlaxModuleExpert, imagenet_class_names, imagenet_wnids, resize_images
+from .torch_pickle import load_state_dict
 
 __all__ = [
     "FlaxModuleExpert",
@@ -120,8 +121,6 @@ def load_pytorch_weights(model, path: str | os.PathLike) -> dict:
 
         state = load_file(path)
     else:
-        from .torch_pickle import load_state_dict
-
         state = load_state_dict(path)
     state = {k: (v.astype(np.float32) if v.dtype.name == "bfloat16" else v) for k, v in state.items()}
     # the converter only needs the parameter tree's structure and shapes

@@ -1,7 +1,7 @@
 """Fuzzer for mll_jax.models.torch_pickle, run by tests/test_torch_pickle_fuzz.py in a SUBPROCESS (an interpreter
 crash -- SIGSEGV, SIGBUS, abort -- then fails the test instead of killing pytest).
 
-    python tests/_torch_fuzz.py OUT_DIR N_FLIPS N_VIEWS SEED
+    python tests/torch_fuzz.py OUT_DIR N_FLIPS N_VIEWS SEED
 
 Families (all written without torch by the small torch.save-compatible writer below):
 
