@@ -23,6 +23,7 @@ on disk (a corrupt label store or checkpoint: the message names the file and how
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import math
@@ -33,13 +34,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from absl import app, flags
+import numpy as np
+from absl import app, flags, logging
+
+from mll_jax import distributed
+from mll_jax.config import DEFAULT_BETA, DEFAULT_K, SCORERS
+from mll_jax.errors import DATA_EXIT, FAILURE_EXIT, USAGE_EXIT, MLLError, exit_code  # noqa: F401
+from mll_jax.families.experts import SHIPPED_EXPERTS
+from mll_jax.images import load_images
+from mll_jax.names import check_class_names
+from mll_jax.sdag import SDAG
+from mll_jax.system import MLL
+from mll_jax.utils import atomic_write_text
+from mll_jax.wordnet import synset_from_wnid
 
 FLAGS = flags.FLAGS
 
 __all__ = ["COMMANDS", "main", "entry_point"]
-
-from mll_jax.errors import DATA_EXIT, FAILURE_EXIT, USAGE_EXIT, MLLError, exit_code  # noqa: F401
 
 
 class _Usage(Exception):
@@ -119,8 +130,6 @@ def define_label_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = N
 
 
 def define_classify_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = None) -> None:
-    from mll_jax.config import DEFAULT_BETA, DEFAULT_K, SCORERS
-
     d = _definer(fv, module_name or __name__)
     _define_root(d)
     d("string", "classes", None, 'the task: comma-separated class names, e.g. "tabby cat,golden retriever"')
@@ -141,9 +150,20 @@ def define_classify_flags(fv: flags.FlagValues = FLAGS, module_name: str | None 
       "0: keep their size (then all must have the same size)", lower_bound=0)
 
 
-def define_bench_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = None) -> None:
-    from mll_jax import run
+def _lab_main_command():
+    """The lab's main command (``mll_lab.run``): ``mll-jax bench`` is the lab's program, found when it runs so the
+    library never imports the lab."""
+    try:
+        return importlib.import_module("mll_lab.run")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "mll_lab":
+            raise MLLError("mll-jax bench runs the lab's benchmarks (the mll_lab package), which is not installed: "
+                           "install the repository with `pip install -e .`") from None
+        raise
 
+
+def define_bench_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = None) -> None:
+    run = _lab_main_command()
     run.define_flags(fv, module_name=module_name or run.__name__)
 
 
@@ -160,8 +180,6 @@ class Command:
 
 def _open(create_sdag=None):
     """Open the system at --root with the --progress setting (not saved in its config)."""
-    from mll_jax.system import MLL
-
     root = Path(FLAGS.root).expanduser().absolute()  # the label store (orbax) needs absolute paths
     if create_sdag is None:
         if not root.exists():
@@ -198,8 +216,6 @@ def _parse_beta(value):
 
 
 def _check_wnids(wnids: Sequence[str], flag: str) -> list[str]:
-    from mll_jax.wordnet import synset_from_wnid
-
     out = [w.strip() for w in wnids if w.strip()]
     if not out:
         raise _Usage(f"--{flag} is empty")
@@ -233,8 +249,6 @@ def cmd_sdag_build(argv) -> int:
         raise _Usage(f"{root} holds no SDAG yet: give --roots=WNID,... or --wnids=WNID,...")
     if not (roots or wnids or FLAGS.images):
         raise _Usage("nothing to do: give --roots, --wnids and/or --images")
-    from mll_jax.sdag import SDAG
-
     graph = None
     if roots:
         graph = SDAG.from_roots(_check_wnids(roots, "roots"), max_depth=FLAGS.max_depth)
@@ -258,8 +272,6 @@ def cmd_sdag_build(argv) -> int:
 
 
 def cmd_hub_add(argv) -> int:
-    from mll_jax.system import SHIPPED_EXPERTS
-
     models = list(argv[1:])
     if not models:
         raise _Usage(f"hub add needs a MODEL: a shipped expert ({', '.join(sorted(SHIPPED_EXPERTS))}), vlm:<CLIP> or "
@@ -352,8 +364,6 @@ def cmd_hub_list(argv) -> int:
 
 def _start_processes():
     """jax.distributed from the label flags (before any JAX computation); None for one process."""
-    from mll_jax import distributed
-
     given = [f for f in ("num_processes", "process_id", "coordinator_address") if FLAGS[f].value is not None]
     if FLAGS.cluster:
         if given:
@@ -401,8 +411,6 @@ def cmd_label(argv) -> int:
 
 
 def _class_names(value: str | None) -> list[str] | None:
-    from mll_jax.names import check_class_names
-
     if value is None:
         return None
     return check_class_names(value.split(","))
@@ -421,8 +429,6 @@ def _prediction_rows(clf, images, files) -> tuple[list[dict], list[str]]:
 
 def _plain(o):
     """JSON-ready copy: numpy scalars and arrays as Python values, NaN / inf as None (strict JSON)."""
-    import numpy as np
-
     if isinstance(o, dict):
         return {str(k): _plain(v) for k, v in o.items()}
     if isinstance(o, (list, tuple, np.ndarray)):
@@ -439,8 +445,6 @@ def _plain(o):
 
 
 def _write_output(path: Path, rows, names, clf, explain) -> None:
-    from mll_jax.utils import atomic_write_text
-
     if path.suffix.lower() == ".json":
         sel = clf.selection
         used = sel.used_model_ids if hasattr(sel, "used_model_ids") else sel.used_models
@@ -482,8 +486,6 @@ def cmd_classify(argv) -> int:
     for p in paths:
         if not Path(p).exists():
             raise _Usage(f"{p} does not exist")
-    from mll_jax.images import load_images
-
     images, files = load_images(paths, FLAGS.image_size or None)  # bad image files fail before any model work
     _status(f"{len(images)} images decoded")
     mll = _open()
@@ -520,9 +522,7 @@ def cmd_classify(argv) -> int:
 
 
 def cmd_bench(argv) -> int:
-    from mll_jax import run
-
-    return run.main(argv)
+    return _lab_main_command().main(argv)
 
 
 COMMANDS: dict[str, Command] = {c.name: c for c in [
@@ -657,8 +657,6 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mll-jax", command_pr
         warnings.formatwarning = _format_warning
         try:
             if cmd.name != "bench":
-                from absl import logging
-
                 if not FLAGS["verbosity"].present:
                     logging.set_verbosity(logging.WARNING)
             return cmd.run(args) or 0

@@ -37,7 +37,8 @@ from mll_jax.selection import Selection
 from mll_jax.errors import NonFiniteOutputError  # noqa: F401  (re-exported)
 from mll_jax.vlm.select import reuse_scores, task_logits
 
-__all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "ensemble_scores", "Reuser", "patch_logits", "VLMPatch"]
+__all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "ensemble_scores", "Reuser", "patch_logits",
+           "VLMPatch", "chco_reuse_scores"]
 
 
 @jax.jit
@@ -296,3 +297,19 @@ class VLMPatch:
         if list(class_names) != list(self.selection.class_names):
             raise ValueError(f"VLMPatch was selected for {self.selection.class_names}, asked for {list(class_names)}")
         return patch_logits(self.scores(images))
+
+
+def chco_reuse_scores(sel, logits: Mapping[str, np.ndarray], patch_logits=None, **kw) -> np.ndarray:
+    """``(N, C)`` scores of the expert pipeline's ensemble (:func:`ensemble_scores`) from the used VLMs' head logits
+    (the CHCO-style VLM baseline of :mod:`mll_jax.vlm.expert_style`: VLMs as experts over their node-text heads)."""
+    used = sel.used_model_ids
+    missing = [m for m in used if m not in logits]
+    if missing:
+        raise KeyError(f"head logits missing for selected VLMs {missing}")
+    if used:
+        n = len(logits[used[0]])
+    elif patch_logits is not None:
+        n = len(patch_logits)
+    else:
+        n = len(next(iter(logits.values()))) if logits else 0
+    return ensemble_scores(sel, {m: logits[m] for m in used}, n, patch_logits, **kw)

@@ -23,7 +23,8 @@ from mll_jax.clip_patch import ClipZeroShot
 from mll_jax.config import DEFAULT_BETA, SCORERS, MLLConfig
 from mll_jax.hub import ModelHub
 from mll_jax.reuse import ensemble_scores
-from mll_jax.system import MLL, register_shipped
+from mll_jax.families.experts import register_shipped
+from mll_jax.system import MLL
 from mll_jax.utils import home as cache_home
 from mll_lab.logit_cache import CachedExpert, LogitCache, images_key
 from mll_lab.metrics import TaskResult, evaluate_scores

@@ -39,7 +39,7 @@ from absl import logging
 
 from mll_jax.cli import exit_with, main as cli_main
 from mll_jax.config import DEFAULT_BETA, DEFAULT_DELTA, SCORERS
-from mll_jax.system import SHIPPED_EXPERTS
+from mll_jax.families.experts import SHIPPED_EXPERTS
 from mll_jax.utils import atomic_write_json, home
 from mll_lab.benchmark import BenchmarkConfig, FolderBenchmark, OfflineBenchmark, format_results, summarize
 from mll_lab.tables import write_table1

@@ -17,7 +17,7 @@
    trained experts and labels; trained on first use under the same home, or reused from its cache) gives per task
    the expert selection (CHCO, its default config); "experts" is its Acc(a) (uncovered classes count as wrong)
    and "union" serves the classes the experts do not cover with the MLL-VLM k=1 ensemble as the patch
-   (:func:`mll_jax.vlm.system.patch_logits`, the rule of ``MLL.classifier(models="both")``).
+   (:func:`mll_jax.reuse.patch_logits`, the rule of ``MLL.classifier(models="both")``).
 5. CHCO-VLM (:mod:`mll_jax.vlm.expert_style`): every VLM as an expert whose heads are its ``chco_scale * cos``
    logits over the SDAG node texts; expert-style labels (Eq. 1 means over each node's images, from the stored
    labelling embeddings; Eq. 2 smoothing over the expert benchmark's SDAG, the WordNet subtrees of
@@ -56,7 +56,7 @@ from mll_jax.vlm import core
 from mll_jax.vlm import expert_style as es_mod
 from mll_jax.vlm.labels import VLMLabelStore, label_vlms, node_logits, node_text_embeddings
 from mll_jax.vlm.select import class_descriptions, class_query_texts, reuse_scores, select_vlms
-from mll_jax.vlm.system import patch_logits
+from mll_jax.reuse import chco_reuse_scores, patch_logits
 from mll_lab import fashion_mnist as fdata
 from mll_lab.benchmark import OfflineBenchmark, evaluate_scores
 from mll_lab.train_vlms import VLM_SPECS, TextFeatures, train_vlm_hub
@@ -236,7 +236,7 @@ def _chco_rows(s: VLMBench, row: dict, names, logits, class_emb, idx, y) -> list
         csel = es_mod.select_vlms_chco(names, s.es_labels, es_wnids, k=k, beta=cfg.chco_beta, scores=cscores,
                                        similarities=[mt.similarity for mt in es_match])
         cov = np.asarray(csel.covered)
-        pred = es_mod.chco_reuse_scores(csel, hl).argmax(1)
+        pred = chco_reuse_scores(csel, hl).argmax(1)
         row["chco"][k] = float(np.mean(cov[y] & (pred == y)))  # uncovered classes count as wrong
         row["chco_cov"][k] = float(np.mean(cov[y]))
         if cov.all():  # the patch only serves uncovered classes: the same predictions
@@ -244,7 +244,7 @@ def _chco_rows(s: VLMBench, row: dict, names, logits, class_emb, idx, y) -> list
         else:
             if mll_patch is None:
                 mll_patch = patch_logits(_mll_k1_scores(s, names, logits, class_emb))
-            pp = es_mod.chco_reuse_scores(csel, hl, mll_patch).argmax(1)
+            pp = chco_reuse_scores(csel, hl, mll_patch).argmax(1)
             row["chco_patched"][k] = float(np.mean(pp == y))
         if k == 1:
             row["chco_selection"] = {c: (csel.expert_ids(i) if cov[i] else None) for i, c in enumerate(names)}

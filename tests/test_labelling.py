@@ -29,6 +29,7 @@ class LinearExpert:
         self.fail_on_call = fail_on_call
         self.bad_value_at = bad_value_at  # mean pixel value that produces NaN/inf logits
         self.bad = bad
+        self.params = {"A": A[:num_heads], "B": B[:num_heads]}  # what its logits are made of (fingerprinted, no probe)
 
     def logits(self, images):
         self.calls += 1
@@ -250,7 +251,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     from mll_jax.sdag import SDAG
 
     class Killer:
-        model_id, num_heads, head_names = "lin", 2, None
+        model_id, num_heads, head_names, fingerprint = "lin", 2, None, "killer-1"
         def __init__(self, kill_at):
             self.calls, self.kill_at = 0, kill_at
         def logits(self, images):

@@ -264,7 +264,7 @@ def _two_model_store(tmp_path, small):
 def test_truncated_meta_names_file_and_model_and_other_models_stay_usable(tmp_path, small):
     store, experts = _two_model_store(tmp_path, small)
     b_labels = store.read_all("B")[1]
-    meta = store._model_dir("A") / "meta.json"
+    meta = store.model_dir("A") / "meta.json"
     meta.write_bytes(meta.read_bytes()[:25])
     fresh = LabelStore(tmp_path / "labels")
     assert fresh.model_ids() == ["B"]
@@ -279,8 +279,8 @@ def test_truncated_meta_names_file_and_model_and_other_models_stay_usable(tmp_pa
 
 def test_edited_index_is_detected(tmp_path, small):
     store, _ = _two_model_store(tmp_path, small)
-    meta = json.loads((store._model_dir("A") / "meta.json").read_text())
-    f = store._model_dir("A") / meta["index"]
+    meta = json.loads((store.model_dir("A") / "meta.json").read_text())
+    f = store.model_dir("A") / meta["index"]
     doc = json.loads(f.read_text())
     doc["nodes"][0], doc["nodes"][1] = doc["nodes"][1], doc["nodes"][0]  # valid JSON, wrong rows
     f.write_text(json.dumps(doc))
@@ -295,7 +295,7 @@ def test_edited_index_is_detected(tmp_path, small):
 
 def test_damaged_raw_chunk_names_file_and_model_with_hint(tmp_path, small):
     store, experts = _two_model_store(tmp_path, small)
-    (raw,) = (store._model_dir("A") / "raw").iterdir()
+    (raw,) = (store.model_dir("A") / "raw").iterdir()
     raw.write_bytes(raw.read_bytes()[:40])
     with pytest.raises(LabelStoreCorruptError, match=rf"{raw.name} of model 'A' is damaged.*clear_raw\('A'\)"):
         label_models(small, experts, store, progress=False)

@@ -32,7 +32,7 @@ def test_config_defaults_live_once():
     assert (c.delta, c.k, c.beta, c.match_threshold) == (0.5, 3, 0.8, 0.35)
     # the library functions' defaults are the config's constants, not copies that could drift
     assert labelling.DEFAULT_DELTA == config.DEFAULT_DELTA and text.DEFAULT_THRESHOLD == config.DEFAULT_MATCH_THRESHOLD
-    from mll_jax.offline.benchmark import BenchmarkConfig
+    from mll_lab.benchmark import BenchmarkConfig
 
     b = BenchmarkConfig()
     assert b.mll_config() == c

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from mll_jax import chco
-from mll_jax.offline import data as fdata
+from mll_lab import fashion_mnist as fdata
+from mll_jax.reuse import chco_reuse_scores
 from mll_jax.sdag import SDAG
 from mll_jax.vlm import expert_style as es
 from mll_jax.vlm.labels import VLMLabelStore, label_vlm, node_logits, node_text_embeddings
@@ -151,7 +152,7 @@ def test_chco_selection_and_reuse_against_direct_chco(labelled):
         ref += (conf[:, None] * (p @ np.asarray(sel_k2.columns[m], np.float64))) * mask
         wsum += conf[:, None] * mask
     ref = ref / wsum
-    got = es.chco_reuse_scores(sel_k2, hl)
+    got = chco_reuse_scores(sel_k2, hl)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(KeyError, match="head logits missing"):
-        es.chco_reuse_scores(sel_k2, {"vlm-A": hl["vlm-A"]})
+        chco_reuse_scores(sel_k2, {"vlm-A": hl["vlm-A"]})

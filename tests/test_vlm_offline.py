@@ -32,7 +32,6 @@ class HashEncoder:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-_HashEncoder = HashEncoder  # the name other test modules used
 
 
 @pytest.mark.slow

@@ -161,6 +161,7 @@ def test_classifier_both_experts_where_covered_vlm_patch_elsewhere(system, plain
 def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_vlms, tmp_path):
     """vlm_options={"method": "chco"}: the CHCO-style baseline (mll_jax.vlm.expert_style) through the system equals
     the functional pipeline on the system's stored labels, SDAG, matching and config."""
+    from mll_jax.reuse import chco_reuse_scores
     from mll_jax.vlm import expert_style as es
     from mll_jax.vlm.labels import node_logits
     from mll_jax.vlm.system import VLMExpertClassifier
@@ -180,7 +181,7 @@ def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_v
     assert clf.selection.experts == sel.experts and clf.selection.covered.tolist() == [True, True, False]
     images = np.concatenate([_images(0, 3, 21), _images(1, 3, 22), _images(3, 2, 23)])
     hl = {v.model_id: es.vlm_head_logits(v, images, store, labels[v.model_id]) for v in plain_vlms}
-    want = es.chco_reuse_scores(sel, hl)
+    want = chco_reuse_scores(sel, hl)
     assert np.all(want[:, 2] == 0) and want[:, :2].min() > 0  # uncovered: 0; covered: the expert ensemble
     np.testing.assert_allclose(clf.scores(images), want, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(clf.predict(images), want.argmax(1))
@@ -242,34 +243,34 @@ def test_relabel_only_when_stale(system, plain_vlms, tmp_path):
 
 @pytest.mark.slow
 def test_offline_dual_encoder_kind(tmp_path):
-    """An offline dual encoder (mll_jax.vlm.offline) copied into a system's hub as kind dual_encoder_vlm: loads
+    """An offline dual encoder (mll_jax.vlm.dual_encoder, trained by mll_lab.train_vlms) copied into a system's hub as kind dual_encoder_vlm: loads
     to the same embeddings, labels, and is served by models='vlms'."""
     import jax
 
-    from mll_jax.hub import ModelHub
-    from mll_jax.offline import data as fdata
+    from mll_jax.hub import ModelHub, use_text_features
     from mll_jax.sdag import SDAG
-    from mll_jax.vlm import system as vsys
-    from mll_jax.vlm.offline import DualEncoderSpec, TextFeatures, _register, _tower, load_dual_encoder
-    from test_vlm_offline import _HashEncoder
+    from mll_jax.vlm.dual_encoder import DualEncoderSpec, TextFeatures, load_dual_encoder
+    from mll_lab import fashion_mnist as fdata
+    from mll_lab.train_vlms import dual_encoder_tower, register_dual_encoder
+    from test_vlm_offline import HashEncoder
 
     # an untrained dual encoder saved exactly as train_vlm_hub saves one (training is tested in test_vlm_offline)
     spec = DualEncoderSpec("t-vlm", "vit", (5, 7, 9), per_class=16, steps=3, width=4, dim=8, batch_size=16)
-    module, cfg = _tower(spec)
+    module, cfg = dual_encoder_tower(spec)
     variables = jax.device_get(dict(jax.jit(module.init)(jax.random.PRNGKey(0), np.zeros((1, 28, 28, 1), np.float32))))
     proj = np.random.default_rng(0).standard_normal((384, 8)).astype(np.float32)
     src = ModelHub(tmp_path / "vlm_hub")
-    _register(src, spec, {"module": module, "config": cfg, "variables": variables, "text_proj": proj, "scale": 12.0,
-                          "losses": [(0, 1.0)], "train_seconds": 0.0})
-    tf = TextFeatures(_HashEncoder())
+    register_dual_encoder(src, spec, {"module": module, "config": cfg, "variables": variables, "text_proj": proj,
+                                      "scale": 12.0, "losses": [(0, 1.0)], "train_seconds": 0.0})
+    tf = TextFeatures(HashEncoder())
     v = load_dual_encoder(src, "t-vlm", tf)
     rng = np.random.default_rng(3)
     g = SDAG.from_wnids([fdata.CLASS_SYNSETS[c].wnid for c in (5, 7, 9)])
     for w in g.nodes:
         g.set_images(w, rng.integers(0, 256, (5, 28, 28), dtype=np.uint8))
-    mll = MLL.open(tmp_path / "mll", sdag=g, config=MLLConfig(progress=False), encoder=_HashEncoder(),
+    mll = MLL.open(tmp_path / "mll", sdag=g, config=MLLConfig(progress=False), encoder=HashEncoder(),
                    text_cache=tmp_path / "tc")
-    vsys.use_text_features(tf)
+    use_text_features(tf)
     try:
         assert mll.add_vlm("offline:t-vlm", hub=tmp_path / "vlm_hub") == "t-vlm"
         assert mll.hub.entry("t-vlm")["kind"] == "dual_encoder_vlm" and mll.vlm_ids() == ["t-vlm"]
@@ -287,7 +288,7 @@ def test_offline_dual_encoder_kind(tmp_path):
         lg = v.logit_scale * v.encode_images(imgs) @ v.encode_text(["sandal", "sneaker", "boot"]).T
         np.testing.assert_array_equal(clf.predict(imgs), lg.argmax(1))  # one VLM: its own zero-shot argmax
     finally:
-        vsys.use_text_features(None)
+        use_text_features(None)
 
 
 def test_cli_serves_vlms(tiny_clip_dir, tmp_path):

@@ -38,7 +38,7 @@ from mll_jax.models.efficientnet_lite import load_efficientnet_lite
 from mll_jax.models.hf import load_hf_image_classifier
 from mll_jax.utils import orbax_checkpointer
 from mll_jax.vlm.models import ClipVLM
-from mll_jax.vlm.offline import DualEncoderSpec, DualEncoderVLM, TextFeatures
+from mll_jax.vlm.dual_encoder import DualEncoderVLM, TextFeatures, spec_from_json
 
 __all__ = ["FAMILIES", "Kind", "register_kind", "kind_names", "kind", "family", "load_flax_module", "load_vlm",
            "use_text_features", "text_features"]
@@ -156,7 +156,7 @@ def _load_clip_vlm(hub, entry: dict):
 def _dual_encoder(hub, entry: dict, tower) -> DualEncoderVLM:
     v = entry["vlm"]
     w = np.load(hub.model_dir(entry["model_id"], v.get("text_proj", "text_proj.npy")))
-    spec = DualEncoderSpec(**{**v["spec"], "classes": tuple(v["spec"]["classes"])})
+    spec = spec_from_json(v["spec"])
     return DualEncoderVLM(entry["model_id"], tower, w, float(v["logit_scale"]), text_features(), spec)
 
 

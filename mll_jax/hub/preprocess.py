@@ -6,12 +6,12 @@ from typing import Sequence
 
 import numpy as np
 
-from mll_jax.models import as_uint8_rgb, center_crop_resize, resize_images
+from mll_jax.models import PIL_FILTERS, as_uint8_rgb, center_crop_resize, resize_images
 
 __all__ = ["RESAMPLE_METHODS", "PreprocessSpec"]
 
 #: Resampling filters :func:`mll_jax.models.resize_images` accepts.
-RESAMPLE_METHODS = ("bilinear", "bicubic", "lanczos", "nearest", "box", "hamming")
+RESAMPLE_METHODS = tuple(PIL_FILTERS)
 
 
 class PreprocessSpec:

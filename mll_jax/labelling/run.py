@@ -9,6 +9,7 @@ smooths and commits (docs/DISTRIBUTED.md).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import warnings
 from typing import Iterable, Sequence
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from mll_jax import distributed
 from mll_jax.config import DEFAULT_DELTA
 from mll_jax.errors import LabellingError, LabelStoreCorruptError, NonFiniteLogitsError
+from mll_jax.expert_fingerprint import expert_fingerprint
 
 from .layout import NO_FINGERPRINT, positive_int
 from .packing import iter_node_means
@@ -78,7 +80,8 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     those of a one-process run.  Within a process, batches of Flax experts are split over ``devices`` (default
     ``jax.local_devices()``).
 
-    An expert's ``fingerprint`` attribute (hub experts have one) keys its raw cache: when it differs from the one
+    An expert's fingerprint (:func:`mll_jax.expert_fingerprint.expert_fingerprint`: its ``fingerprint``
+    attribute, else a hash of its parameters, else of its outputs on a seeded probe batch) keys its raw cache: when it differs from the one
     the cache (or the committed labels) were made with, every node is recomputed and a warning says so.
 
     Images are packed into full device batches (:func:`mll_jax.labelling.packing.iter_node_means`: the expert's own fixed
@@ -102,6 +105,19 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     dup = {m for m in ids if ids.count(m) > 1}
     if dup:
         raise ValueError(f"duplicate model ids: {sorted(dup)}")
+    if procs.multi:  # process 0's fingerprints for all: a probe-based one must not differ between processes
+        fp_tag = procs.new_tag("label/fingerprints")
+        if procs.process_id == 0:
+            try:
+                fps = {m: expert_fingerprint(e) for m, e in zip(ids, experts)}
+            except Exception as e:
+                procs.publish(fp_tag, e)
+                raise
+            procs.publish(fp_tag, json.dumps(fps))
+        else:
+            fps = json.loads(procs.wait_for(fp_tag, "waiting for process 0's model fingerprints", timeout))
+    else:
+        fps = {m: expert_fingerprint(e) for m, e in zip(ids, experts)}
     nodes = sdag.nodes
     with_data = sdag.nodes_with_images()
     if not with_data:
@@ -115,7 +131,7 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     summary: dict[str, dict] = {}
     for expert in experts:
         mid, h = check_expert(expert)
-        fp = getattr(expert, "fingerprint", None)
+        fp = fps[mid]
         tag = procs.new_tag(f"label/{mid}") if procs.multi else ""
         if recompute and me == 0:
             store.clear_raw(mid)

@@ -67,7 +67,6 @@ class LabelStore(PackedLabels, RawLabelCache):
         """The directory of ``model_id``'s files (``<root>/models/<sanitised id>-<hash>``; it may not exist)."""
         return self.root / "models" / layout.safe_name(model_id)
 
-    _model_dir = model_dir  # the name before it was public
 
     def corrupt(self, model_id: str | None, path: Path, problem: str) -> LabelStoreCorruptError:
         """The :class:`LabelStoreCorruptError` for damaged file ``path`` of ``model_id``, with the recovery."""

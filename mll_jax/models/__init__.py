@@ -115,7 +115,6 @@ def as_uint8_rgb(images: np.ndarray, model_id: str = "expert") -> np.ndarray:
 
 #: PIL resampling filter numbers by name (the ``method`` of :func:`resize_images`; PIL's ``Image.Resampling``).
 PIL_FILTERS = {"bilinear": 2, "bicubic": 3, "lanczos": 1, "nearest": 0, "box": 4, "hamming": 5}
-_PIL_FILTERS = PIL_FILTERS  # the name mll_jax.hub used before PIL_FILTERS was public
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int], method: str = "bicubic") -> np.ndarray:

@@ -29,7 +29,7 @@ classes; classes with no VLM under ``beta`` are uncovered (:meth:`mll_jax.select
 
 **Reuse.**  :func:`mll_jax.reuse.ensemble_scores` (Eq. 12-13) on the selected VLMs' head logits of the task
 images: ``softmax(f_m(x)) @ X_m`` per class, weighted by ``1 - entropy / log H``.  Uncovered classes score 0 (or
-take a patch's scores, e.g. the MLL-VLM ensemble via :func:`mll_jax.vlm.system.patch_logits`).  Note that the
+take a patch's scores, e.g. the MLL-VLM ensemble via :func:`mll_jax.reuse.patch_logits`).  Note that the
 task's class names are never shown to the VLM here (unlike MLL-VLM, whose reuse prompts the class names): the
 VLM only reads its node texts, and CHCO's ``X`` maps them to the classes.
 """
@@ -51,8 +51,7 @@ from mll_jax.selection import DictLabels, ModelScores, chco_scores, expand_class
 from mll_jax.vlm.labels import node_text_embeddings
 
 __all__ = ["DEFAULT_HEAD_SCALE", "ExpertStyleLabels", "raw_node_labels", "expert_style_labels", "label_source",
-           "common_nodes", "match_nodes", "chco_vlm_scores", "select_vlms_chco", "head_logits", "vlm_head_logits",
-           "chco_reuse_scores"]
+           "common_nodes", "match_nodes", "chco_vlm_scores", "select_vlms_chco", "head_logits", "vlm_head_logits"]
 
 #: Scale of the heads' logits: the issue's VLM labelling logits ``100 * cos(image, text(node))``.
 DEFAULT_HEAD_SCALE = 100.0
@@ -237,21 +236,3 @@ def vlm_head_logits(vlm, images: np.ndarray, store, labels, scale: float = DEFAU
     """The head logits of ``vlm`` on ``images``: its image embeddings against its stored node-text embeddings
     (:func:`mll_jax.vlm.labels.node_text_embeddings`; no text tower runs)."""
     return head_logits(vlm.encode_images(images), node_text_embeddings(store, labels), scale)
-
-
-def chco_reuse_scores(sel, logits: Mapping[str, np.ndarray], patch_logits=None, **kw) -> np.ndarray:
-    """``(N, C)`` scores of the expert pipeline's ensemble (:func:`mll_jax.reuse.ensemble_scores`) from the used
-    VLMs' head logits."""
-    from mll_jax.reuse import ensemble_scores
-
-    used = sel.used_model_ids
-    missing = [m for m in used if m not in logits]
-    if missing:
-        raise KeyError(f"head logits missing for selected VLMs {missing}")
-    if used:
-        n = len(logits[used[0]])
-    elif patch_logits is not None:
-        n = len(patch_logits)
-    else:
-        n = len(next(iter(logits.values()))) if logits else 0
-    return ensemble_scores(sel, {m: logits[m] for m in used}, n, patch_logits, **kw)
