@@ -189,3 +189,12 @@ class DistributedError(EnvironmentSetupError):
 
 class ProcessFailedError(DistributedError):
     """Another process raised, died or stopped making progress; the message names it."""
+
+
+class UsageError(MLLError):
+    """Bad command-line usage (a missing or contradictory flag): exit code 2 with a one-line message."""
+
+
+#: Exit code of ``mll-jax classify`` when it finished but skipped input files it could not decode (listed on
+#: stderr and marked in its output).
+SKIPPED_EXIT = 4

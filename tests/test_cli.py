@@ -106,7 +106,7 @@ def test_cli_whole_job(tmp_path):
     assert [r["index"] for r in rows] == want_pred.tolist()
     assert [r["class"] for r in rows] == want_names
     np.testing.assert_allclose(np.array([r["scores"] for r in rows], np.float64), want_scores, rtol=1e-5, atol=1e-6)
-    from mll_jax.cli import _plain
+    from mll_jax.cli import json_ready as _plain
 
     assert got["explain"] == _plain(clf.explain()) and got["explain"][0]["class"] == "dog"
     # stdout: the explanation, then one "file<TAB>class" line per image.
