@@ -17,6 +17,9 @@ each class's own synset left out (simulating a class the SDAG does not cover), t
 classes the threshold rejects.
 
     python experiments/match_imagenet.py --nodes=all --out=/tmp/match_imagenet.json
+
+This measures the text-only rule (cosine ranking of the plain embeddings); ``benchmarks/match_bench.py`` measures
+the WordNet-aware matching (lemma path, sense ranking, hierarchy guard) on these names and on hand-mapped lists.
 """
 
 from __future__ import annotations
@@ -25,7 +28,12 @@ import json
 import time
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+
+from mll_jax import text as T
+from mll_jax.text import match_embeddings
+from mll_jax.wordnet import get_wordnet
 
 QUERY_FORMATS = {"name": "{}", "name_prefix": "Name: {}"}
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
@@ -94,10 +102,6 @@ def true_ranks(sim: np.ndarray, true_idx: np.ndarray) -> np.ndarray:
 def evaluate(class_emb: np.ndarray, node_emb: np.ndarray, true_idx: np.ndarray,
              thresholds=THRESHOLDS) -> dict:
     """Accuracy numbers for one (class embeddings, node embeddings) pair."""
-    import jax.numpy as jnp  # noqa: PLC0415
-
-    from mll_jax.text import match_embeddings  # noqa: PLC0415
-
     sim = class_emb @ node_emb.T
     ranks = true_ranks(sim, true_idx)
     rows = np.arange(len(true_idx))
@@ -134,14 +138,10 @@ def main(argv) -> None:
     del argv
     from absl import app, flags  # noqa: PLC0415
 
-    from mll_jax import text as T  # noqa: PLC0415
-
     F = flags.FLAGS
     unknown = [q for q in F.query_formats if q not in QUERY_FORMATS]
     if unknown:  # fail before minutes of encoding
         raise app.UsageError(f"unknown --query_formats {unknown}; choose among {sorted(QUERY_FORMATS)}")
-    from mll_jax.wordnet import get_wordnet  # noqa: PLC0415
-
     wn = get_wordnet()
     wnids, clean, first = imagenet_classes()
     nodes = node_wnids(F.nodes, wnids, wn, clean)

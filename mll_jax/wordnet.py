@@ -46,6 +46,14 @@ __all__ = [
     "is_wnid",
     "hypernyms",
     "hyponyms",
+    "is_synset_name",
+    "synset_from_ref",
+    "sense_count",
+    "ancestors",
+    "descendants",
+    "is_physical",
+    "depth",
+    "kin",
     "main",
 ]
 
@@ -75,6 +83,7 @@ LEXNAMES = (
 _LEX_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 _WNID_RE = re.compile(r"^n\d{8}$")
+_SYNSET_NAME_RE = re.compile(r"^[^\s=,]+\.n\.\d{2}$")
 
 _HOW_TO_INSTALL = (
     "Install it with one of:\n"
@@ -339,6 +348,82 @@ def hyponyms(synset, instances: bool = False) -> list:
     """Hyponyms (and, with ``instances``, instance hyponyms) of a synset, sorted by (pos, offset)."""
     out = synset.hyponyms() + (synset.instance_hyponyms() if instances else [])
     return sorted(set(out), key=lambda s: (s.pos(), s.offset()))
+
+
+def is_synset_name(s) -> bool:
+    """True for noun synset names such as ``"dog.n.01"`` (no spaces)."""
+    return isinstance(s, str) and bool(_SYNSET_NAME_RE.match(s))
+
+
+def synset_from_ref(ref: str, wn=None):
+    """The noun synset of a wnid (``"n02084071"``) or a noun synset name (``"dog.n.01"``, case-insensitive).
+
+    ``KeyError`` (with the reason) when ``ref`` is neither, or names no WordNet 3.0 noun synset."""
+    wn = get_wordnet() if wn is None else wn
+    if is_wnid(ref):
+        return synset_from_wnid(ref, wn)
+    if is_synset_name(ref.lower()):
+        try:
+            return wn.synset(ref.lower())
+        except Exception:  # nltk raises WordNetError or ValueError for unknown lemmas / sense numbers
+            raise KeyError(f"unknown synset {ref!r}: WordNet 3.0 has no such noun sense") from None
+    raise KeyError(f"{ref!r} is neither a wnid ('n' + 8 digits) nor a noun synset name (e.g. 'dog.n.01')")
+
+
+def sense_count(synset, word: str | None = None) -> int:
+    """WordNet's sense frequency count (``cntlist``, nltk ``Lemma.count()``) of ``synset`` for ``word``
+    (a lemma, compared case-insensitively with spaces as underscores); None sums over all its lemmas."""
+    key = None if word is None else word.replace(" ", "_").lower()
+    return sum(lem.count() for lem in synset.lemmas() if key is None or lem.name().lower() == key)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def ancestors(synset) -> frozenset:
+    """Every hypernym and instance hypernym of ``synset``, transitively (the synset itself excluded)."""
+    out = set()
+    for h in hypernyms(synset):
+        out.add(h)
+        out |= ancestors(h)
+    return frozenset(out)
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def descendants(synset) -> frozenset:
+    """Every hyponym and instance hyponym of ``synset``, transitively (the synset itself excluded)."""
+    out = set()
+    stack = hyponyms(synset, instances=True)
+    while stack:
+        s = stack.pop()
+        if s not in out:
+            out.add(s)
+            stack.extend(hyponyms(s, instances=True))
+    return frozenset(out)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def depth(synset) -> int:
+    """Length of the longest hypernym path from ``synset`` up to ``entity.n.01`` (entity: 0)."""
+    hs = hypernyms(synset)
+    return 1 + max(depth(h) for h in hs) if hs else 0
+
+
+def kin(synset, other, levels: int = 2) -> bool:
+    """True when ``other`` is ``synset``, below it, or a near relative: their deepest common hypernym is at most
+    ``levels`` levels above ``synset`` (a sibling for 1, a cousin for 2) and ``other`` is not itself a hypernym of
+    ``synset``."""
+    if other == synset or synset in ancestors(other):
+        return True
+    up = ancestors(synset)
+    if other in up:
+        return False
+    common = (ancestors(other) | {other}) & up
+    return bool(common) and max(depth(c) for c in common) >= depth(synset) - levels
+
+
+def is_physical(synset) -> bool:
+    """True when ``synset`` is a physical entity (``physical_entity.n.01`` or below): things images can show."""
+    return synset.name() == "physical_entity.n.01" or any(a.name() == "physical_entity.n.01"
+                                                          for a in ancestors(synset))
 
 
 # ---------------------------------------------------------------------------------------------------
