@@ -25,7 +25,7 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3", "cvxpy>=1.5", "clarabel>=0.7", "scipy>=1.11"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "cvxpy>=1.5", "clarabel>=0.7", "scipy>=1.11", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["mll-jax=mll_jax.cli:entry_point"]},
 )

@@ -26,6 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from mll_jax.errors import MLLError
+from mll_jax.names import check_class_names
 from mll_jax.wordnet import get_wordnet
 
 __all__ = [
@@ -317,21 +318,39 @@ def load_tasks_file(path: str | os.PathLike) -> list[dict]:
     """Tasks for a user-supplied benchmark (JSON): ``[{"name": ..., "classes": [{"name": ..., "folders": [...]}]}]``.
 
     ``folders`` are the sub-folders (e.g. ImageNet wnids) of an image-folder test set whose images belong to the
-    class. Returned as validated plain dicts.
+    class. Returned as validated plain dicts.  A malformed file raises :class:`~mll_jax.errors.MLLError` naming the
+    file and the line (JSON syntax) or the task and class (content).
     """
-    with open(path, encoding="utf-8") as f:
-        tasks = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MLLError(f"cannot read the tasks file {path}: {e}") from None
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MLLError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
     if isinstance(tasks, dict) and "tasks" in tasks:
         tasks = tasks["tasks"]
     if not isinstance(tasks, list) or not tasks:
-        raise ValueError(f"{path}: expected a non-empty JSON list of tasks (or {{'tasks': [...]}})")
+        raise MLLError(f"{path}: expected a non-empty JSON list of tasks (or {{'tasks': [...]}})")
     for i, t in enumerate(tasks):
         if not isinstance(t, dict) or "classes" not in t:
-            raise ValueError(f"{path}: task #{i} must be an object with 'name' and 'classes'")
+            raise MLLError(f"{path}: task #{i} must be an object with 'name' and 'classes'")
         t.setdefault("name", f"task{i}")
-        if len(t["classes"]) < 2:
-            raise ValueError(f"{path}: task {t['name']!r} needs at least 2 classes")
-        for c in t["classes"]:
-            if not isinstance(c, dict) or not c.get("name") or not c.get("folders"):
-                raise ValueError(f"{path}: task {t['name']!r}: every class needs 'name' and a non-empty 'folders'")
+        if not isinstance(t["name"], str) or not t["name"].strip():
+            raise MLLError(f"{path}: task #{i}: 'name' must be a non-empty string")
+        if not isinstance(t["classes"], list) or len(t["classes"]) < 2:
+            raise MLLError(f"{path}: task {t['name']!r} needs a list of at least 2 classes")
+        for j, c in enumerate(t["classes"]):
+            if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c.get("name", "").strip():
+                raise MLLError(f"{path}: task {t['name']!r}, class #{j}: needs a 'name' string")
+            folders = c.get("folders")
+            if not isinstance(folders, list) or not folders or not all(isinstance(x, str) and x for x in folders):
+                raise MLLError(f"{path}: task {t['name']!r}, class {c['name']!r}: 'folders' must be a non-empty "
+                               "list of folder names")
+        try:
+            check_class_names([c["name"] for c in t["classes"]])
+        except MLLError as e:
+            raise MLLError(f"{path}: task {t['name']!r}: {e}") from None
     return tasks
