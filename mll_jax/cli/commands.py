@@ -84,15 +84,19 @@ def cmd_hub_add(argv) -> int:
         else:
             raise UsageError(f"unknown model {m!r}: give a shipped expert ({', '.join(sorted(SHIPPED_EXPERTS))}), "
                          "hf:<name or directory> (an image classifier) or vlm:<name or directory> (a CLIP model)")
+    resolved = []  # (model, model_id), local directories made absolute; bad input fails before the lock
+    for m in models:
+        model_id = FLAGS.model_id
+        if m.startswith("hf:") and Path(m[3:]).expanduser().is_dir():  # a local model directory: store it absolute
+            local = Path(m[3:]).expanduser().absolute()
+            if not (local / "config.json").is_file():
+                raise UsageError(f"{local} is not a Hugging Face model directory (no config.json)")
+            m, model_id = f"hf:{local}", model_id or local.name
+        resolved.append((m, model_id))
+    open_system()  # a missing or non-system --root fails before the lock too
     with writing("hub add"):
         mll = open_system()
-        for m in models:
-            model_id = FLAGS.model_id
-            if m.startswith("hf:") and Path(m[3:]).expanduser().is_dir():  # a local model directory: store it absolute
-                local = Path(m[3:]).expanduser().absolute()
-                if not (local / "config.json").is_file():
-                    raise UsageError(f"{local} is not a Hugging Face model directory (no config.json)")
-                m, model_id = f"hf:{local}", model_id or local.name
+        for m, model_id in resolved:
             had = set(mll.model_ids())
             if m.startswith("vlm:"):
                 src = m[4:]
@@ -111,12 +115,12 @@ def cmd_hub_remove(argv) -> int:
     ids = list(argv[1:])
     if not ids:
         raise UsageError("hub remove needs model ids (see mll-jax hub list)")
+    known = set(open_system().model_ids())
+    unknown = [m for m in ids if m not in known]
+    if unknown:  # nothing is removed (checked before taking the writer lock)
+        raise UsageError(f"unknown model ids {unknown}; the hub has {sorted(known)}")
     with writing("hub remove"):
         mll = open_system()
-        known = set(mll.model_ids())
-        unknown = [m for m in ids if m not in known]
-        if unknown:  # nothing is removed
-            raise UsageError(f"unknown model ids {unknown}; the hub has {sorted(known)}")
         for m in ids:
             mll.remove_model(m)
             print(f"{m}: removed (and its labels)")
