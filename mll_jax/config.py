@@ -189,10 +189,6 @@ class MLLConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def vlm_options(self) -> dict:
-        """The VLM fields without their ``vlm_`` prefix (``{"method", "k", "alpha", ...}``)."""
-        return {f.name[4:]: getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("vlm_")}
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "MLLConfig":
         names = {f.name for f in dataclasses.fields(cls)}

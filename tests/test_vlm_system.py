@@ -88,6 +88,12 @@ def test_vlms_are_a_hub_kind_labelled_apart_from_experts(system):
         mll.vlm("toy-expert")
     with pytest.raises(MLLError, match="hub="):
         mll.add_vlm("offline:vlm-footwear")
+    # one source vocabulary: add_model hands clip: / offline: sources to the VLM family
+    assert mll.add_model(f"clip:{mll.hub.entry('clip-a')['source']}", model_id="clip-a") == "clip-a"
+    with pytest.raises(MLLError, match="hub="):
+        mll.add_model("offline:vlm-footwear")
+    with pytest.raises(MLLError, match="apply to experts"):
+        mll.add_model("clip:x", resolution=64)
     with pytest.raises(MLLError, match="models must be"):
         mll.classifier(["jersey", "trousers"], models="vlm")
     with pytest.raises(MLLError, match="unknown vlm_options"):
@@ -169,7 +175,7 @@ def test_classifier_both_experts_where_covered_vlm_patch_elsewhere(system, plain
 
 @pytest.mark.filterwarnings("ignore:CHCO did not converge")  # random tiny CLIP: peaked 100 * cos heads
 def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_vlms, tmp_path):
-    """vlm_options={"method": "chco"}: the CHCO-style baseline (mll_jax.vlm.expert_style) through the system equals
+    """method="chco": the CHCO-style baseline (mll_jax.vlm.expert_style) through the system equals
     the functional pipeline on the system's stored labels, SDAG, matching and config."""
     from mll_jax.reuse import chco_reuse_scores
     from mll_jax.vlm import expert_style as es
@@ -178,8 +184,9 @@ def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_v
 
     mll, _ = system
     names = ["jersey", "trousers", "violin"]
-    clf = mll.classifier(names, models="vlms", vlm_options={"method": "chco", "k": 2}, beta=None)
+    clf = mll.classifier(names, models="vlms", method="chco", vlm_k=2, beta=None)
     assert isinstance(clf, VLMExpertClassifier) and clf.class_names == names
+    assert (clf.models, clf.selection.family, clf.selection.method) == ("vlms", "vlms", "chco")
     labels, store = mll.family("vlms").labels(), mll.family("vlms").store()
     esl = {m: es.expert_style_labels(labels[m], node_logits(store, labels[m]), mll.sdag, delta=mll.config.delta)
            for m in labels}
