@@ -26,6 +26,10 @@ __all__ = [
     "DEFAULT_MATCH_THRESHOLD",
     "DEFAULT_NODE_TEXT",
     "SCORERS",
+    "DEFAULT_VLM_ALPHA",
+    "DEFAULT_VLM_TOP",
+    "DEFAULT_VLM_SCALE",
+    "VLM_METHODS",
     "ConfigError",
     "MLLConfig",
 ]
@@ -49,6 +53,14 @@ DEFAULT_MATCH_THRESHOLD = 0.35
 DEFAULT_NODE_TEXT = "lemmas"
 #: Built-in scorers (see mll_jax.selection.select_models).
 SCORERS = ("chco", "random", "heu", "logme", "leep")
+#: Weight of F1 in the MLL-VLM selection score (the value of mll_jax.vlm.core.DEFAULT_ALPHA).
+DEFAULT_VLM_ALPHA = 0.7
+#: Nodes each class is matched to by the MLL-VLM selection (the value of mll_jax.vlm.core.DEFAULT_TOP_NODES).
+DEFAULT_VLM_TOP = 5
+#: Logit scale of a VLM's node-text heads in the CHCO-style VLM baseline (``scale * cos``; mll_jax.vlm.expert_style).
+DEFAULT_VLM_SCALE = 100.0
+#: How VLMs are selected: "mll" (the MLL-VLM F1 selection) or "chco" (the CHCO-style baseline).
+VLM_METHODS = ("mll", "chco")
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,13 @@ class MLLConfig:
     Reuse: ``reuse_batch_size``, ``patch_mode`` (``"all"`` / ``"uncovered"``), ``patch_weight``,
     ``on_nonfinite`` (``"raise"``: an expert or patch output that is NaN/inf raises, naming the model;
     ``"abstain"``: that image's prediction is -1).
+    VLMs (``MLL.classifier(..., models="vlms" | "both")``): ``vlm_method`` (``"mll"``: the MLL-VLM F1 selection;
+    ``"chco"``: the CHCO-style baseline, VLMs as experts over their node-text heads, ``models="vlms"`` only),
+    ``vlm_k`` (VLMs per class), ``vlm_alpha`` (weight of F1 in the selection score), ``vlm_top`` (nodes matched
+    per class), ``vlm_scope`` (``"all"``: the stored counts; ``"task"``: counts restricted to the task's matched
+    nodes), ``vlm_descriptions`` (class name -> description appended to the matching query, or ``None``) -- the
+    ``"mll"`` options; ``vlm_scale`` (the heads' logit scale) -- a ``"chco"`` option (``vlm_k`` applies to both;
+    the ``"chco"`` selection takes ``beta`` and the CHCO settings above).
     Everything: ``progress`` (tqdm bars).
     """
 
@@ -86,6 +105,13 @@ class MLLConfig:
     patch_mode: str = "all"
     patch_weight: float = 1.0
     on_nonfinite: str = "raise"
+    vlm_method: str = "mll"
+    vlm_k: int = 1
+    vlm_alpha: float = DEFAULT_VLM_ALPHA
+    vlm_top: int = DEFAULT_VLM_TOP
+    vlm_scope: str = "all"
+    vlm_descriptions: Mapping[str, str] | None = None
+    vlm_scale: float = DEFAULT_VLM_SCALE
     progress: bool = True
 
     def __post_init__(self):
@@ -134,6 +160,21 @@ class MLLConfig:
         real("patch_weight", 0.0)
         if self.on_nonfinite not in ("raise", "abstain"):
             bad("on_nonfinite", "must be 'raise' or 'abstain'")
+        if self.vlm_method not in VLM_METHODS:
+            bad("vlm_method", f"VLM method must be one of {list(VLM_METHODS)}")
+        pos_int("vlm_k")
+        real("vlm_alpha", 0.0, 1.0)
+        pos_int("vlm_top")
+        if self.vlm_scope not in ("all", "task"):
+            bad("vlm_scope", "must be 'all' or 'task'")
+        if self.vlm_descriptions is not None:
+            if not isinstance(self.vlm_descriptions, Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, str) for k, v in self.vlm_descriptions.items()):
+                bad("vlm_descriptions", "must be None or a mapping class name -> description")
+            object.__setattr__(self, "vlm_descriptions", dict(self.vlm_descriptions))
+        real("vlm_scale", 0.0)
+        if not self.vlm_scale > 0:
+            bad("vlm_scale", "must be > 0")
         if not isinstance(self.progress, bool):
             bad("progress", "must be True or False")
 

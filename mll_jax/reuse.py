@@ -38,7 +38,7 @@ from mll_jax.errors import NonFiniteOutputError  # noqa: F401  (re-exported)
 from mll_jax.vlm.select import reuse_scores, task_logits
 
 __all__ = ["NonFiniteOutputError", "expert_terms", "combine", "patch_scores", "ensemble_scores", "Reuser", "patch_logits",
-           "VLMPatch", "chco_reuse_scores"]
+           "VLMPatch", "VLMEnsemble", "chco_reuse_scores"]
 
 
 @jax.jit
@@ -297,6 +297,40 @@ class VLMPatch:
         if list(class_names) != list(self.selection.class_names):
             raise ValueError(f"VLMPatch was selected for {self.selection.class_names}, asked for {list(class_names)}")
         return patch_logits(self.scores(images))
+
+
+class VLMEnsemble:
+    """The MLL-VLM reuse as a classifier's scorer: the entropy-weighted ensemble of the VLMs a
+    :class:`mll_jax.vlm.select.VLMSelection` chose (:func:`mll_jax.vlm.select.reuse_scores` over the task's class
+    prompts), with the classifier's rule for non-finite outputs (``on_nonfinite``: ``"raise"`` raises
+    :class:`NonFiniteOutputError`; ``"abstain"``: the image's scores are NaN and its prediction is -1)."""
+
+    #: display setting (the VLM ensemble shows no progress bar)
+    progress = False
+
+    def __init__(self, selection, vlms: Mapping[str, Any], on_nonfinite: str = "raise"):
+        if on_nonfinite not in ("raise", "abstain"):
+            raise ValueError(f"on_nonfinite must be 'raise' or 'abstain', got {on_nonfinite!r}")
+        self.patch = VLMPatch(selection, vlms)
+        self.experts = self.patch.vlms
+        self.on_nonfinite = on_nonfinite
+
+    def scores(self, images) -> np.ndarray:
+        s = np.asarray(self.patch.scores(images))
+        bad = ~np.isfinite(s).all(axis=1)
+        if bad.any():
+            if self.on_nonfinite == "raise":
+                raise NonFiniteOutputError(
+                    f"the VLM ensemble returned NaN/inf scores for {int(bad.sum())} of {len(s)} images (first: "
+                    f"#{int(np.argmax(bad))}); set on_nonfinite='abstain' to skip such images")
+            s = np.array(s, dtype=np.result_type(s, np.float32))
+            s[bad] = np.nan
+        return s
+
+    def predictions(self, scores) -> np.ndarray:
+        """Argmax; -1 where a row is not finite."""
+        s = np.asarray(scores)
+        return np.where(np.isfinite(s).all(axis=1), np.argmax(np.nan_to_num(s, nan=-np.inf), axis=1), -1)
 
 
 def chco_reuse_scores(sel, logits: Mapping[str, np.ndarray], patch_logits=None, **kw) -> np.ndarray:

@@ -6,13 +6,24 @@ labels alone and reused as an ensemble::
     from mll_jax import MLL, SDAG
     mll = MLL.open("my_mll", sdag=SDAG.from_wnids([...], close_hypernyms=True))  # or an existing directory
     mll.add_images("n02084071", dog_images)            # node data (uint8 batches)
-    mll.add_model("efficientnet-lite0")                 # a shipped expert, "hf:<name or dir>", or a Flax module
+    mll.add_model("efficientnet-lite0")                 # a shipped expert, a source ("hf:", "clip:", "offline:"),
+                                                        # or a Flax module
     mll.label()                                         # only what is new is computed; resumable
     clf = mll.classifier(["dog", "car", "bird"])        # match -> select -> reuse
     clf.predict(images); clf.explain_text()
-    clf.save("clf.npz"); Classifier.load("clf.npz", mll)  # no re-selection later (any models=: mll.load_classifier)
-    mll.add_vlm("openai/clip-vit-base-patch32")         # VLMs are a model family of the same hub
+    clf.save("clf.npz"); mll.load_classifier("clf.npz")  # no re-selection later
+    mll.add_model("clip:openai/clip-vit-base-patch32")  # VLMs are a model family of the same hub
     mll.classifier(names, models="vlms")                # or "both": experts where they cover a class, VLMs elsewhere
+
+One source vocabulary names where a model comes from (:meth:`MLL.add_model`, :meth:`MLL.add_vlm`, ``mll-jax hub
+add``): ``hf:<name or directory>`` -- a Hugging Face image classifier (an expert); ``clip:<name or directory>`` --
+an HF CLIP checkpoint (a VLM, kind ``clip_vlm``); ``offline:<id>`` with ``hub=`` -- a dual encoder trained into
+another hub (a VLM, kind ``dual_encoder_vlm``).  The earlier spellings stay accepted: ``add_vlm("hf:...")`` and a
+bare name for a CLIP VLM, ``vlm:`` on the command line.
+
+Every selection is a :class:`mll_jax.selection.Selection` (``family`` ``"experts"``, ``"vlms"`` or ``"both"``) and
+every classifier a :class:`mll_jax.classifier.Classifier`; the VLM defaults are :class:`MLLConfig` fields
+(``vlm_method``, ``vlm_k``, ``vlm_alpha``, ``vlm_top``, ``vlm_scope``, ``vlm_descriptions``, ``vlm_scale``).
 
 The hub's models form two families (:meth:`mll_jax.hub.ModelHub.family`): experts
 (:class:`mll_jax.families.experts.ExpertFamily`) and VLMs (:class:`mll_jax.families.vlms.VLMFamily`).  The
@@ -36,13 +47,13 @@ import flax.linen as nn
 import numpy as np
 
 from mll_jax import distributed, text
-from mll_jax.classifier import Classifier, load_classifier
+from mll_jax.classifier import Classifier
 from mll_jax.config import MLLConfig
 from mll_jax.errors import (ClassNamesError, MissingLabelsError, MLLError, StaleClassifierError,  # noqa: F401
                             UncoveredTaskError, UnknownModelError)  # (re-exported)
 from mll_jax.families.base import label_fingerprint
 from mll_jax.families.experts import SHIPPED_EXPERTS, ExpertFamily, register_shipped, representative_images
-from mll_jax.families.vlms import VLMFamily
+from mll_jax.families.vlms import VLM_SELECT_OPTIONS, VLMFamily, check_options
 from mll_jax.hub import ModelHub
 from mll_jax.images import as_image_batch
 from mll_jax.labelling import LabelStore
@@ -67,8 +78,10 @@ __all__ = [
     "Classifier",
 ]
 
-#: ``models=`` of :meth:`MLL.classifier`.
+#: ``models=`` of :meth:`MLL.classifier` and :meth:`MLL.select`.
 MODELS = ("experts", "vlms", "both")
+#: Source prefixes of VLMs (:meth:`MLL.add_model` hands them to :meth:`MLL.add_vlm`).
+VLM_PREFIXES = ("clip:", "offline:")
 
 
 class MLL:
@@ -143,19 +156,33 @@ class MLL:
     # ------------------------------------------------------------------ models
     def add_model(self, model, *, model_id: str | None = None, overwrite: bool = False, variables=None,
                   preprocess=None, head_names: Sequence[str] | None = None, head_wnids: Sequence[str] | None = None,
-                  resolution: int | None = None, batch_size: int = 32, **options) -> str:
+                  resolution: int | None = None, batch_size: int | None = None, **options) -> str:
         """Register a model in the hub and return its id (label it with :meth:`label`).
 
         ``model`` is one of:
 
         * a shipped expert id (:data:`SHIPPED_EXPERTS`: ``"efficientnet-lite0/1/2"``, ``"cifar10-cnn"``);
           EfficientNet-Lite takes ``resolution`` (e.g. 128) to run at another input size;
-        * ``"hf:<name or directory>"``: a Hugging Face Flax/PyTorch image classifier (converted without torch);
+        * ``"hf:<name or directory>"``: a Hugging Face Flax/PyTorch image classifier (an expert, converted without
+          torch);
+        * ``"clip:<name or directory>"`` or ``"offline:<id>"`` (with ``hub=``): a VLM, registered by
+          :meth:`add_vlm` (``options`` and ``batch_size`` go to it);
         * a Flax ``nn.Module`` with ``variables=`` and ``preprocess=`` (a :class:`mll_jax.hub.PreprocessSpec`
           or its dict) and ``model_id=``.
+
+        ``batch_size``: images per forward pass (default 32 for experts; a VLM's own default otherwise).
         """
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise MLLError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(model, str) and model.startswith(VLM_PREFIXES):
+            given = [n for n, v in (("variables", variables), ("preprocess", preprocess), ("head_names", head_names),
+                                    ("head_wnids", head_wnids), ("resolution", resolution)) if v is not None]
+            if given:
+                raise MLLError(f"{given} apply to experts, not to the VLM {model!r}")
+            if batch_size is not None:
+                options["batch_size"] = batch_size
+            return self.add_vlm(model, model_id=model_id, overwrite=overwrite, **options)
+        batch_size = 32 if batch_size is None else batch_size
         hub = self.hub
         if isinstance(model, str) and model in SHIPPED_EXPERTS:
             return register_shipped(hub, model, model_id=model_id, resolution=resolution, batch_size=batch_size,
@@ -172,7 +199,9 @@ class MLL:
             return mid
         if isinstance(model, str):
             raise MLLError(f"unknown model {model!r}: give a shipped expert {sorted(SHIPPED_EXPERTS)}, "
-                           "'hf:<name or directory>', or a Flax module with variables= and preprocess=")
+                           "'hf:<name or directory>' (an image classifier), 'clip:<name or directory>' (a CLIP VLM), "
+                           "'offline:<id>' with hub= (a dual encoder), or a Flax module with variables= and "
+                           "preprocess=")
         if isinstance(model, nn.Module):
             if model_id is None or variables is None or preprocess is None:
                 raise MLLError("a Flax module needs model_id=, variables= and preprocess=")
@@ -210,10 +239,11 @@ class MLL:
     def add_vlm(self, source, *, model_id: str | None = None, hub=None, overwrite: bool = False, **options) -> str:
         """Register a VLM in the hub and return its id (label it with :meth:`label`).
 
-        ``source`` is an HF CLIP checkpoint name or directory (optionally prefixed ``clip:``, or ``hf:`` as
-        before; kind ``clip_vlm``; ``options`` go to :meth:`mll_jax.vlm.models.ClipVLM.from_pretrained`, e.g.
-        ``template=``, ``batch_size=``), or ``"offline:<id>"`` with ``hub=`` the hub the dual encoder was trained
-        into (copied into this hub; kind ``dual_encoder_vlm``)."""
+        ``source`` is ``"clip:<name or directory>"``, an HF CLIP checkpoint (kind ``clip_vlm``; a bare name or
+        ``"hf:<...>"`` are accepted here as well; ``options`` go to
+        :meth:`mll_jax.vlm.models.ClipVLM.from_pretrained`, e.g. ``template=``, ``batch_size=``), or
+        ``"offline:<id>"`` with ``hub=`` the hub the dual encoder was trained into (copied into this hub; kind
+        ``dual_encoder_vlm``).  :meth:`add_model` takes the same ``clip:`` / ``offline:`` sources."""
         return self.families["vlms"].add(source, model_id=model_id, hub=hub, overwrite=overwrite, **options)
 
     def vlm_ids(self) -> list[str]:
@@ -229,14 +259,13 @@ class MLL:
         return self.families["vlms"].stale(model_ids)
 
     def select_vlms(self, class_names: Sequence[str], *, method: str | None = None,
-                    vlm_options: Mapping[str, Any] | None = None, **options):
-        """Per class the top-k VLMs from their labels (:meth:`mll_jax.families.vlms.VLMFamily.select`);
-        ``options``: ``k``, ``alpha``, ``top``, ``scope``, ``descriptions`` (``vlm_options=``: deprecated
-        spelling of the same mapping)."""
-        opts = self._vlm_options(options, vlm_options)
-        if method is not None:
-            opts["method"] = method
-        return self.families["vlms"].select(class_names, options=opts)
+                    vlm_options: Mapping[str, Any] | None = None, **options) -> Selection:
+        """Per class the VLMs selected from their labels: :meth:`select` with ``models="vlms"``.  ``options``:
+        ``k``, ``alpha``, ``top``, ``scope``, ``descriptions``, ``scale`` (for this call; the config fields
+        ``vlm_<option>``); ``vlm_options=``: deprecated spelling of the same mapping."""
+        changes = self._vlm_changes({f"vlm_{k}": v for k, v in options.items()}, vlm_options, method, "vlms")
+        sysm = self if not changes else self.with_config(**changes)
+        return sysm.families["vlms"].select(class_names)
 
     def check_model(self, model_id: str) -> None:
         """Raise :class:`UnknownModelError` unless ``model_id`` is in the hub."""
@@ -362,11 +391,27 @@ class MLL:
 
     def select(self, class_names: Sequence[str], *, method: str | None = None, scorer: str | None = None,
                k: int | None = None, beta: float | None | str = "config", model_ids: Sequence[str] | None = None,
-               matches=None) -> Selection:
-        """Match the class names and select experts per class with the scorer ``method`` (``scorer=``: the same;
-        default ``config.scorer``)."""
-        return self.families["experts"].select(class_names, method=self._method(method, scorer), k=k, beta=beta,
-                                               model_ids=model_ids, matches=matches)
+               matches=None, models: str = "experts") -> Selection:
+        """Match the class names and select models per class: a :class:`Selection` of family ``models``.
+
+        ``models="experts"`` (default): the scorer ``method`` (``scorer=``: the same; default ``config.scorer``)
+        with ``k`` / ``beta`` (default: the config's), over ``model_ids`` (default: every labelled expert),
+        ``matches`` (precomputed :class:`mll_jax.text.Match` list).  ``models="vlms"``: the VLM selection
+        ``method`` (default ``config.vlm_method``) over ``model_ids`` (default: every VLM).  ``models="both"``:
+        the expert selection as for ``"experts"`` plus the MLL-VLM selection of every class."""
+        if models not in MODELS:
+            raise MLLError(f"models must be 'experts', 'vlms' or 'both', got {models!r}")
+        method = self._method(method, scorer)
+        if models == "vlms":
+            sysm = self if method is None else self.with_config(vlm_method=method)
+            return sysm.families["vlms"].select(class_names, model_ids=model_ids)
+        sel = self.families["experts"].select(class_names, method=method, k=k, beta=beta, model_ids=model_ids,
+                                              matches=matches)
+        if models == "both":
+            if self.config.vlm_method == "chco":
+                raise MLLError("vlm_method='chco' (the CHCO-style VLM baseline) serves models='vlms' only")
+            sel = sel.with_vlm(self.families["vlms"].select_mll(class_names))
+        return sel
 
     @staticmethod
     def _method(method: str | None, scorer: str | None) -> str | None:
@@ -374,46 +419,62 @@ class MLL:
             raise MLLError(f"method={method!r} and scorer={scorer!r} disagree (scorer= is the same argument)")
         return method if method is not None else scorer
 
-    @staticmethod
-    def _vlm_options(options: Mapping[str, Any], deprecated: Mapping[str, Any] | None) -> dict:
-        opts = dict(options)
-        if deprecated is not None:
-            warnings.warn("vlm_options= is deprecated: pass the VLM options as keyword arguments "
-                          "(method=, k=, alpha=, top=, scope=, descriptions=, scale=)", DeprecationWarning,
-                          stacklevel=3)
-            opts.update(deprecated)
-        return opts
+    def _vlm_changes(self, overrides: Mapping[str, Any], vlm_options: Mapping[str, Any] | None,
+                     method: str | None, models: str) -> dict:
+        """Config changes of one call: ``overrides`` (MLLConfig fields), the deprecated ``vlm_options`` mapping
+        (short names, mapped onto the ``vlm_*`` fields) and, for ``models="vlms"``, ``method`` as ``vlm_method``;
+        the VLM options given explicitly are checked against the method they apply to."""
+        changes = dict(overrides)
+        given = {k[4:]: v for k, v in overrides.items() if k.startswith("vlm_") and k[4:] in VLM_SELECT_OPTIONS}
+        if vlm_options is not None:
+            warnings.warn("vlm_options= is deprecated: pass method= and the MLLConfig fields vlm_k=, vlm_alpha=, "
+                          "vlm_top=, vlm_scope=, vlm_descriptions=, vlm_scale= as keyword arguments",
+                          DeprecationWarning, stacklevel=3)
+            unknown = sorted(set(vlm_options) - set(VLM_SELECT_OPTIONS))
+            if unknown:
+                raise MLLError(f"unknown vlm_options {unknown}; accepted: {list(VLM_SELECT_OPTIONS)}")
+            given.update(vlm_options)
+        if models == "vlms" and method is not None:
+            given["method"] = method
+        if given:
+            check_options(given, default_method=self.config.vlm_method)
+        changes.update({f"vlm_{k}": v for k, v in given.items()})
+        return changes
 
     def classifier(self, class_names: Sequence[str], patch=None, scorer: str | None = None, *,
                    models: str = "experts", method: str | None = None,
                    vlm_options: Mapping[str, Any] | None = None, **overrides) -> Classifier:
-        """A zero-shot classifier for ``class_names``: match, select and reuse.
-
-        ``method``: how the models are selected -- for experts a scorer (``"chco"``, default, or a baseline;
-        ``scorer=`` is the same), for VLMs ``"mll"`` (default) or ``"chco"``.  ``patch``: a zero-shot model for
-        uncovered classes (``logits(images, class_names)``, e.g. :class:`mll_jax.clip_patch.ClipZeroShot`;
-        experts only).  ``overrides``: :class:`MLLConfig` fields for this call (``k=2, beta=0.6, ...``).
+        """A zero-shot :class:`Classifier` for ``class_names``: match, select and reuse.
 
         ``models``: ``"experts"`` (default), ``"vlms"`` (VLM selection + VLM ensemble) or ``"both"`` (experts for
-        the classes they cover, the VLM ensemble as the patch for the others).  ``vlm_options`` (deprecated):
-        ``k``, ``alpha``, ``top``, ``scope``, ``descriptions``, ``method``, ``scale`` of the VLM selection."""
+        the classes they cover, the VLM ensemble for the others).
+
+        ``method``: how the models are selected.  ``models="experts"``: a scorer (``"chco"``, default
+        ``config.scorer``, or a baseline; ``scorer=`` is the same argument).  ``models="vlms"``: ``"mll"`` (the
+        MLL-VLM F1 selection) or ``"chco"`` (the CHCO-style baseline; default ``config.vlm_method``).
+        ``models="both"``: the experts' scorer (as for ``"experts"``); the VLM part is the MLL-VLM selection with
+        the ``vlm_*`` config fields (``vlm_method`` must be ``"mll"``).
+
+        ``patch``: a zero-shot model for uncovered classes (``logits(images, class_names)``, e.g.
+        :class:`mll_jax.clip_patch.ClipZeroShot`; experts only).  ``overrides``: :class:`MLLConfig` fields for
+        this call (``k=2, beta=0.6, vlm_k=2, vlm_alpha=0.5, ...``).  ``vlm_options`` (deprecated): the VLM options
+        by short name (``{"k": 2, "method": "chco"}``), mapped onto the ``vlm_*`` fields."""
         if models not in MODELS:
             raise MLLError(f"models must be 'experts', 'vlms' or 'both', got {models!r}")
         method = self._method(method, scorer)
-        vopts = self._vlm_options({}, vlm_options)
+        if models == "experts" and vlm_options is not None:
+            raise MLLError("vlm_options applies to models='vlms' or 'both'")
+        changes = self._vlm_changes(overrides, vlm_options, method, models)
+        sysm = self if not changes else self.with_config(**changes)
         if models == "experts":
-            if vlm_options is not None:
-                raise MLLError("vlm_options applies to models='vlms' or 'both'")
-            sysm = self if not overrides else self.with_config(**overrides)
             return sysm.families["experts"].classifier(class_names, method=method, patch=patch)
         if patch is not None:
             raise MLLError(f"models={models!r} serves uncovered classes with the hub's VLMs; patch= applies to "
                            "models='experts' only")
-        sysm = self if not overrides else self.with_config(**overrides)
         vlms = sysm.families["vlms"]
         if models == "vlms":
-            return vlms.classifier(class_names, method=method, options=vopts)
-        return vlms.both_classifier(sysm.families["experts"], class_names, method=method, options=vopts)
+            return vlms.classifier(class_names)
+        return vlms.both_classifier(sysm.families["experts"], class_names, method=method)
 
     def with_config(self, **changes) -> "MLL":
         """The same system with some config fields changed (shares hub, labels, SDAG, encoder)."""
@@ -424,7 +485,5 @@ class MLL:
         return other
 
     def load_classifier(self, path: str | os.PathLike, patch=None, *, check: bool = True) -> Classifier:
-        """Load a saved classifier of any ``models=`` and format (:func:`mll_jax.classifier.load_classifier`)."""
-        if patch is None and Path(path).is_file():
-            return load_classifier(path, self, check=check)
+        """Load a saved classifier of any ``models=`` and saved format (:meth:`Classifier.load`)."""
         return Classifier.load(path, self, patch=patch, check=check)

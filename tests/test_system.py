@@ -41,7 +41,9 @@ def test_config_defaults_live_once():
 @pytest.mark.parametrize("field,value", [("delta", 1.5), ("delta", float("nan")), ("k", 0), ("k", 2.5),
                                          ("beta", float("inf")), ("node_text", "x"), ("chco_tol", 0.0),
                                          ("label_batch_size", 0), ("reuse_batch_size", -1), ("patch_mode", "some"),
-                                         ("on_nonfinite", "ignore"), ("columns", "best")])
+                                         ("on_nonfinite", "ignore"), ("columns", "best"), ("vlm_method", "heu"),
+                                         ("vlm_k", 0), ("vlm_alpha", 1.5), ("vlm_top", 0), ("vlm_scope", "some"),
+                                         ("vlm_scale", 0.0), ("vlm_descriptions", {"a": 1})])
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ConfigError, match=f"MLLConfig.{field}="):
         MLLConfig(**{field: value})
@@ -53,6 +55,23 @@ def test_config_replace_and_json_roundtrip():
     assert MLLConfig.from_json(c.to_json()) == c
     with pytest.raises(ConfigError, match="unknown MLLConfig fields \\['kk'\\]"):
         c.replace(kk=1)
+
+
+def test_config_vlm_defaults_and_old_files():
+    """The VLM defaults are config fields equal to the library defaults; a config.json written before they existed
+    still loads (with those defaults) and a new one round-trips them."""
+    from mll_jax import config
+    from mll_jax.vlm import core, expert_style
+
+    c = MLLConfig()
+    assert (c.vlm_method, c.vlm_k, c.vlm_scope, c.vlm_descriptions) == ("mll", 1, "all", None)
+    assert (c.vlm_alpha, c.vlm_top, c.vlm_scale) == (core.DEFAULT_ALPHA, core.DEFAULT_TOP_NODES,
+                                                     expert_style.DEFAULT_HEAD_SCALE)
+    assert config.DEFAULT_VLM_SCALE == expert_style.DEFAULT_HEAD_SCALE
+    old = {k: v for k, v in c.to_dict().items() if not k.startswith("vlm_")}
+    assert MLLConfig.from_dict(old) == c
+    v = c.replace(vlm_method="chco", vlm_k=2, vlm_descriptions={"dog": "a domestic canine"})
+    assert MLLConfig.from_json(v.to_json()) == v
 
 
 # ------------------------------------------------------------------------------------------------ class names
@@ -120,6 +139,41 @@ def test_reuse_rejects_ambiguous_single_image():
     r = Reuser(sel, {"a": _Lin("a", 3, 1), "b": _Lin("b", 4, 2)}, progress=False)
     with pytest.raises(ValueError, match="ambiguous.*images\\[None\\]"):
         r.predict(np.zeros((32, 32, 3), np.uint8))
+
+
+def test_selection_of_vlms_is_the_one_selection_type(tmp_path):
+    """An MLL-VLM selection record becomes a Selection (family "vlms", experts = chosen VLMs, loss = -score) that
+    explains itself with the rows of every family and survives save / load; "both" adds it to an expert
+    selection for the classes the experts do not cover."""
+    from mll_jax.selection import Selection
+    from mll_jax.vlm.select import VLMSelection
+
+    vsel = VLMSelection(["x", "y", "z"], ["v1", "v2"], ["n1", "n2"], np.array([[0, 1], [1, 0], [1, 0]], np.int32),
+                        np.array([[0.7, 0.3], [1.0, 0.0], [0.6, 0.4]], np.float32),
+                        np.array([[0.9, 0.2], [0.8, 0.1], [0.5, 0.4]], np.float32),
+                        np.array([[0.5, 0.2, 0.1], [0.4, 0.6, 0.3]], np.float32),
+                        np.array([[0.45, 0.25, 0.2], [0.35, 0.5, 0.3]], np.float32), np.array([[0], [1], [1]], np.int32))
+    sel = Selection.from_vlm(vsel)
+    assert (sel.family, sel.method, sel.experts, sel.wnids) == ("vlms", "mll", ((0,), (1,), (1,)), ("n1", "n2", "n2"))
+    np.testing.assert_array_equal(sel.loss, -vsel.scores.astype(np.float64))
+    rows = sel.explain()
+    assert [r["family"] for r in rows] == ["vlms"] * 3 and all(r["uncovered"] is None for r in rows)
+    assert rows[0]["experts"] == [{"model": "v1", "family": "vlms", "loss": -0.44999998807907104, "heads": [],
+                                   "f1": 0.5, "score": 0.45}]
+    assert rows[1]["nodes"] == [("n2", 1.0, 0.8), ("n1", 0.0, 0.1)]
+    sel.save(tmp_path / "s.npz")
+    again = Selection.load(tmp_path / "s.npz")
+    assert again.family == "vlms" and again.experts == sel.experts and again.explain() == rows
+    np.testing.assert_array_equal(again.vlm.chosen, vsel.chosen)
+    exp = select(ModelScores("chco", ("a",), np.array([[0.1, 0.2, np.inf]])), k=1, beta=0.8,
+                 class_names=["x", "y", "z"], wnids=["n1", "n2", None])
+    both = exp.with_vlm(vsel)
+    rows = both.explain()
+    assert both.family == "both" and both.used_model_ids == ("a",)
+    assert [r["family"] for r in rows] == ["experts", "experts", "vlms"]
+    assert rows[0]["experts"][0]["family"] == "experts" and rows[2]["experts"][0]["model"] == "v2"
+    assert rows[2]["uncovered"].startswith("no SDAG node matched")
+    assert list(Selection.load(exp.save(tmp_path / "e.npz") or tmp_path / "e.npz").explain()) == exp.explain()
 
 
 def test_selection_explains_uncovered_classes():

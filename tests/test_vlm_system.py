@@ -13,6 +13,7 @@ pytest.importorskip("transformers")
 from test_clip_patch import SIZE, tiny_clip_dir  # noqa: E402,F401  (fixture reused, not duplicated)
 
 from mll_jax.config import MLLConfig  # noqa: E402
+from mll_jax.selection import Selection  # noqa: E402
 from mll_jax.system import MLL, Classifier, MLLError  # noqa: E402
 from mll_jax.vlm.labels import VLMLabelStore, label_vlm  # noqa: E402
 from mll_jax.vlm.models import ClipVLM  # noqa: E402
@@ -87,6 +88,12 @@ def test_vlms_are_a_hub_kind_labelled_apart_from_experts(system):
         mll.vlm("toy-expert")
     with pytest.raises(MLLError, match="hub="):
         mll.add_vlm("offline:vlm-footwear")
+    # one source vocabulary: add_model hands clip: / offline: sources to the VLM family
+    assert mll.add_model(f"clip:{mll.hub.entry('clip-a')['source']}", model_id="clip-a") == "clip-a"
+    with pytest.raises(MLLError, match="hub="):
+        mll.add_model("offline:vlm-footwear")
+    with pytest.raises(MLLError, match="apply to experts"):
+        mll.add_model("clip:x", resolution=64)
     with pytest.raises(MLLError, match="models must be"):
         mll.classifier(["jersey", "trousers"], models="vlm")
     with pytest.raises(MLLError, match="unknown vlm_options"):
@@ -101,10 +108,18 @@ def test_classifier_vlms_equals_the_functional_api(system, plain_vlms, tmp_path,
     for m, lab in mll.family("vlms").labels().items():  # the system's stored labels are the functional ones
         np.testing.assert_array_equal(lab.counts, labels[m].counts)
         assert lab.nodes == labels[m].nodes
-    clf = mll.classifier(names, models="vlms", vlm_options={"k": k})
-    assert isinstance(clf, VLMClassifier) and clf.class_names == names
-    np.testing.assert_array_equal(clf.selection.chosen, sel.chosen)
-    np.testing.assert_allclose(clf.selection.scores, sel.scores, rtol=1e-6)
+    clf = mll.classifier(names, models="vlms", vlm_k=k)
+    assert isinstance(clf, Classifier) and clf.class_names == names and clf.models == "vlms"
+    assert isinstance(clf.selection, Selection) and clf.selection.family == "vlms" and clf.selection.method == "mll"
+    np.testing.assert_array_equal(clf.selection.vlm.chosen, sel.chosen)
+    np.testing.assert_array_equal(clf.selection.experts, sel.chosen)
+    np.testing.assert_allclose(clf.selection.vlm.scores, sel.scores, rtol=1e-6)
+    np.testing.assert_array_equal(clf.selection.loss, -sel.scores.astype(np.float64))
+    assert mll.with_config(vlm_k=k).select(names, models="vlms").experts == clf.selection.experts
+    assert mll.select_vlms(names, k=k).experts == clf.selection.experts
+    with pytest.warns(DeprecationWarning, match="vlm_options= is deprecated"):
+        old = mll.classifier(names, models="vlms", vlm_options={"k": k})  # the deprecated spelling, same selection
+    assert isinstance(old, VLMClassifier) and old.selection.experts == clf.selection.experts
     images = np.random.default_rng(7).integers(0, 256, size=(9, SIZE, SIZE, 3), dtype=np.uint8)
     logits = {m: task_logits(vlms[m], images, names) for m in sel.used_models}
     np.testing.assert_allclose(clf.scores(images), reuse_scores(sel, logits), rtol=1e-5)
@@ -116,7 +131,7 @@ def test_classifier_vlms_equals_the_functional_api(system, plain_vlms, tmp_path,
     assert "F1" in clf.explain_text()
     again = mll.load_classifier(clf.save(tmp_path / "clf.npz"))  # no re-selection
     assert isinstance(again, VLMClassifier)
-    np.testing.assert_array_equal(again.selection.chosen, sel.chosen)
+    np.testing.assert_array_equal(again.selection.vlm.chosen, sel.chosen)
     np.testing.assert_array_equal(again.scores(images), clf.scores(images))
 
 
@@ -152,14 +167,15 @@ def test_classifier_both_experts_where_covered_vlm_patch_elsewhere(system, plain
     np.testing.assert_allclose(again.scores(images), got, rtol=1e-6)
     assert [r["served_by"] for r in again.explain()] == ["experts", "experts", "vlms"]
     with pytest.raises(MLLError, match="models='both'"):
-        Classifier.load(p, mll)  # the experts-only loader would drop the VLM patch
+        Classifier.load(p, mll, models="experts")  # asked for an experts-only classifier
+    assert Classifier.load(p, mll).models == "both"
     with pytest.raises(MLLError, match="patch="):
         mll.classifier(names, models="both", patch=object())
 
 
 @pytest.mark.filterwarnings("ignore:CHCO did not converge")  # random tiny CLIP: peaked 100 * cos heads
 def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_vlms, tmp_path):
-    """vlm_options={"method": "chco"}: the CHCO-style baseline (mll_jax.vlm.expert_style) through the system equals
+    """method="chco": the CHCO-style baseline (mll_jax.vlm.expert_style) through the system equals
     the functional pipeline on the system's stored labels, SDAG, matching and config."""
     from mll_jax.reuse import chco_reuse_scores
     from mll_jax.vlm import expert_style as es
@@ -168,8 +184,9 @@ def test_classifier_vlms_chco_baseline_equals_the_functional_api(system, plain_v
 
     mll, _ = system
     names = ["jersey", "trousers", "violin"]
-    clf = mll.classifier(names, models="vlms", vlm_options={"method": "chco", "k": 2}, beta=None)
+    clf = mll.classifier(names, models="vlms", method="chco", vlm_k=2, beta=None)
     assert isinstance(clf, VLMExpertClassifier) and clf.class_names == names
+    assert (clf.models, clf.selection.family, clf.selection.method) == ("vlms", "vlms", "chco")
     labels, store = mll.family("vlms").labels(), mll.family("vlms").store()
     esl = {m: es.expert_style_labels(labels[m], node_logits(store, labels[m]), mll.sdag, delta=mll.config.delta)
            for m in labels}
@@ -284,7 +301,7 @@ def test_offline_dual_encoder_kind(tmp_path):
         assert loaded.fingerprint == v.fingerprint
         assert set(mll.label()) == {"t-vlm"} and mll.label() == {}
         clf = mll.classifier(["sandal", "sneaker", "boot"], models="vlms")
-        assert clf.selection.used_models == ["t-vlm"]
+        assert clf.selection.vlm.used_models == ["t-vlm"]
         lg = v.logit_scale * v.encode_images(imgs) @ v.encode_text(["sandal", "sneaker", "boot"]).T
         np.testing.assert_array_equal(clf.predict(imgs), lg.argmax(1))  # one VLM: its own zero-shot argmax
     finally:

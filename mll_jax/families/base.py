@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -62,8 +62,12 @@ class Family(Protocol):
     def forget(self, model_id: str) -> None:
         """Delete what the family keeps for ``model_id`` (labels, state, loaded model)."""
 
-    def classifier(self, class_names: Sequence[str], *, method: str | None, options: Mapping[str, Any]):
-        """Select this family's models for the task and return the classifier that reuses them."""
+    def select(self, class_names: Sequence[str], **kwargs):
+        """Select this family's models per class: a :class:`mll_jax.selection.Selection` of this family."""
+
+    def classifier(self, class_names: Sequence[str], *, method: str | None = None):
+        """Select this family's models for the task (``method``: how; default: the system's config) and return
+        the :class:`mll_jax.classifier.Classifier` that reuses them."""
 
 
 def sdag_fingerprint(sdag) -> str:

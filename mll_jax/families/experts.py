@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -222,11 +222,8 @@ class ExpertFamily:
                 node_data=self.node_data, columns=cfg.columns, progress=False, tol=cfg.chco_tol, seed=cfg.seed,
                 **chco_opts)
 
-    def classifier(self, class_names: Sequence[str], *, method: str | None = None,
-                   options: Mapping[str, Any] | None = None, patch=None) -> Classifier:
+    def classifier(self, class_names: Sequence[str], *, method: str | None = None, patch=None) -> Classifier:
         """Select experts (scorer ``method``) and reuse them, ``patch`` serving the uncovered classes."""
-        if options:
-            raise MLLError(f"options {sorted(options)} apply to the VLMs (models='vlms' or 'both')")
         sysm = self.system
         sel = self.select(class_names, method=method, stacklevel=4)
         if patch is None and not sel.covered.any():

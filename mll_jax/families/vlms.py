@@ -23,21 +23,22 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mll_jax.classifier import BothClassifier
+from mll_jax.classifier import Classifier
+from mll_jax.config import VLM_METHODS
 from mll_jax.errors import MissingLabelsError, MLLError, StaleClassifierError, LabelsMissingError
 from mll_jax.families.base import label_fingerprint, model_fingerprint, sdag_fingerprint
 from mll_jax.hub import ModelHub
 from mll_jax.names import check_class_names
-from mll_jax.reuse import VLMPatch
+from mll_jax.selection import Selection
 from mll_jax.utils import atomic_write_json, file_hash, texts_hash
 from mll_jax.vlm import expert_style as es
 from mll_jax.vlm import select as vsel_mod
 from mll_jax.vlm.labels import VLMLabelStore, label_vlm, node_logits, node_text_embeddings
-from mll_jax.vlm_classifier import VLMClassifier, VLMExpertClassifier
+from mll_jax.vlm.select import VLMSelection
 
 __all__ = ["VLM_SELECT_OPTIONS", "VLM_METHOD_OPTIONS", "clip_fingerprint", "check_options", "VLMFamily"]
 
-#: Options of the VLM selection (``MLL.classifier(..., models="vlms", k=..., alpha=...)``).
+#: Options of the VLM selection: the :class:`~mll_jax.config.MLLConfig` fields ``vlm_<option>``.
 VLM_SELECT_OPTIONS = ("k", "alpha", "top", "scope", "descriptions", "method", "scale")
 #: Options of each selection ``method`` (``"mll"``: the MLL-VLM selection; ``"chco"``: the CHCO-style baseline of
 #: :mod:`mll_jax.vlm.expert_style`, VLMs as experts over their node-text heads).
@@ -56,18 +57,19 @@ def clip_fingerprint(src: str, options: Mapping[str, Any]) -> str:
     return texts_hash(["clip_vlm", base, json.dumps(dict(options), sort_keys=True)], length=20)
 
 
-def check_options(opts: Mapping[str, Any] | None) -> dict:
-    """The VLM selection options, checked (unknown keys and keys of the other method are refused)."""
+def check_options(opts: Mapping[str, Any] | None, default_method: str = "mll") -> dict:
+    """VLM options given explicitly (short names of the ``vlm_*`` config fields), checked: unknown names and
+    options of the other method (``opts["method"]``, else ``default_method``) are refused."""
     opts = dict(opts or {})
     bad = sorted(set(opts) - set(VLM_SELECT_OPTIONS))
     if bad:
-        raise MLLError(f"unknown vlm_options {bad}; accepted: {list(VLM_SELECT_OPTIONS)}")
-    method = opts.get("method", "mll")
-    if method not in VLM_METHOD_OPTIONS:
-        raise MLLError(f"vlm_options method must be one of {sorted(VLM_METHOD_OPTIONS)}, got {method!r}")
+        raise MLLError(f"unknown VLM options {bad}; accepted: {list(VLM_SELECT_OPTIONS)}")
+    method = opts.get("method", default_method)
+    if method not in VLM_METHODS:
+        raise MLLError(f"the VLM method must be one of {sorted(VLM_METHOD_OPTIONS)}, got {method!r}")
     bad = sorted(set(opts) - set(VLM_METHOD_OPTIONS[method]))
     if bad:
-        raise MLLError(f"vlm_options {bad} do not apply to method {method!r} (its options: "
+        raise MLLError(f"VLM options {bad} do not apply to method {method!r} (its options: "
                        f"{list(VLM_METHOD_OPTIONS[method])})")
     return opts
 
@@ -245,11 +247,10 @@ class VLMFamily:
                                        "saved; build a new classifier")
 
     # ------------------------------------------------------------------ selection
-    def task(self, class_names, model_ids, options, stacklevel: int = 4):
-        """The checked class names, options and VLM ids a selection starts from (refused when the hub has no
-        VLM; a warning names stale ones)."""
+    def task(self, class_names, model_ids, stacklevel: int = 4):
+        """The checked class names and VLM ids a selection starts from (refused when the hub has no VLM; a warning
+        names stale ones)."""
         names = check_class_names(class_names)
-        opts = check_options(options)
         ids = self.check_ids(model_ids)
         if not ids:
             raise MLLError("the hub has no VLMs: add one with MLL.add_vlm()")
@@ -257,27 +258,33 @@ class VLMFamily:
         if stale:
             warnings.warn(f"VLM labels of {stale} are stale or missing: run MLL.label()", RuntimeWarning,
                           stacklevel=stacklevel)
-        return names, opts, ids
+        return names, ids
 
     def select(self, class_names: Sequence[str], *, model_ids: Sequence[str] | None = None,
-               options: Mapping[str, Any] | None = None, stacklevel: int = 4):
-        """:func:`mll_jax.vlm.select.select_vlms` over the hub's labelled VLMs; nodes matched by the system's
-        ``node_text`` with its encoder.  ``options``: ``k`` (default 1), ``alpha``, ``top``, ``scope``
-        (``"all"`` | ``"task"``), ``descriptions`` (class -> text)."""
+               stacklevel: int = 4) -> Selection:
+        """Select VLMs per class by ``config.vlm_method``: the MLL-VLM selection (:meth:`select_mll`) or the
+        CHCO-style baseline (:meth:`select_chco`); a :class:`Selection` with ``family="vlms"``."""
+        if self.system.config.vlm_method == "chco":
+            return self.select_chco(class_names, model_ids=model_ids, stacklevel=stacklevel + 1)
+        return Selection.from_vlm(self.select_mll(class_names, model_ids=model_ids, stacklevel=stacklevel + 1))
+
+    def select_mll(self, class_names: Sequence[str], *, model_ids: Sequence[str] | None = None,
+                   stacklevel: int = 4) -> VLMSelection:
+        """:func:`mll_jax.vlm.select.select_vlms` over the hub's labelled VLMs (the numerics record); nodes matched
+        by the system's ``node_text`` with its encoder; ``config.vlm_k``, ``vlm_alpha``, ``vlm_top``,
+        ``vlm_scope`` (``"all"`` | ``"task"``), ``vlm_descriptions`` (class -> text)."""
         sysm = self.system
-        names, opts, ids = self.task(class_names, model_ids, options, stacklevel + 1)
-        if opts.get("method", "mll") != "mll":
-            raise MLLError(f"select_vlms is the MLL-VLM selection; method {opts['method']!r}: use select_chco")
+        cfg = sysm.config
+        names, ids = self.task(class_names, model_ids, stacklevel + 1)
         labels = self.labels(ids)
         nodes = list(labels[ids[0]].nodes)
-        kw = {k: opts[k] for k in ("k", "alpha", "top") if k in opts}
-        scope = opts.get("scope", "all")
         nl = None
-        if scope == "task":
+        if cfg.vlm_scope == "task":
             store = self.store()
             nl = {m: node_logits(store, labels[m]) for m in ids}
         return vsel_mod.select_vlms(names, labels, nodes, [sysm.node_text(v) for v in nodes], sysm.encoder,
-                                    descriptions=opts.get("descriptions"), scope=scope, node_logits=nl, **kw)
+                                    descriptions=cfg.vlm_descriptions, scope=cfg.vlm_scope, node_logits=nl,
+                                    k=cfg.vlm_k, alpha=cfg.vlm_alpha, top=cfg.vlm_top)
 
     def expert_style(self, ids: Sequence[str], scale: float) -> dict:
         """``{id: ExpertStyleLabels}`` of the VLMs ``ids`` (from the stored labelling embeddings, smoothed over the
@@ -289,61 +296,51 @@ class VLMFamily:
                                           delta=sysm.config.delta) for m in ids}
 
     def select_chco(self, class_names: Sequence[str], *, model_ids: Sequence[str] | None = None,
-                    options: Mapping[str, Any] | None = None, stacklevel: int = 4):
+                    stacklevel: int = 4) -> Selection:
         """The CHCO-style baseline (:mod:`mll_jax.vlm.expert_style`) over the hub's labelled VLMs: expert-style
-        labels, each class matched to one node by the expert matching, CHCO with the system's solver settings, top
-        ``k`` (default 1) under ``config.beta``.  Returns the expert pipeline's :class:`mll_jax.selection.Selection`."""
+        labels (head scale ``config.vlm_scale``), each class matched to one node by the expert matching, CHCO with
+        the system's solver settings, top ``config.vlm_k`` under ``config.beta``.  A :class:`Selection` with
+        ``family="vlms"``, ``method="chco"``."""
         sysm = self.system
-        names, opts, ids = self.task(class_names, model_ids, dict(options or {}, method="chco"), stacklevel + 1)
-        k = opts.get("k", 1)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(ids):
-            raise MLLError(f"vlm_options k must be an int in [1, {len(ids)}] (the number of VLMs), got {k!r}")
-        esl = self.expert_style(ids, float(opts.get("scale", es.DEFAULT_HEAD_SCALE)))
         cfg = sysm.config
+        names, ids = self.task(class_names, model_ids, stacklevel + 1)
+        if not 1 <= cfg.vlm_k <= len(ids):
+            raise MLLError(f"vlm_k must be an int in [1, {len(ids)}] (the number of VLMs), got {cfg.vlm_k!r}")
+        esl = self.expert_style(ids, float(cfg.vlm_scale))
         matches = es.match_nodes(names, esl, sysm.node_text, sysm.encoder, threshold=cfg.match_threshold,
                                  cache_dir=sysm.text_cache)
         chco_opts = dict(cfg.chco_options)
         if cfg.chco_method is not None:
             chco_opts["method"] = cfg.chco_method
-        return es.select_vlms_chco(names, esl, [mt.wnid for mt in matches], k=int(k), beta=cfg.beta,
+        return es.select_vlms_chco(names, esl, [mt.wnid for mt in matches], k=int(cfg.vlm_k), beta=cfg.beta,
                                    similarities=[mt.similarity for mt in matches],
                                    match_threshold=cfg.match_threshold, tol=cfg.chco_tol, **chco_opts)
 
-    # ------------------------------------------------------------------ reuse
-    def classifier(self, class_names: Sequence[str], *, method: str | None = None,
-                   options: Mapping[str, Any] | None = None):
-        """``models="vlms"``: a :class:`VLMClassifier` (``method="mll"``, default) or a
-        :class:`VLMExpertClassifier` (``method="chco"``)."""
-        opts = dict(options or {})
-        if method is not None:
-            opts["method"] = method
-        sysm = self.system
-        if opts.get("method", "mll") == "chco":
-            csel = self.select_chco(class_names, options=opts, stacklevel=5)
-            scale = float(opts.get("scale", es.DEFAULT_HEAD_SCALE))
-            return VLMExpertClassifier(csel, {m: self.load(m) for m in csel.used_model_ids},
-                                       self.node_text_embeddings(csel.used_model_ids), scale, sysm)
-        vsel = self.select(class_names, options=opts, stacklevel=5)
-        return VLMClassifier(vsel, {m: self.load(m) for m in vsel.used_models}, sysm)
-
-    def patch(self, class_names: Sequence[str], options: Mapping[str, Any] | None = None) -> VLMPatch:
-        """The VLM ensemble selected for every class, as a patch for the expert reuser (``models="both"``)."""
-        opts = dict(options or {})
-        if opts.get("method", "mll") == "chco":
-            raise MLLError("vlm_options method='chco' (the CHCO-style VLM baseline) serves models='vlms' only")
-        vsel = self.select(class_names, options=opts, stacklevel=6)
-        return VLMPatch(vsel, {m: self.load(m) for m in vsel.used_models})
-
-    def both_classifier(self, experts, class_names: Sequence[str], *, method: str | None = None,
-                        options: Mapping[str, Any] | None = None) -> BothClassifier:
-        """``models="both"``: the expert selection (``experts``: the expert family, scorer ``method``) for the
-        classes it covers, the VLM ensemble for the others."""
-        sysm = self.system
+    def select_both(self, experts, class_names: Sequence[str], *, method: str | None = None,
+                    stacklevel: int = 4) -> Selection:
+        """``models="both"``: the expert selection (``experts``: the expert family, scorer ``method``) with the
+        MLL-VLM selection of every class serving the classes the experts do not cover."""
+        if self.system.config.vlm_method == "chco":
+            raise MLLError("vlm_method='chco' (the CHCO-style VLM baseline) serves models='vlms' only")
         if not experts.labelled():
             raise MLLError("models='both' needs labelled experts in the hub (MLL.add_model, MLL.label); with VLMs "
                            "only use models='vlms'")
-        vpatch = self.patch(class_names, options)
-        sel = experts.select(class_names, method=method, stacklevel=5)
-        return BothClassifier(sel, sysm, vpatch, sysm.config,
-                              label_fingerprint=label_fingerprint(sysm.labels, sel.model_ids, sel.wnids),
-                              model_fingerprints={m: model_fingerprint(sysm.hub, m) for m in sel.used_model_ids})
+        vsel = self.select_mll(class_names, stacklevel=stacklevel + 1)
+        return experts.select(class_names, method=method, stacklevel=stacklevel + 1).with_vlm(vsel)
+
+    # ------------------------------------------------------------------ reuse
+    def classifier(self, class_names: Sequence[str], *, method: str | None = None) -> Classifier:
+        """``models="vlms"``: the VLMs selected by ``config.vlm_method`` (``method`` overrides it) reused by the
+        one :class:`~mll_jax.classifier.Classifier`."""
+        sysm = self.system if method is None else self.system.with_config(vlm_method=method)
+        sel = sysm.family("vlms").select(class_names, stacklevel=5)
+        return Classifier(sel, sysm, None, sysm.config)
+
+    def both_classifier(self, experts, class_names: Sequence[str], *, method: str | None = None) -> Classifier:
+        """``models="both"``: :meth:`select_both` reused by the one :class:`~mll_jax.classifier.Classifier` (the
+        experts for the classes they cover, the VLM ensemble for the others)."""
+        sysm = self.system
+        sel = self.select_both(experts, class_names, method=method, stacklevel=5)
+        return Classifier(sel, sysm, None, sysm.config,
+                          label_fingerprint=label_fingerprint(sysm.labels, sel.model_ids, sel.wnids),
+                          model_fingerprints={m: model_fingerprint(sysm.hub, m) for m in sel.used_model_ids})

@@ -1,8 +1,14 @@
 """The selection layer's types: scorer output (:class:`ModelScores`), the result (:class:`Selection`, with its
-``.npz`` persistence) and the scorer interface (:class:`ScoringTask`, :class:`Scorer`)."""
+``.npz`` persistence) and the scorer interface (:class:`ScoringTask`, :class:`Scorer`).
+
+:class:`Selection` is the one selection type of every model family: experts (a scorer's top-k per class), VLMs
+(the MLL-VLM F1 selection, built from :class:`mll_jax.vlm.select.VLMSelection` by :meth:`Selection.from_vlm`, or
+the CHCO-style baseline) and both (the expert selection plus the VLM selection serving the classes no expert
+covers, :meth:`Selection.with_vlm`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zipfile
@@ -12,8 +18,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from mll_jax.utils import atomic_write
+from mll_jax.vlm.select import VLMSelection
 
-__all__ = ["ModelScores", "Selection", "ScoringTask", "Scorer"]
+__all__ = ["FAMILIES", "ModelScores", "Selection", "ScoringTask", "Scorer"]
+
+#: Values of :attr:`Selection.family`: who serves the task's classes.
+FAMILIES = ("experts", "vlms", "both")
 
 
 @dataclass(frozen=True)
@@ -55,13 +65,14 @@ class ModelScores:
 
 @dataclass(frozen=True)
 class Selection:
-    """Experts per target class.
+    """The models serving each target class (experts, VLMs or both).
 
     Attributes:
-      method: scorer name ("chco", "random", "heu", "logme", "leep", ...).
+      method: scorer name ("chco", "random", "heu", "logme", "leep", ...; VLMs: "mll" or "chco").
       model_ids: the candidate models (rows of ``loss``).
-      loss: ``(M, C)`` lower-is-better scores used for the ranking.
-      experts: per class, indices into ``model_ids``, best first (empty tuple: uncovered).
+      loss: ``(M, C)`` lower-is-better scores used for the ranking (MLL-VLM selection: ``-score``).
+      experts: per class, indices into ``model_ids``, best first (empty tuple: uncovered).  For ``family="both"``
+        these are the experts; the VLMs serving the uncovered classes are in ``vlm``.
       columns: ``model_id -> (H_m, C)`` one-vs-rest columns for every model used by some class
         (may be empty until :func:`fill_columns` is applied).
       k, beta: the reuse budget and the loss threshold (``None``: no threshold).
@@ -69,6 +80,10 @@ class Selection:
       similarities: per class, the text similarity of its matched node (of the best node when unmatched).
       match_threshold: the similarity floor the matching used (for the explanation of uncovered classes).
       info: scorer diagnostics (e.g. CHCO iterations / convergence), JSON-able values only after save/load.
+      family: ``"experts"``, ``"vlms"`` or ``"both"`` (:data:`FAMILIES`).
+      vlm: the MLL-VLM selection record (:class:`mll_jax.vlm.select.VLMSelection`: matched nodes with weights and
+        similarities, F1, scores, alpha, chosen VLMs) of ``family="vlms"`` with ``method="mll"`` and of
+        ``family="both"``; ``None`` otherwise.
     """
 
     method: str
@@ -83,6 +98,32 @@ class Selection:
     similarities: tuple[float, ...] | None = None
     match_threshold: float | None = None
     info: Mapping[str, Any] = field(default_factory=dict)
+    family: str = "experts"
+    vlm: VLMSelection | None = None
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"Selection.family must be one of {FAMILIES}, got {self.family!r}")
+
+    @classmethod
+    def from_vlm(cls, vsel: VLMSelection) -> "Selection":
+        """The MLL-VLM selection as a :class:`Selection` (``family="vlms"``, ``method="mll"``): ``experts`` are the
+        chosen VLMs, ``loss = -score``, ``wnids`` / ``similarities`` the most similar matched node of each class,
+        ``vlm`` the record itself."""
+        idx, sims = np.asarray(vsel.match_idx), np.asarray(vsel.match_sims)
+        return cls(method="mll", model_ids=tuple(vsel.model_ids), loss=-np.asarray(vsel.scores, np.float64),
+                   experts=tuple(tuple(int(m) for m in row) for row in np.asarray(vsel.chosen)), columns={},
+                   k=vsel.k, beta=None, class_names=tuple(vsel.class_names),
+                   wnids=tuple(vsel.nodes[int(r[0])] if len(r) else None for r in idx),
+                   similarities=tuple(float(r[0]) if len(r) else float("nan") for r in sims),
+                   info={"alpha": float(vsel.alpha)}, family="vlms", vlm=vsel)
+
+    def with_vlm(self, vsel: VLMSelection) -> "Selection":
+        """This expert selection with the VLM selection ``vsel`` (made for every class) serving the classes it does
+        not cover (``family="both"``)."""
+        if list(vsel.class_names) != list(self.class_names or []):
+            raise ValueError(f"the VLM selection is for {list(vsel.class_names)}, not {list(self.class_names or [])}")
+        return dataclasses.replace(self, family="both", vlm=vsel)
 
     @property
     def num_classes(self) -> int:
@@ -110,20 +151,44 @@ class Selection:
         return "no eligible model"  # pragma: no cover - every finite loss is eligible without a threshold
 
     def explain(self) -> list[dict]:
-        """Per class: matched node, similarity, experts (id, loss, top heads of its predictor column)
-        or the reason it is uncovered."""
+        """One row per class, of the same shape for every family:
+
+        * ``class``; ``family``: who serves it (``"experts"``, ``"vlms"``, or ``None`` when nobody is selected);
+        * ``node`` / ``similarity``: the matched SDAG node (MLL-VLM selection: the most similar of the weighted
+          nodes) and its text similarity;
+        * ``nodes``: the weighted nodes ``(node, weight, similarity)`` of the MLL-VLM matching when VLMs of that
+          selection serve the class, else ``None``;
+        * ``experts``: the models serving the class, best first, each ``{"model", "family", "loss", "heads"}``
+          (``heads``: the heaviest heads of its predictor column; MLL-VLM entries add ``"f1"`` and ``"score"``);
+        * ``uncovered``: why no expert covers the class (``None`` when covered; always ``None`` for the MLL-VLM
+          selection, which serves every class).
+        """
+        vex = self.vlm.explain() if self.vlm is not None else None
+        model_family = "vlms" if self.family == "vlms" else "experts"
         out = []
         for c in range(self.num_classes):
+            name = self.class_names[c] if self.class_names else str(c)
             row = {
-                "class": self.class_names[c] if self.class_names else str(c),
+                "class": name,
+                "family": model_family if self.experts[c] else None,
                 "node": None if self.wnids is None else self.wnids[c],
                 "similarity": None if self.similarities is None else float(self.similarities[c]),
+                "nodes": None,
                 "experts": [],
                 "uncovered": self.uncovered_reason(c),
             }
+            if vex is not None and (self.family == "vlms" or not self.experts[c]):
+                row["family"], row["nodes"] = "vlms", list(vex[name]["nodes"])
+                if self.family == "both":  # the VLMs serve the class the experts do not cover
+                    row["experts"] = [{"model": m, "family": "vlms", "loss": -s, "heads": [], "f1": f, "score": s}
+                                      for m, f, s in vex[name]["models"]]
+                    out.append(row)
+                    continue
             for m in self.experts[c]:
                 mid = self.model_ids[m]
-                e = {"model": mid, "loss": float(self.loss[m, c]), "heads": []}
+                e = {"model": mid, "family": model_family, "loss": float(self.loss[m, c]), "heads": []}
+                if vex is not None:
+                    _, e["f1"], e["score"] = vex[name]["models"][self.experts[c].index(m)]
                 x = self.columns.get(mid)
                 if x is not None:
                     col = np.asarray(x)[:, c]
@@ -196,6 +261,8 @@ class Selection:
             "wnids": None if self.wnids is None else list(self.wnids),
             "similarities": None if self.similarities is None else [float(x) for x in self.similarities],
             "match_threshold": self.match_threshold,
+            "family": self.family,
+            "vlm": None if self.vlm is None else self.vlm.to_dict(),
             "extra": dict(extra or {}),
         }
         arrays = {"loss": self.loss, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -237,6 +304,8 @@ class Selection:
             wnids=None if meta["wnids"] is None else tuple(meta["wnids"]),
             similarities=None if meta.get("similarities") is None else tuple(meta["similarities"]),
             match_threshold=meta.get("match_threshold"),
+            family=meta.get("family", "experts"),
+            vlm=None if meta.get("vlm") is None else VLMSelection.from_dict(meta["vlm"]),
         )
 
 

@@ -36,6 +36,7 @@ VLM only reads its node texts, and CHCO's ``X`` maps them to the classes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from typing import Mapping, Sequence
@@ -51,7 +52,7 @@ from mll_jax.selection import DictLabels, ModelScores, chco_scores, expand_class
 from mll_jax.vlm.labels import node_text_embeddings
 
 __all__ = ["DEFAULT_HEAD_SCALE", "ExpertStyleLabels", "raw_node_labels", "expert_style_labels", "label_source",
-           "common_nodes", "match_nodes", "chco_vlm_scores", "select_vlms_chco", "head_logits", "vlm_head_logits"]
+           "common_nodes", "match_nodes", "chco_vlm_scores", "select_vlms_chco", "head_logits", "vlm_head_logits", "VLMHeads"]
 
 #: Scale of the heads' logits: the issue's VLM labelling logits ``100 * cos(image, text(node))``.
 DEFAULT_HEAD_SCALE = 100.0
@@ -213,7 +214,7 @@ def select_vlms_chco(class_names: Sequence[str], es_labels, wnids: Sequence[str 
                      beta: float | None = DEFAULT_BETA, similarities: Sequence[float] | None = None,
                      match_threshold: float | None = None, scores=None, **chco_options):
     """The expert pipeline's CHCO selection over VLMs' expert-style labels: a :class:`mll_jax.selection.Selection`
-    (method ``"chco"``; ``columns[m]`` is the ``(H, C)`` combination mapping the VLM's node-text heads to the
+    (method ``"chco"``, family ``"vlms"``; ``columns[m]`` is the ``(H, C)`` combination mapping the VLM's node-text heads to the
     classes): per class the top ``k`` VLMs with loss ``<= beta`` (:func:`mll_jax.selection.select`).
     ``wnids[c]``: class ``c``'s matched node (``None``: uncovered).  ``scores``: :func:`chco_vlm_scores` already
     computed for these labels and nodes (else solved here with ``chco_options``)."""
@@ -223,8 +224,9 @@ def select_vlms_chco(class_names: Sequence[str], es_labels, wnids: Sequence[str 
         scores = chco_vlm_scores(es_labels, wnids, **chco_options)
     elif scores.loss.shape[1] != len(class_names):
         raise ValueError(f"scores cover {scores.loss.shape[1]} classes, expected {len(class_names)}")
-    return select(scores, k=int(k), beta=beta, class_names=list(class_names), wnids=list(wnids),
-                  similarities=similarities, match_threshold=match_threshold)
+    sel = select(scores, k=int(k), beta=beta, class_names=list(class_names), wnids=list(wnids),
+                 similarities=similarities, match_threshold=match_threshold)
+    return dataclasses.replace(sel, family="vlms")
 
 
 def head_logits(image_emb: np.ndarray, text_emb: np.ndarray, scale: float = DEFAULT_HEAD_SCALE) -> np.ndarray:
@@ -236,3 +238,19 @@ def vlm_head_logits(vlm, images: np.ndarray, store, labels, scale: float = DEFAU
     """The head logits of ``vlm`` on ``images``: its image embeddings against its stored node-text embeddings
     (:func:`mll_jax.vlm.labels.node_text_embeddings`; no text tower runs)."""
     return head_logits(vlm.encode_images(images), node_text_embeddings(store, labels), scale)
+
+
+class VLMHeads:
+    """A VLM as an expert over its node-text heads, for the expert reuser (:class:`mll_jax.reuse.Reuser`):
+    ``logits(images) = scale * cos(image, node text)`` (:func:`head_logits`) against the stored node-text
+    embeddings ``text_emb`` ``(H, D)`` of its labelling; ``num_heads = H``."""
+
+    def __init__(self, vlm, text_emb: np.ndarray, scale: float = DEFAULT_HEAD_SCALE):
+        self.vlm = vlm
+        self.model_id = getattr(vlm, "model_id", None)
+        self.text_emb = np.asarray(text_emb, np.float32)
+        self.scale = float(scale)
+        self.num_heads = int(self.text_emb.shape[0])
+
+    def logits(self, images) -> np.ndarray:
+        return head_logits(self.vlm.encode_images(images), self.text_emb, self.scale)

@@ -103,6 +103,21 @@ class VLMSelection:
             }
         return out
 
+    #: array fields of :meth:`to_dict` / :meth:`from_dict` (int32: ``match_idx``, ``chosen``; float32: the rest)
+    ARRAYS = ("match_idx", "match_weights", "match_sims", "f1", "scores", "chosen")
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (the record saved with a classifier; :meth:`from_dict` reads it back)."""
+        return {"class_names": list(self.class_names), "model_ids": list(self.model_ids), "nodes": list(self.nodes),
+                "alpha": float(self.alpha), **{f: np.asarray(getattr(self, f)).tolist() for f in self.ARRAYS}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "VLMSelection":
+        arr = {f: np.asarray(d[f], np.int32 if f in ("match_idx", "chosen") else np.float32) for f in cls.ARRAYS}
+        return cls(list(d["class_names"]), list(d["model_ids"]), list(d["nodes"]), arr["match_idx"],
+                   arr["match_weights"], arr["match_sims"], arr["f1"], arr["scores"], arr["chosen"],
+                   float(d["alpha"]))
+
     def with_chosen(self, chosen) -> "VLMSelection":
         """The same selection with other per-class models (baselines in the same slot)."""
         chosen = np.asarray(chosen, np.int32)
