@@ -68,7 +68,10 @@ class MLLConfig:
     """Every default of the MLL pipeline.
 
     Labelling: ``delta`` (Eq. 2 discount, in [0, 1]), ``label_batch_size`` (images per forward pass).
-    Matching: ``match_threshold`` (similarity floor; a class below it is uncovered), ``node_text``.
+    Matching: ``match_threshold`` (similarity floor; a class below it is uncovered), ``node_text``,
+    ``match_wordnet`` (resolve class names that are WordNet lemmas through their senses, ranked by sense frequency,
+    text similarity and the task's domain, and refuse a node that is a hypernym of the class: see
+    :mod:`mll_jax.text.match`; off by default).
     Selection: ``scorer`` (``"chco"`` or a baseline: random, heu, logme, leep), ``k`` (experts per class),
     ``beta`` (loss threshold for CHCO and HEU, whose losses share a scale; ``None``: no threshold; Random,
     LogME and LEEP rank without one), ``columns`` (how scorers without predictor columns get them:
@@ -93,6 +96,7 @@ class MLLConfig:
     beta: float | None = DEFAULT_BETA
     match_threshold: float = DEFAULT_MATCH_THRESHOLD
     node_text: str = DEFAULT_NODE_TEXT
+    match_wordnet: bool = False
     scorer: str = "chco"
     columns: str = "chco"
     node_images: int = 50
@@ -138,6 +142,8 @@ class MLLConfig:
         pos_int("k")
         real("beta", allow_none=True)
         real("match_threshold", -1.0, 1.0)
+        if not isinstance(self.match_wordnet, bool):
+            bad("match_wordnet", "must be True or False")
         if self.node_text not in ("lemmas", "sdag"):
             bad("node_text", "must be 'lemmas' or 'sdag'")
         if not isinstance(self.scorer, str) or not self.scorer:

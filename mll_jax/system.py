@@ -38,6 +38,8 @@ data and model fingerprint its labels were computed from), ``root/vlm_labels/`` 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import warnings
 from pathlib import Path
@@ -56,7 +58,9 @@ from mll_jax.families.experts import SHIPPED_EXPERTS, ExpertFamily, register_shi
 from mll_jax.families.vlms import VLM_SELECT_OPTIONS, VLMFamily, check_options
 from mll_jax.hub import ModelHub
 from mll_jax.images import as_image_batch
+from mll_jax.label_upgrade import upgrade_label_store
 from mll_jax.labelling import LabelStore
+from mll_jax.locking import writer_lock
 from mll_jax.names import check_class_names
 from mll_jax.sdag import SDAG
 from mll_jax.selection import Selection
@@ -115,12 +119,24 @@ class MLL:
         self._experts: dict[str, Any] = {}
         self._node_text_cache: dict[str, str] = {}
         self.families = {"experts": ExpertFamily(self), "vlms": VLMFamily(self)}
+        #: how a writer waits for another process's writer lock on ``root``: True (forever), False or seconds
+        self.lock_wait: bool | float = True
+
+    def writing(self, what: str, processes=None):
+        """The writer lock of the system directory for a ``with`` block (:func:`mll_jax.locking.writer_lock`;
+        re-entrant; a no-op without a root).  Every method that changes the directory holds it."""
+        if self.root is None:
+            return contextlib.nullcontext()
+        return writer_lock(self.root, wait=self.lock_wait, what=what, processes=processes)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def open(cls, root: str | os.PathLike, *, sdag=None, config: MLLConfig | None = None, **kwargs) -> "MLL":
+    def open(cls, root: str | os.PathLike, *, sdag=None, config: MLLConfig | None = None,
+             lock_wait: bool | float = True, **kwargs) -> "MLL":
         """Open (or create) a system directory.  A new directory needs ``sdag``; an existing one loads its SDAG
-        (``sdag`` given as well replaces it).  ``config`` overrides the saved one (and is saved)."""
+        (``sdag`` given as well replaces it).  ``config`` overrides the saved one (and is saved).  ``lock_wait``:
+        how a write waits for another process writing to the same directory (True: as long as it takes; False:
+        raise :class:`~mll_jax.errors.LockedError` at once; seconds)."""
         root = Path(root).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise MLLError(f"{root} exists and is not a directory")
@@ -138,16 +154,25 @@ class MLL:
                                "`mll-jax sdag build --root=...`")
             sdag = SDAG.load(root / "sdag")
         root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cfg_file, config.to_dict(), sort_keys=True)
         mll = cls(sdag, root / "hub", root / "labels", config, root=root, **kwargs)
-        if given:
-            mll.save_sdag()
+        mll.lock_wait = lock_wait
+        saved = None
+        try:
+            saved = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else None
+        except (OSError, ValueError):
+            pass
+        if saved != json.loads(json.dumps(config.to_dict())) or given:  # a reader writes nothing
+            with mll.writing("open the system"):
+                atomic_write_json(cfg_file, config.to_dict(), sort_keys=True)
+                if given:
+                    mll.save_sdag()
         return mll
 
     def save_sdag(self) -> None:
         """Write the SDAG to ``root/sdag`` (no-op without a root)."""
         if self.root is not None:
-            self.sdag.save(self.root / "sdag")
+            with self.writing("save the SDAG"):
+                self.sdag.save(self.root / "sdag")
 
     def __repr__(self) -> str:
         return (f"MLL({len(self.sdag)} nodes ({len(self.sdag.nodes_with_images())} with images), "
@@ -174,41 +199,42 @@ class MLL:
         """
         if batch_size is not None and batch_size < 1:
             raise MLLError(f"batch_size must be >= 1, got {batch_size}")
-        if isinstance(model, str) and model.startswith(VLM_PREFIXES):
-            given = [n for n, v in (("variables", variables), ("preprocess", preprocess), ("head_names", head_names),
-                                    ("head_wnids", head_wnids), ("resolution", resolution)) if v is not None]
-            if given:
-                raise MLLError(f"{given} apply to experts, not to the VLM {model!r}")
-            if batch_size is not None:
-                options["batch_size"] = batch_size
-            return self.add_vlm(model, model_id=model_id, overwrite=overwrite, **options)
-        batch_size = 32 if batch_size is None else batch_size
-        hub = self.hub
-        if isinstance(model, str) and model in SHIPPED_EXPERTS:
-            return register_shipped(hub, model, model_id=model_id, resolution=resolution, batch_size=batch_size,
-                                    overwrite=overwrite, **options)
-        if isinstance(model, str) and model.startswith("hf:"):
-            src = model[3:]
-            if not src:
-                raise MLLError("hf: needs a model name or directory, e.g. hf:google/vit-base-patch16-224")
-            mid = model_id or src.strip("/").replace(os.sep, "__")
-            if mid not in hub or overwrite:
-                hub.register(mid, "hf_flax", source=src, overwrite=overwrite,
-                             head_names=head_names, head_wnids=head_wnids,
-                             options={"batch_size": batch_size, **options})
-            return mid
-        if isinstance(model, str):
-            raise MLLError(f"unknown model {model!r}: give a shipped expert {sorted(SHIPPED_EXPERTS)}, "
-                           "'hf:<name or directory>' (an image classifier), 'clip:<name or directory>' (a CLIP VLM), "
-                           "'offline:<id>' with hub= (a dual encoder), or a Flax module with variables= and "
-                           "preprocess=")
-        if isinstance(model, nn.Module):
-            if model_id is None or variables is None or preprocess is None:
-                raise MLLError("a Flax module needs model_id=, variables= and preprocess=")
-            hub.add_flax_module(model_id, model, variables, preprocess, head_names=head_names, head_wnids=head_wnids,
-                                batch_size=batch_size, overwrite=overwrite)
-            return model_id
-        raise MLLError(f"cannot add a {type(model).__name__} as a model (see MLL.add_model)")
+        with self.writing("hub add"):
+            if isinstance(model, str) and model.startswith(VLM_PREFIXES):
+                given = [n for n, v in (("variables", variables), ("preprocess", preprocess), ("head_names", head_names),
+                                        ("head_wnids", head_wnids), ("resolution", resolution)) if v is not None]
+                if given:
+                    raise MLLError(f"{given} apply to experts, not to the VLM {model!r}")
+                if batch_size is not None:
+                    options["batch_size"] = batch_size
+                return self.add_vlm(model, model_id=model_id, overwrite=overwrite, **options)
+            batch_size = 32 if batch_size is None else batch_size
+            hub = self.hub
+            if isinstance(model, str) and model in SHIPPED_EXPERTS:
+                return register_shipped(hub, model, model_id=model_id, resolution=resolution, batch_size=batch_size,
+                                        overwrite=overwrite, **options)
+            if isinstance(model, str) and model.startswith("hf:"):
+                src = model[3:]
+                if not src:
+                    raise MLLError("hf: needs a model name or directory, e.g. hf:google/vit-base-patch16-224")
+                mid = model_id or src.strip("/").replace(os.sep, "__")
+                if mid not in hub or overwrite:
+                    hub.register(mid, "hf_flax", source=src, overwrite=overwrite,
+                                 head_names=head_names, head_wnids=head_wnids,
+                                 options={"batch_size": batch_size, **options})
+                return mid
+            if isinstance(model, str):
+                raise MLLError(f"unknown model {model!r}: give a shipped expert {sorted(SHIPPED_EXPERTS)}, "
+                               "'hf:<name or directory>' (an image classifier), 'clip:<name or directory>' (a CLIP VLM), "
+                               "'offline:<id>' with hub= (a dual encoder), or a Flax module with variables= and "
+                               "preprocess=")
+            if isinstance(model, nn.Module):
+                if model_id is None or variables is None or preprocess is None:
+                    raise MLLError("a Flax module needs model_id=, variables= and preprocess=")
+                hub.add_flax_module(model_id, model, variables, preprocess, head_names=head_names, head_wnids=head_wnids,
+                                    batch_size=batch_size, overwrite=overwrite)
+                return model_id
+            raise MLLError(f"cannot add a {type(model).__name__} as a model (see MLL.add_model)")
 
     def family(self, name: str):
         """The family ``"experts"`` or ``"vlms"`` (:mod:`mll_jax.families`)."""
@@ -223,10 +249,11 @@ class MLL:
 
     def remove_model(self, model_id: str) -> None:
         """Unregister a model and delete its labels."""
-        fam = self.family_of(model_id)
-        fam.forget(model_id)
-        self.hub.remove(model_id)
-        self._experts.pop(model_id, None)
+        with self.writing("hub remove"):
+            fam = self.family_of(model_id)
+            fam.forget(model_id)
+            self.hub.remove(model_id)
+            self._experts.pop(model_id, None)
 
     def model_ids(self) -> list[str]:
         """Every hub model (experts and VLMs)."""
@@ -244,7 +271,8 @@ class MLL:
         :meth:`mll_jax.vlm.models.ClipVLM.from_pretrained`, e.g. ``template=``, ``batch_size=``), or
         ``"offline:<id>"`` with ``hub=`` the hub the dual encoder was trained into (copied into this hub; kind
         ``dual_encoder_vlm``).  :meth:`add_model` takes the same ``clip:`` / ``offline:`` sources."""
-        return self.families["vlms"].add(source, model_id=model_id, hub=hub, overwrite=overwrite, **options)
+        with self.writing("hub add"):
+            return self.families["vlms"].add(source, model_id=model_id, hub=hub, overwrite=overwrite, **options)
 
     def vlm_ids(self) -> list[str]:
         """The hub's VLMs."""
@@ -286,20 +314,23 @@ class MLL:
     # ------------------------------------------------------------------ SDAG data
     def add_nodes(self, wnids: Sequence[str]) -> list[str]:
         """Add WordNet nodes (with their hypernym links) to the SDAG; returns the new ones."""
-        added = self.sdag.add_nodes(list(wnids))
-        self.save_sdag()
-        return added
+        with self.writing("add nodes"):
+            added = self.sdag.add_nodes(list(wnids))
+            self.save_sdag()
+            return added
 
     def add_images(self, node: str, images) -> None:
         """Set a node's images (uint8 batch); the next :meth:`label` runs the experts on them only."""
-        self.sdag.set_images(node, as_image_batch(images, f"images of node {node!r}"))
-        self.save_sdag()
+        with self.writing("add images"):
+            self.sdag.set_images(node, as_image_batch(images, f"images of node {node!r}"))
+            self.save_sdag()
 
     def add_images_from_folder(self, folder: str | os.PathLike, **kwargs) -> Any:
         """ImageNet-style folder (``nXXXXXXXX/`` sub-folders) -> node images (see SDAG.add_images_from_folder)."""
-        out = self.sdag.add_images_from_folder(folder, **kwargs)
-        self.save_sdag()
-        return out
+        with self.writing("add images"):
+            out = self.sdag.add_images_from_folder(folder, **kwargs)
+            self.save_sdag()
+            return out
 
     # ------------------------------------------------------------------ labelling
     def stale_models(self, model_ids: Sequence[str] | None = None) -> list[str]:
@@ -327,20 +358,23 @@ class MLL:
         units (``unit_nodes`` nodes each) are split between them (docs/DISTRIBUTED.md); VLMs and the label state are
         handled by process 0."""
         procs = distributed.current() if processes is None else processes
-        if model_ids is not None:
-            model_ids = list(model_ids)
-            for m in model_ids:
-                self.check_model(m)
-        summary: dict[str, dict] = {}
-        for name in ("vlms", "experts"):
-            ids = None if model_ids is None else [m for m in model_ids if self.hub.family(m) == name]
-            if ids is None and name == "vlms" and not self.families[name].ids():
-                continue
-            if ids == []:
-                continue
-            summary.update(self.families[name].label(ids, recompute=recompute, processes=procs,
-                                                     unit_nodes=unit_nodes))
-        return summary
+        with self.writing("label", processes=procs):
+            if procs.process_id == 0:
+                upgrade_label_store(self.labels)  # format-1 (orbax) stores become checksummed format 2, atomically
+            if model_ids is not None:
+                model_ids = list(model_ids)
+                for m in model_ids:
+                    self.check_model(m)
+            summary: dict[str, dict] = {}
+            for name in ("vlms", "experts"):
+                ids = None if model_ids is None else [m for m in model_ids if self.hub.family(m) == name]
+                if ids is None and name == "vlms" and not self.families[name].ids():
+                    continue
+                if ids == []:
+                    continue
+                summary.update(self.families[name].label(ids, recompute=recompute, processes=procs,
+                                                         unit_nodes=unit_nodes))
+            return summary
 
     # ------------------------------------------------------------------ matching
     @property
@@ -375,14 +409,24 @@ class MLL:
         """Hub experts that have labels (VLM labels: :meth:`vlm_ids`, :meth:`stale_vlms`)."""
         return self.families["experts"].labelled()
 
-    def match(self, class_names: Sequence[str], model_ids: Sequence[str] | None = None):
-        """Class names -> list of :class:`mll_jax.text.Match` over the candidate nodes."""
+    def match(self, class_names: Sequence[str], model_ids: Sequence[str] | None = None, *, specs=None):
+        """Class names -> list of :class:`mll_jax.text.Match` over the candidate nodes.
+
+        With ``config.match_wordnet`` (or ``specs``: :class:`mll_jax.text.ClassSpec` records with user-given
+        synsets or descriptions, e.g. from :func:`mll_jax.text.parse_class_specs`) names are resolved through
+        WordNet first and a node that is a hypernym of the class is refused, with a warning giving the reason."""
         names = check_class_names(class_names)
         cand = self.candidate_nodes(model_ids)
         if not cand:
             return [text.Match(c, None, float("nan")) for c in names]
-        return text.match_classes(names, cand, [self.node_text(w) for w in cand], self.encoder,
-                                  threshold=self.config.match_threshold, cache_dir=self.text_cache)
+        use_wn = self.config.match_wordnet or specs is not None
+        matches = text.match_classes(names, cand, [self.node_text(w) for w in cand], self.encoder,
+                                     threshold=self.config.match_threshold, cache_dir=self.text_cache,
+                                     wn=self.sdag.wn if use_wn else None, specs=specs)
+        for m in matches:
+            if m.refused:
+                warnings.warn(m.reason, RuntimeWarning, stacklevel=2)
+        return matches
 
     # ------------------------------------------------------------------ selection and reuse
     def node_data(self, model_ids: Sequence[str], wnids: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
