@@ -1,7 +1,6 @@
 """CHCO solver tests: exact references (cvxpy), hand-computed optima, invariances, errors."""
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 
 from mll_jax import chco
-from tests.chco_reference import cvxpy_chco, make_instance, objective_np
+from mll_jax.chco.reference import cvxpy_chco, make_instance, np_pgd, objective_np
 
 jax.config.update("jax_enable_x64", True)
 
@@ -247,28 +246,14 @@ def test_bad_inputs_raise_clear_errors():
         chco.solve_batch([good], model_ids=["a", "b"], progress=False)
 
 
-@functools.lru_cache(maxsize=1)
-def _bench_module():
-    """benchmarks/chco_bench.py, loaded once (its absl flags can be defined only once per process)."""
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "chco_bench.py"
-    spec = importlib.util.spec_from_file_location("_chco_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_benchmark_numpy_baseline_is_the_same_algorithm():
-    # benchmarks/chco_bench.np_pgd is the per-model NumPy loop the speed ratio is measured against:
+    # mll_jax.chco.reference.np_pgd is the per-model NumPy loop the benchmark's speed ratio is measured against:
     # it must take the same steps as the default method, so in float64 (where summation order
     # hardly matters) it needs the same iterations and reaches the same objective.
-    bench = _bench_module()
     rng = np.random.default_rng(5)
     for kind in ("normal", "peaked", "scaled"):
-        S = bench.make_instance(rng, 200, 10, kind).astype(np.float64)
-        f, k, ok = bench.np_pgd(S, 1e-7, 2000, round_iter=10**6, dtype="float64")
+        S = make_instance(rng, 200, 10, kind).astype(np.float32).astype(np.float64)
+        f, k, ok = np_pgd(S, 1e-7, 2000, round_iter=10**6, dtype="float64")
         r = chco.solve(jnp.asarray(S), tol=1e-7)
         assert ok and bool(r.converged), kind
         assert abs(k - int(r.iterations)) <= 1, (kind, k, int(r.iterations))
@@ -279,13 +264,12 @@ def test_solve_batch_in_loop_restarts_match_numpy_baseline():
     # solve_batch's pgd restarts inside its compiled loop every round_iter iterations (ray step reset,
     # stop counters carried); np_pgd restarts at the same iterations. In float64 both must take the
     # same steps; and the restarts must be real (without them the iteration counts differ).
-    bench = _bench_module()
     rng = np.random.default_rng(11)
-    Ss = [bench.make_instance(rng, 120, 6, kind).astype(np.float64) for kind in ("normal", "peaked", "scaled")]
+    Ss = [make_instance(rng, 120, 6, kind).astype(np.float32).astype(np.float64) for kind in ("normal", "peaked", "scaled")]
     kw = dict(dtype=jnp.float64, tol=1e-7, chunk_size=2, progress=False)
     k3 = chco.solve_batch(Ss, round_iter=3, **kw)
     for j, S in enumerate(Ss):
-        f, k, ok = bench.np_pgd(S, 1e-7, 2000, round_iter=3, dtype="float64")
+        f, k, ok = np_pgd(S, 1e-7, 2000, round_iter=3, dtype="float64")
         assert ok and bool(k3.converged[j]), j
         assert abs(k - int(k3.iterations[j])) <= 1, (j, k, int(k3.iterations[j]))
         assert abs(f - float(k3.objective[j])) <= 1e-7 * abs(f), j
@@ -298,8 +282,7 @@ def test_stop_rules_fire_across_in_loop_restarts():
     # With an unreachable certificate (tol = atol = 0) the 30-rejection / stagnation stops must still end
     # a model that cannot improve. They reset at every 12-iteration restart in an earlier version, so this
     # model ran to max_iter in solve_batch (review finding; np_pgd, the same algorithm, agrees).
-    bench = _bench_module()
     S = (np.random.default_rng(0).normal(size=(20, 5)) * 2).astype(np.float32)
     r = chco.solve_batch([S], tol=0, atol=0, max_iter=500, progress=False)
-    _, k, _ = bench.np_pgd(S, 0, 500, round_iter=12, dtype="float32", atol=0)
+    _, k, _ = np_pgd(S, 0, 500, round_iter=12, dtype="float32", atol=0)
     assert int(r.iterations[0]) < 500 and k < 500, (int(r.iterations[0]), k)

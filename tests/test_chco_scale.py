@@ -14,9 +14,14 @@ import numpy as np
 import pytest
 
 from mll_jax import chco
+from mll_jax.chco import single
+from mll_jax.chco.chunks import MAX_WORKERS, as_mesh, default_workers, solve_chunk
+from mll_jax.chco.doubleword import dw_sum, mm_dw, two_prod, two_sum
+from mll_jax.chco.gap import gap_accurate
+from mll_jax.chco.loss import loss_qr, q_and_r
+from mll_jax.chco.pgd import PGD_REFRESH_EVERY
+from mll_jax.chco.reference import make_instance  # the shared random instance families
 from mll_jax.utils import usable_cores
-
-from tests.chco_reference import make_instance  # the shared random instance families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,17 +121,17 @@ def test_error_free_transformations_survive_jit():
     a = (rng.normal(size=4096) * 2.0 ** rng.integers(-10, 10, size=4096)).astype(np.float32)
     b = (rng.normal(size=4096) * 2.0 ** rng.integers(-10, 10, size=4096)).astype(np.float32)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    s, e = jax.jit(chco._two_sum)(a, b)
+    s, e = jax.jit(two_sum)(a, b)
     np.testing.assert_array_equal(np.asarray(s, np.float64) + np.asarray(e, np.float64), a64 + b64)
     assert np.abs(np.asarray(e)).max() > 0
-    p, e = jax.jit(chco._two_prod)(a, b)
+    p, e = jax.jit(two_prod)(a, b)
     np.testing.assert_array_equal(np.asarray(p, np.float64) + np.asarray(e, np.float64), a64 * b64)
     # Split matmul: P^T Y in double words, P a softmax matrix over heads (peaked columns), Y in [0, 1].
     for H, C, K in [(1000, 10, 11), (40, 30, 31), (7, 3, 4)]:
         S = rng.standard_t(1.5, size=(H, C)) * 2
         P = np.asarray(chco.head_softmax(jnp.asarray(S, jnp.float32)))
         Y = rng.uniform(size=(H, K)).astype(np.float32) * (rng.uniform(size=(H, K)) < 0.5)
-        hi, lo = jax.jit(lambda p, y: chco._mm_dw(p, y, na=2, nb=1))(P.T, Y)  # as for Q = P^T X
+        hi, lo = jax.jit(lambda p, y: mm_dw(p, y, na=2, nb=1))(P.T, Y)  # as for Q = P^T X
         ref = P.astype(np.float64).T @ Y.astype(np.float64)
         got = np.asarray(hi, np.float64) + np.asarray(lo, np.float64)
         f32 = np.abs((P.T @ Y).astype(np.float64) - ref).max()
@@ -134,7 +139,7 @@ def test_error_free_transformations_survive_jit():
         assert f32 > 30 * np.abs(got - ref).max()  # the float32 product is far less accurate
     # Double-word sum of terms that cancel: exact to double-word precision.
     x = rng.normal(size=(64, 50)).astype(np.float32)
-    hi, lo = jax.jit(chco._dw_sum)((jnp.concatenate([x, -x]), jnp.zeros((128, 50), jnp.float32)))
+    hi, lo = jax.jit(dw_sum)((jnp.concatenate([x, -x]), jnp.zeros((128, 50), jnp.float32)))
     assert float(hi) == 0 and float(lo) == 0
 
 
@@ -146,13 +151,13 @@ def test_accurate_gap_is_the_frank_wolfe_gap(x64):
     X = jnp.asarray(rng.dirichlet(np.ones(7), size=30)[:, :6])
     P = chco.head_softmax(S)
     ref = float(chco.duality_gap(chco.gradient(S, X), X))
-    assert float(chco._gap_accurate(P, X)) == pytest.approx(ref, rel=1e-12)
+    assert float(gap_accurate(P, X)) == pytest.approx(ref, rel=1e-12)
     Sp = jnp.concatenate([S, jnp.full((5, 6), 40.0)])
     Xp = jnp.concatenate([X, jnp.full((5, 6), 0.1)])
     mask = jnp.arange(35) < 30
     Pp = chco.head_softmax(Sp, mask)
-    assert float(chco._gap_accurate(Pp, jnp.where(mask[:, None], Xp, 0), mask)) == pytest.approx(ref, rel=1e-12)
-    g = jax.jit(jax.vmap(chco._gap_accurate))(jnp.stack([P, P]), jnp.stack([X, X * 0.5]))
+    assert float(gap_accurate(Pp, jnp.where(mask[:, None], Xp, 0), mask)) == pytest.approx(ref, rel=1e-12)
+    g = jax.jit(jax.vmap(gap_accurate))(jnp.stack([P, P]), jnp.stack([X, X * 0.5]))
     assert float(g[0]) == pytest.approx(ref, rel=1e-12)
     assert float(g[1]) == pytest.approx(float(chco.duality_gap(chco.gradient(S, X * 0.5), X * 0.5)), rel=1e-12)
 
@@ -269,7 +274,7 @@ def test_solve_batch_results_do_not_depend_on_worker_threads(method):
         np.testing.assert_array_equal(r.gap, one.gap)
         for a, b in zip(r.X, one.X):
             np.testing.assert_array_equal(a, b)
-    assert chco._default_workers(chco._as_mesh(None)) == min(chco._MAX_WORKERS, usable_cores())
+    assert default_workers(as_mesh(None)) == min(MAX_WORKERS, usable_cores())
     for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(chco.CHCOInputError, match="workers must be an integer >= 1"):
             chco.solve_batch(Ss[:1], workers=bad, progress=False)
@@ -279,11 +284,11 @@ def test_solve_refreshes_pgd_carried_q_r_on_long_runs():
     # pgd carries Q = P^T X and R = P^T (1 - X) and updates them by each step's P^T dX. Without warm restarts
     # (solve) they were never recomputed, drifted ~20 eps over ~900 iterations, and the loop stopped on a
     # float32 gap ~1% low: this slow model (twins, H = 100, C = 17) came back converged=False (review). They
-    # are now recomputed every chco._PGD_REFRESH_EVERY iterations.
+    # are now recomputed every PGD_REFRESH_EVERY iterations.
     rng = np.random.default_rng(123)
     Ss = [family(rng, "twins", 100, c) for c in [10] * 8 + [17] * 8]
     r = chco.solve(jnp.asarray(Ss[15]))
-    assert int(r.iterations) > 10 * chco._PGD_REFRESH_EVERY
+    assert int(r.iterations) > 10 * PGD_REFRESH_EVERY
     assert bool(r.converged), (float(r.gap), float(r.objective))
     _, f64, gap64 = eval_float64(Ss[15], r.X)
     assert gap64 <= 1e-5 * abs(f64) + 1e-7
@@ -303,15 +308,15 @@ def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(mon
     Ss = [family(rng, kind, 24, 5) for kind in ("normal", "peaked", "scaled", "heavy", "twins", "duplicated")]
     ref = chco.solve_batch(Ss, progress=False, atol=0.0)
     assert ref.converged.all()
-    real = chco._gap_accurate
+    real = gap_accurate
 
     def patched(P, X, *a, return_q=False, **k):
         out = real(P, X, *a, return_q=return_q, **k)
-        extra = 0.7e-5 * jnp.abs(jnp.sum(chco._loss_qr(*chco._qr(P, X))))
+        extra = 0.7e-5 * jnp.abs(jnp.sum(loss_qr(*q_and_r(P, X))))
         return (out[0] + extra,) + tuple(out[1:]) if return_q else out + extra
 
-    monkeypatch.setattr(chco, "_gap_accurate", patched)
-    chco._solve_chunk.clear_cache()
+    monkeypatch.setattr(single, "gap_accurate", patched)
+    solve_chunk.clear_cache()
     try:
         batch = chco.solve_batch(Ss, progress=False, atol=0.0)
         # The first pass of the patched run is the unpatched solve (same loop): which models fail there?
@@ -319,7 +324,7 @@ def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(mon
                                 > 1e-5 * abs(float(f)) for S, X, f in zip(Ss, ref.X, ref.objective)])
     finally:
         monkeypatch.undo()
-        chco._solve_chunk.clear_cache()
+        solve_chunk.clear_cache()
     assert batch.converged.all(), (batch.gap, batch.objective)
     assert np.all(batch.gap <= 1e-5 * np.abs(batch.objective))
     # Exactly the models that fail the first check were re-run (more iterations); the others are unchanged.
