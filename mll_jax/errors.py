@@ -141,10 +141,6 @@ class NonFiniteOutputError(MLLError, FloatingPointError):
     """An expert or the patch returned NaN/inf for some images (the message names the model)."""
 
 
-class LockedError(MLLError):
-    """Another process is writing to the same system directory (see :mod:`mll_jax.locking`)."""
-
-
 # ---------------------------------------------------------------------------------------------- damaged data
 
 class LabelStoreCorruptError(DataError):
@@ -181,6 +177,10 @@ class StorageError(EnvironmentSetupError, OSError):
 
     def __str__(self):  # OSError would print "[Errno ...]" instead of the message
         return str(self.args[0]) if self.args else ""
+
+
+class LockedError(EnvironmentSetupError):
+    """Another process is writing to the same system directory (see :mod:`mll_jax.locking`); exit code 1."""
 
 
 class DistributedError(EnvironmentSetupError):
