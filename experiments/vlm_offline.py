@@ -1,6 +1,6 @@
 """Offline VLM benchmark (issue 8): MLL for vision-language models on a hub of small Fashion-MNIST dual encoders.
 
-    MLL_JAX_HOME=... python experiments/vlm_offline.py --out_dir=docs/vlm
+    MLL_JAX_HOME=... python experiments/vlm_offline.py --out_dir=results/vlm_offline
 
 What it runs and writes: :mod:`mll_lab.vlm_benchmark` (this script only parses the flags; the main command
 ``python -m mll_lab.run`` runs the same benchmark after the expert one).  The table also goes, with provenance, to

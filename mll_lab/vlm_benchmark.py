@@ -1,6 +1,6 @@
 """Offline VLM benchmark: MLL for vision-language models on a hub of small Fashion-MNIST dual encoders.
 
-    python experiments/vlm_offline.py --out_dir=docs/vlm      # or: python -m mll_lab.run (the main command)
+    python experiments/vlm_offline.py --out_dir=results/vlm_offline      # or: python -m mll_lab.run (the main command)
 
 1. Trains (or reuses from ``<home>/vlm_offline/hub``) the dual encoders of :data:`mll_lab.train_vlms.VLM_SPECS`
    on the expert-pool split.
@@ -71,7 +71,7 @@ class VLMBenchConfig:
     command map onto these)."""
 
     home: str | None = None  # cache root (default $MLL_JAX_HOME or ~/.cache/mll_jax); uses <home>/vlm_offline
-    out_dir: str = "docs/vlm"  # where the table, json and figures go
+    out_dir: str = "results/vlm_offline"  # where the table, json and figures go
     max_k: int = 3  # largest number of VLMs per class
     random_draws: int = 20  # draws of the Random baseline per task and k
     test_per_class: int | None = None  # test images per task class (None: all official test images)
