@@ -135,3 +135,31 @@ def test_enospc_writing_label_rows(tmp_path, monkeypatch):
     assert np.array_equal(LabelStore(tmp_path / "labels").read_all("m")[1], old)
     assert not [p for p in (tmp_path / "labels").rglob("*.tmp")]
     assert atomic_write_bytes(tmp_path / "after", b"ok").read_bytes() == b"ok"
+
+
+def test_full_disk_during_hub_registration_and_classifier_save_keeps_the_old_state(tmp_path, monkeypatch):
+    """The hub manifest and a saved classifier: a full disk at fsync leaves the previous files as they were."""
+    from mll_jax.hub import ModelHub
+    from mll_jax.selection import Selection
+
+    hub = ModelHub(tmp_path / "hub")
+    hub.register("a", "keras_cifar10", num_heads=10, source="pypi:cifar-10-model")
+    manifest = {p: p.read_bytes() for p in (tmp_path / "hub").rglob("*") if p.is_file()}
+    sel = Selection(method="chco", model_ids=("a",), loss=np.zeros((1, 2)), experts=((0,), (0,)),
+                    columns={"a": np.eye(10, 2, dtype=np.float32)}, k=1, beta=None, class_names=("x", "y"))
+    sel.save(tmp_path / "clf.npz")
+    saved = (tmp_path / "clf.npz").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError, match="ENOSPC"):
+        hub.register("b", "keras_cifar10", num_heads=10, source="pypi:cifar-10-model")
+    with pytest.raises(StorageError, match="clf.npz.*ENOSPC"):
+        sel.save(tmp_path / "clf.npz")
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in (tmp_path / "hub").rglob("*") if p.is_file()} == manifest
+    assert ModelHub(tmp_path / "hub").ids() == ["a"]
+    assert (tmp_path / "clf.npz").read_bytes() == saved
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]

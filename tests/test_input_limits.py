@@ -91,3 +91,72 @@ def test_fuzzed_class_names_pass_cleanly_or_raise_class_names_error(names):
         assert str(e) and len(str(e)) < 2000
         return
     _check_invariants(out, names)
+
+
+def _tasks_doc(rng) -> str:
+    """A tasks file, valid or broken in one of many ways (seeded)."""
+    import json
+
+    good = [{"name": "pets", "classes": [{"name": "cat", "folders": ["n02121620"]},
+                                         {"name": "dog", "folders": ["n02084071"]}]}]
+    text = json.dumps(good)
+    kind = rng.integers(6)
+    if kind == 0:  # truncated JSON
+        return text[: rng.integers(1, len(text))]
+    if kind == 1:  # a byte flipped
+        i = int(rng.integers(len(text)))
+        return text[:i] + chr(int(rng.integers(32, 0x2FF))) + text[i + 1:]
+    if kind == 2:  # wrong types
+        return json.dumps([{"name": [None, 3, "", "t"][int(rng.integers(4))],
+                            "classes": [5, "cat", None, []][int(rng.integers(4))]}])
+    if kind == 3:  # duplicate or empty class names
+        return json.dumps([{"name": "t", "classes": [{"name": "Cat", "folders": ["a"]}, {"name": " cat", "folders":
+                                                                                        ["b"]}]}])
+    if kind == 4:  # missing folders
+        return json.dumps([{"name": "t", "classes": [{"name": "a"}, {"name": "b", "folders": []}]}])
+    return text
+
+
+def test_fuzzed_tasks_files_load_or_raise_one_clear_error(tmp_path):
+    import numpy as np
+
+    from mll_jax.errors import MLLError
+    from mll_lab.fashion_mnist import load_tasks_file
+
+    rng = np.random.default_rng(0)
+    raised = 0
+    for i in range(200):
+        p = tmp_path / f"tasks{i}.json"
+        p.write_text(_tasks_doc(rng), encoding="utf-8")
+        try:
+            tasks = load_tasks_file(p)
+        except MLLError as e:
+            raised += 1
+            msg = str(e)
+            assert str(p) in msg and "\n" not in msg and len(msg) < 500, msg
+            continue
+        assert all(len(t["classes"]) >= 2 for t in tasks)
+    assert 100 < raised < 200  # both outcomes were exercised
+
+
+@pytest.mark.parametrize("classes", ["", "cat,,dog", "cat, Cat ", "a\x07b,dog", "x" * 300 + ",dog",
+                                     ",".join(f"c{i}" for i in range(5001)), "caf\u00e9,cafe\u0301", "\u200b,dog"])
+def test_the_cli_refuses_bad_class_names_with_one_line(tmp_path, classes):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    from mll_jax.sdag import SDAG
+    from mll_jax.system import MLL
+
+    repo = Path(__file__).resolve().parents[1]
+    MLL.open(tmp_path / "sys", sdag=SDAG.from_wnids(["n02084071"]))
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "MLL_JAX_HOME": str(tmp_path / "home")}
+    p = subprocess.run([sys.executable, "-m", "mll_jax.cli", "classify", "--root=sys", f"--classes={classes}",
+                        "x.png"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr and len(lines[0]) < 1000, p.stderr[-2000:]
