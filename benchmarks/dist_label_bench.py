@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags
+from mll_lab.results import record_report
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = flags.FLAGS
@@ -120,32 +121,10 @@ def run_benchmark(argv):
 
 def main(argv):
     """Run the benchmark, echoing its report, then write results/dist_label_bench.json and .md with provenance
-    (``mll_lab.results.write_results``): the flags, the report lines (the numbers as printed) and the load."""
-    import contextlib
-    import io
-
-    from mll_lab.results import write_results
-
-    load = os.getloadavg()
-
-    class _Tee(io.TextIOBase):
-        def __init__(self, out):
-            self.out, self.buf = out, io.StringIO()
-
-        def write(self, text):
-            self.buf.write(text)
-            return self.out.write(text)
-
-        def flush(self):
-            self.out.flush()
-
-    tee = _Tee(sys.stdout)
-    with contextlib.redirect_stdout(tee):
-        run_benchmark(argv)
-    report = tee.buf.getvalue().strip("\n")
+    (``mll_lab.results.record_report``): the flags, the report lines (the numbers as printed) and the load."""
     flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])}
-    write_results("dist_label_bench", {"flags": flag_values, "report": report.splitlines()},
-                  "```\n" + report + "\n```", title="Labelling over processes and local devices", load_at_start=load)
+    record_report("dist_label_bench", "Labelling over processes and local devices",
+                  lambda: run_benchmark(argv), flags=flag_values)
 
 
 if __name__ == "__main__":

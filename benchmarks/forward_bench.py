@@ -37,6 +37,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from mll_lab.results import record_report  # noqa: E402  (after the repository is on the path)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("experts", ["lite0", "lite1", "lite2", "cifar"], "experts to measure (lite0, lite1, lite2, cifar)")
 flags.DEFINE_list("batch_sizes", ["4", "8", "16"], "candidate batch sizes (EfficientNet)")
@@ -308,32 +310,10 @@ def run_benchmark(argv):
 
 def main(argv):
     """Run the benchmark, echoing its report, then write results/forward_bench.json and .md with provenance
-    (``mll_lab.results.write_results``): the flags, the report lines (the numbers as printed) and the load."""
-    import contextlib
-    import io
-
-    from mll_lab.results import write_results
-
-    load = os.getloadavg()
-
-    class _Tee(io.TextIOBase):
-        def __init__(self, out):
-            self.out, self.buf = out, io.StringIO()
-
-        def write(self, text):
-            self.buf.write(text)
-            return self.out.write(text)
-
-        def flush(self):
-            self.out.flush()
-
-    tee = _Tee(sys.stdout)
-    with contextlib.redirect_stdout(tee):
-        run_benchmark(argv)
-    report = tee.buf.getvalue().strip("\n")
+    (``mll_lab.results.record_report``): the flags, the report lines (the numbers as printed) and the load."""
     flag_values = {f.name: f.value for f in FLAGS.get_flags_for_module(sys.argv[0])}
-    write_results("forward_bench", {"flags": flag_values, "report": report.splitlines()},
-                  "```\n" + report + "\n```", title="Expert forward and packed labelling throughput", load_at_start=load)
+    record_report("forward_bench", "Expert forward and packed labelling throughput",
+                  lambda: run_benchmark(argv), flags=flag_values)
 
 
 if __name__ == "__main__":

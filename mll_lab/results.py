@@ -6,7 +6,9 @@ short table for people, with the same provenance in a footer.  The README quotes
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import io
 import json
 import os
 import platform
@@ -14,9 +16,9 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-__all__ = ["results_dir", "provenance", "markdown_table", "write_results"]
+__all__ = ["results_dir", "provenance", "markdown_table", "write_results", "record_report"]
 
 _REPO = Path(__file__).resolve().parent.parent
 
@@ -114,3 +116,30 @@ def write_results(name: str, data: Mapping[str, Any], markdown: str, *, title: s
         os.replace(tmp, p)
         paths.append(p)
     return paths[0], paths[1]
+
+
+class _Tee(io.TextIOBase):
+    """Writes through to ``out`` and keeps a copy."""
+
+    def __init__(self, out):
+        self.out, self.buf = out, io.StringIO()
+
+    def write(self, text):
+        self.buf.write(text)
+        return self.out.write(text)
+
+    def flush(self):
+        self.out.flush()
+
+
+def record_report(name: str, title: str, run: Callable[[], Any], *, flags: Mapping[str, Any] | None = None
+                  ) -> tuple[Path, Path]:
+    """Run ``run()`` echoing what it prints, then write ``results/<name>.*``: the flags and the printed report (the
+    numbers as printed), as a code block in the Markdown file, with the load at the start."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        run()
+    report = tee.buf.getvalue().strip("\n")
+    return write_results(name, {"flags": dict(flags or {}), "report": report.splitlines()},
+                         "```\n" + report + "\n```", title=title, load_at_start=load)
