@@ -50,7 +50,7 @@ from mll_jax.selection import Selection
 from mll_jax.vlm.expert_style import VLMHeads
 from mll_jax.vlm.select import VLMSelection
 
-__all__ = ["FORMAT", "VLM_FORMAT", "VLM_CHCO_FORMAT", "BOTH_MODELS", "read_meta", "vlm_selection_to_json",
+__all__ = ["head_summary", "FORMAT", "VLM_FORMAT", "VLM_CHCO_FORMAT", "BOTH_MODELS", "read_meta", "vlm_selection_to_json",
            "vlm_selection_from_json", "is_system", "Classifier", "load_classifier"]
 
 #: The saved format (every family).
@@ -70,6 +70,19 @@ def vlm_selection_to_json(sel: VLMSelection) -> dict:
 def vlm_selection_from_json(d: Mapping[str, Any]) -> VLMSelection:
     """:meth:`mll_jax.vlm.select.VLMSelection.from_dict`."""
     return VLMSelection.from_dict(d)
+
+
+def head_summary(expert: dict) -> str:
+    """One line on an expert's predictor column for a class (an :meth:`Classifier.explain` expert entry): its
+    heads by contribution on the class's node data (name, share of the contribution, weight) and how many heads
+    carry 90% of it; by weight for selections saved without head probabilities."""
+    heads = expert["heads"]
+    if heads and heads[0].get("share") is not None:
+        parts = ", ".join(f"{h.get('name') or h['head']} {100 * h['share']:.0f}% (w {h['weight']:.2f})" for h in heads)
+        n90 = expert.get("heads_90")
+        return f"heads by contribution: {parts}" + (f"; {n90} head{'s' if n90 != 1 else ''} carry 90%"
+                                                    if n90 is not None else "")
+    return "heads: " + ", ".join(f"{h.get('name') or h['head']} {h['weight']:.2f}" for h in heads)
 
 
 def read_meta(path) -> dict:
@@ -234,8 +247,7 @@ class Classifier:
             lines.append(f"{r['class']!r} -> {node}")
             for e in r["experts"]:
                 if e["family"] == "experts":
-                    heads = ", ".join(f"{h['name'] or h['head']} {h['weight']:.2f}" for h in e["heads"])
-                    lines.append(f"    {prefix}{e['model']}: loss {e['loss']:.3f}; heads: {heads}")
+                    lines.append(f"    {prefix}{e['model']}: loss {e['loss']:.3f}; {head_summary(e)}")
             if r["uncovered"] and r["served_by"] == "vlms":
                 lines.append(f"    not covered by experts ({r['uncovered']}); served by VLMs: "
                              + ", ".join(f"{v['model']} (F1 {v['f1']:.3f})" for v in r["vlms"]))

@@ -1,6 +1,7 @@
 """Selection: the top-k / beta rule on hand-made losses, label readers, CHCO plumbing and persistence."""
 
 import math
+from dataclasses import replace
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -311,3 +312,33 @@ def test_chco_scores_distributed_with_one_process_is_chco_scores():
     for x, y in zip(got.columns, ref.columns):
         np.testing.assert_array_equal(x, y)
     np.testing.assert_array_equal(got.info["iterations"], ref.info["iterations"])
+
+
+def test_explain_ranks_heads_by_contribution_on_the_node_data(tmp_path):
+    """explain() ranks a predictor's heads by X[h, c] * softmax(S)[h, c] (hand-computed), not by weight: a head
+    with full weight but no mass on the class's node comes after the heads that carry the node."""
+    nodes = ["n00000001", "n00000002"]
+    # one model, 4 heads; node 1: heads 0 and 1 carry the mass; node 2: head 3
+    L = np.array([[3.0, 2.0, -5.0, -5.0], [-5.0, -5.0, -5.0, 4.0]])
+    labels = {"m": L}
+    X = np.array([[1.0, 0.0], [0.5, 0.0], [1.0, 0.0], [0.0, 1.0]])  # head 2: weight 1, no mass on node 1
+    scores = ModelScores("chco", ("m",), np.array([[0.1, 0.1]]), (X,))
+    sel = select(scores, k=1, beta=None, class_names=["a", "b"], wnids=nodes)
+    sel = S.fill_columns(sel, DictLabels(labels, nodes))
+    P = np.exp(L.T - L.T.max(axis=0)) / np.exp(L.T - L.T.max(axis=0)).sum(axis=0)
+    np.testing.assert_allclose(sel.head_mass["m"], P, rtol=1e-6)
+    heads, n90 = sel.head_contributions("m", 0)
+    contrib = X[:, 0] * P[:, 0]
+    assert [h["head"] for h in heads] == [0, 1, 2]  # by contribution; weight order would put head 2 second
+    np.testing.assert_allclose([h["contribution"] for h in heads], contrib[[0, 1, 2]], rtol=1e-6)
+    np.testing.assert_allclose([h["share"] for h in heads], contrib[[0, 1, 2]] / contrib.sum(), rtol=1e-6)
+    # head 0 carries e^3 / (e^3 + 0.5 e^2 + ...) = 0.85 of the contribution: two heads are needed for 90%
+    assert heads[0]["share"] < 0.9 < heads[0]["share"] + heads[1]["share"] and n90 == 2
+    row = sel.explain()[0]["experts"][0]
+    assert row["heads_90"] == 2 and row["heads"][0]["mass"] == pytest.approx(P[0, 0], rel=1e-6)
+    # the head probabilities survive save / load; a selection without them falls back to weight order
+    sel.save(tmp_path / "s.npz")
+    again = Selection.load(tmp_path / "s.npz")
+    assert again.explain() == sel.explain()
+    old = replace(sel, head_mass={})
+    assert [h["head"] for h in old.head_contributions("m", 0)[0]] == [0, 2, 1]

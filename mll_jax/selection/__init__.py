@@ -52,7 +52,7 @@ from mll_jax.selection.baselines import (
     random_scores,
     target_node_data,
 )
-from mll_jax.selection.columns import argmax_columns, chco_scores, fill_columns
+from mll_jax.selection.columns import argmax_columns, chco_scores, fill_columns, head_probabilities
 from mll_jax.selection.distributed import chco_scores_distributed
 from mll_jax.selection.labels import DictLabels, as_label_reader, label_submatrices
 from mll_jax.selection.registry import get_scorer, register_scorer, scorers
@@ -78,6 +78,7 @@ __all__ = [
     "chco_scores",
     "argmax_columns",
     "fill_columns",
+    "head_probabilities",
     "chco_scores_distributed",
     # registry
     "register_scorer",

@@ -18,7 +18,7 @@ from mll_jax import chco
 from mll_jax.selection.labels import as_label_reader, label_submatrices
 from mll_jax.selection.types import ModelScores, Selection
 
-__all__ = ["chco_scores", "argmax_columns", "fill_columns"]
+__all__ = ["chco_scores", "argmax_columns", "fill_columns", "head_probabilities"]
 
 
 def chco_scores(
@@ -90,25 +90,46 @@ def fill_columns(
 
     ``how="chco"``: CHCO columns (solved only for the used models, on the matched classes);
     ``how="argmax"``: one-hot on the head with the largest label value per class (:func:`argmax_columns`).
-    Existing columns are kept.  Unmatched classes (``wnid is None``) get zero columns.
+    Existing columns are kept.  Unmatched classes (``wnid is None``) get zero columns.  Every used model also gets
+    its head probabilities on the matched nodes (``Selection.head_mass``, for :meth:`Selection.explain`).
     """
     if how not in ("chco", "argmax"):
         raise ValueError(f"how must be 'chco' or 'argmax', got {how!r}")
     missing = selection.missing_columns()
-    if not missing:
+    no_mass = [m for m in selection.used_model_ids if m not in selection.head_mass]
+    if not missing and not no_mass:
         return selection
     if selection.wnids is None:
-        raise ValueError("selection has no wnids: cannot read labels to compute predictor columns")
+        if missing:
+            raise ValueError("selection has no wnids: cannot read labels to compute predictor columns")
+        return selection
     matched = [c for c, w in enumerate(selection.wnids) if w is not None]
-    S_list = label_submatrices(as_label_reader(labels, node_wnids), missing, [selection.wnids[c] for c in matched])
-    if how == "chco":
-        sc = chco_scores(S_list, missing, progress=progress, **solver_kwargs)
-        cols = sc.columns
-    else:
-        cols = tuple(argmax_columns(S) for S in S_list)
+    todo = list(dict.fromkeys(missing + no_mass))
+    S_all = dict(zip(todo, label_submatrices(as_label_reader(labels, node_wnids), todo,
+                                             [selection.wnids[c] for c in matched])))
     columns = dict(selection.columns)
-    for model_id, x in zip(missing, cols):
-        full = np.zeros((x.shape[0], selection.num_classes), np.float32)
-        full[:, matched] = x
-        columns[model_id] = full
-    return replace(selection, columns=columns)
+    if missing:
+        S_list = [S_all[m] for m in missing]
+        if how == "chco":
+            cols = chco_scores(S_list, missing, progress=progress, **solver_kwargs).columns
+        else:
+            cols = tuple(argmax_columns(S) for S in S_list)
+        for model_id, x in zip(missing, cols):
+            full = np.zeros((x.shape[0], selection.num_classes), np.float32)
+            full[:, matched] = x
+            columns[model_id] = full
+    head_mass = dict(selection.head_mass)
+    for model_id in no_mass:
+        head_mass[model_id] = head_probabilities(S_all[model_id], matched, selection.num_classes)
+    return replace(selection, columns=columns, head_mass=head_mass)
+
+
+def head_probabilities(S: np.ndarray, matched: Sequence[int], num_classes: int) -> np.ndarray:
+    """``(H, num_classes)`` float32: ``softmax(S, axis=0)`` (CHCO's ``P``) of the label sub-matrix ``S`` (one column
+    per matched class, in order) placed at the ``matched`` classes; zero columns elsewhere."""
+    S = np.asarray(S, np.float64)
+    out = np.zeros((S.shape[0], num_classes), np.float32)
+    if S.shape[1]:
+        e = np.exp(S - S.max(axis=0, keepdims=True))
+        out[:, list(matched)] = e / e.sum(axis=0, keepdims=True)
+    return out

@@ -81,6 +81,9 @@ class Selection:
       match_threshold: the similarity floor the matching used (for the explanation of uncovered classes).
       info: scorer diagnostics (e.g. CHCO iterations / convergence), JSON-able values only after save/load.
       family: ``"experts"``, ``"vlms"`` or ``"both"`` (:data:`FAMILIES`).
+      head_mass: ``model_id -> (H_m, C)``: each used model's head probabilities ``softmax(S)[h, c]`` on the matched
+        node of class ``c`` (zero columns for unmatched classes); :meth:`explain` ranks heads by what they
+        contribute there, ``X[h, c] * head_mass[h, c]`` (empty for selections saved without it).
       vlm: the MLL-VLM selection record (:class:`mll_jax.vlm.select.VLMSelection`: matched nodes with weights and
         similarities, F1, scores, alpha, chosen VLMs) of ``family="vlms"`` with ``method="mll"`` and of
         ``family="both"``; ``None`` otherwise.
@@ -100,6 +103,7 @@ class Selection:
     info: Mapping[str, Any] = field(default_factory=dict)
     family: str = "experts"
     vlm: VLMSelection | None = None
+    head_mass: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -159,7 +163,8 @@ class Selection:
         * ``nodes``: the weighted nodes ``(node, weight, similarity)`` of the MLL-VLM matching when VLMs of that
           selection serve the class, else ``None``;
         * ``experts``: the models serving the class, best first, each ``{"model", "family", "loss", "heads"}``
-          (``heads``: the heaviest heads of its predictor column; MLL-VLM entries add ``"f1"`` and ``"score"``);
+          (``heads``: up to 5 heads of its predictor column, see :meth:`head_contributions`; ``heads_90``: how many
+          heads carry 90% of the contribution; MLL-VLM entries add ``"f1"`` and ``"score"``);
         * ``uncovered``: why no expert covers the class (``None`` when covered; always ``None`` for the MLL-VLM
           selection, which serves every class).
         """
@@ -191,13 +196,36 @@ class Selection:
                     _, e["f1"], e["score"] = vex[name]["models"][self.experts[c].index(m)]
                 x = self.columns.get(mid)
                 if x is not None:
-                    col = np.asarray(x)[:, c]
-                    for h in np.argsort(-col, kind="stable")[:5]:
-                        if col[h] > 1e-3:
-                            e["heads"].append({"head": int(h), "weight": float(col[h])})
+                    e["heads"], e["heads_90"] = self.head_contributions(mid, c)
                 row["experts"].append(e)
             out.append(row)
         return out
+
+    def head_contributions(self, model_id: str, c: int, top: int = 5) -> tuple[list[dict], int | None]:
+        """The heads of ``model_id``'s predictor column for class ``c``, by what they contribute on the class's node
+        data: ``contribution = X[h, c] * P[h, c]`` with ``P = softmax(S)`` the head probabilities on the node
+        (their sum is the predictor's mean output ``Q[c, c]`` there).  Returns up to ``top`` heads
+        ``{"head", "weight", "mass", "contribution", "share"}`` (``share``: of the column's total contribution) and
+        how many heads carry 90% of it.  Without ``head_mass`` (selections saved before it existed) the heads are
+        ranked by weight, ``mass`` / ``contribution`` / ``share`` are None and the count is None."""
+        col = np.asarray(self.columns[model_id], np.float64)[:, c]
+        mass = self.head_mass.get(model_id)
+        if mass is None:
+            order = np.argsort(-col, kind="stable")[:top]
+            return [{"head": int(h), "weight": float(col[h]), "mass": None, "contribution": None, "share": None}
+                    for h in order if col[h] > 1e-3], None
+        p = np.asarray(mass, np.float64)[:, c]
+        contrib = col * p
+        total = float(contrib.sum())
+        order = np.argsort(-contrib, kind="stable")
+        if total > 0:
+            n90 = int(np.searchsorted(np.cumsum(contrib[order]), 0.9 * total) + 1)
+        else:
+            n90 = 0
+        rows = [{"head": int(h), "weight": float(col[h]), "mass": float(p[h]), "contribution": float(contrib[h]),
+                 "share": float(contrib[h] / total) if total > 0 else 0.0}
+                for h in order[:top] if col[h] > 1e-3 and contrib[h] > 0]
+        return rows, min(n90, int((contrib > 0).sum()))
 
     @property
     def covered(self) -> np.ndarray:
@@ -255,6 +283,7 @@ class Selection:
             "model_ids": list(self.model_ids),
             "experts": [list(e) for e in self.experts],
             "column_ids": list(self.columns),
+            "mass_ids": list(self.head_mass),
             "k": self.k,
             "beta": self.beta,
             "class_names": None if self.class_names is None else list(self.class_names),
@@ -268,6 +297,8 @@ class Selection:
         arrays = {"loss": self.loss, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
         for i, model_id in enumerate(self.columns):
             arrays[f"col{i}"] = np.asarray(self.columns[model_id])
+        for i, model_id in enumerate(self.head_mass):
+            arrays[f"mass{i}"] = np.asarray(self.head_mass[model_id], np.float32)
         atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @staticmethod
@@ -282,6 +313,7 @@ class Selection:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(bytes(data["meta"]).decode())
                 columns = {m: np.array(data[f"col{i}"]) for i, m in enumerate(meta["column_ids"])}
+                meta["head_mass"] = {m: np.array(data[f"mass{i}"]) for i, m in enumerate(meta.get("mass_ids", []))}
                 loss = np.array(data["loss"])
         except FileNotFoundError:
             raise FileNotFoundError(f"no saved selection at {path}") from None
@@ -306,6 +338,7 @@ class Selection:
             match_threshold=meta.get("match_threshold"),
             family=meta.get("family", "experts"),
             vlm=None if meta.get("vlm") is None else VLMSelection.from_dict(meta["vlm"]),
+            head_mass=meta.get("head_mass", {}),
         )
 
 
