@@ -191,3 +191,15 @@ def test_clear_errors_for_unknown_synsets(encoder, wn, tmp_path):
     assert issubclass(ClassNamesError, MLLError)
     with pytest.raises(ValueError, match="need WordNet"):
         T.match_classes(["dog"], ids(wn, "dog.n.01"), None, encoder, specs=[T.ClassSpec("dog")])
+
+
+def test_a_class_whose_best_sense_node_is_taken_moves_to_its_next_servable_sense(encoder, wn):
+    # "automobile" has one noun sense (its only choice, so it ranks first); "car" also names the railway car
+    # (car.n.02, the ImageNet "missile"/"projectile, missile" situation): with that node present, "car" moves there
+    # and says why; without it, "car" is reported (one node per class), never put on a hypernym.
+    nodes = ids(wn, "car.n.01", "car.n.02", "dog.n.01", "vehicle.n.01")
+    auto, car = match(["automobile", "car"], nodes, encoder, wn)
+    assert auto.wnid == "n02958343" and car.wnid == "n02959942" and car.synset == "n02959942"
+    assert "went to 'automobile' (one node per class): its next sense car.n.02" in car.reason
+    auto, car = match(["automobile", "car"], ids(wn, "car.n.01", "dog.n.01", "vehicle.n.01"), encoder, wn)
+    assert auto.wnid == "n02958343" and car.wnid is None and "(one node per class)" in car.reason

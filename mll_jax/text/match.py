@@ -205,46 +205,71 @@ class _WordNetMatcher:
             cands = tuple((synset_wnid(ss[j]), round(float(sc[j]), 4)) for j in np.argsort(-sc, kind="stable"))
             out[i] = Match(self.specs[i].name, None, float("nan"), synset_wnid(s), self.method[i],
                            cands[:NUM_REPORTED_CANDIDATES], self.sense_reason(i, s, ss, sc))
-            p = self.nodes.place(s)
-            if p.exact >= 0:
-                requests.append(((0, -float(sc[k])), i, [p.exact]))
-            elif p.below:
-                below = np.asarray(p.below)
-                ns = self.node_sim(i, below)
-                order = below[np.argsort(-ns, kind="stable")]
-                requests.append(((1, -float(ns.max())), i, [int(n) for n in order]))
-            else:
-                sib = self.siblings(s) if self.siblings_on else []
-                if sib:
-                    ns = self.node_sim(i, sib)
-                    keep = ns >= self.threshold
-                    if keep.any():
-                        sib, ns = np.asarray(sib)[keep], ns[keep]
-                        order = sib[np.argsort(-ns, kind="stable")]
-                        requests.append(((2, -float(ns.max())), i, [int(n) for n in order]))
-                        continue
-                out[i] = self.refuse(i, out[i], s, p.above)
+            opts = self.node_options(i, s)
+            if opts is not None:
+                key, nodes_ = opts
+                if key[0] == 0:  # exact synset nodes: the surest senses first
+                    key = (0, -float(sc[k]))
+                # the other servable senses, best first, follow: when another class holds the best sense's node
+                # (two classes of one task naming one synset), the class takes its next sense that has a node
+                more = []
+                for j in np.argsort(-sc, kind="stable"):
+                    if ss[j] != s and ok[j] and servable[i][j]:
+                        o = self.node_options(i, ss[j], siblings=False)
+                        if o is not None:
+                            more += [(n, ss[j]) for n in o[1]]
+                requests.append((key, i, [(n, s) for n in nodes_] + more))
+                continue
+            out[i] = self.refuse(i, out[i], s, self.nodes.place(s).above)
         taken: dict[int, int] = {}
         for _, i, options in sorted(requests, key=lambda r: r[0]):
-            free = [n for n in options if n not in taken]
+            free = [(n, sense) for n, sense in options if n not in taken]
             if not free:
-                other = self.specs[taken[options[0]]].name
-                out[i] = out[i].updated(similarity=float(self.node_sim(i, [options[0]])[0]),
-                                         reason=out[i].reason + f"; its node {self.wnids[options[0]]} went to "
+                n0 = options[0][0]
+                other = self.specs[taken[n0]].name
+                out[i] = out[i].updated(similarity=float(self.node_sim(i, [n0])[0]),
+                                         reason=out[i].reason + f"; its node {self.wnids[n0]} went to "
                                                                 f"{other!r} (one node per class)")
                 continue
-            n = free[0]
+            n, sense = free[0]
             taken[n] = i
+            note = ""
+            if sense != chosen[i]:
+                n0 = options[0][0]
+                note = (f"; the node of {chosen[i].name()} went to {self.specs[taken[n0]].name!r} (one node per "
+                        f"class): its next sense {sense.name()} ({sense.definition()})")
+                chosen[i] = sense
             p = self.nodes.place(chosen[i])
             ns = self.nodes.synset(n)
             rel = ("the synset itself" if n == p.exact else
                    f"a hyponym ({_name(ns)}) of {_name(chosen[i])!r}" if n in p.below else
                    f"a near relative ({_name(ns)}, {ns.name()}): no node at or below {_name(chosen[i])!r}")
             out[i] = out[i].updated(wnid=self.wnids[n], similarity=float(self.node_sim(i, [n])[0]),
-                                     reason=out[i].reason + f"; node {self.wnids[n]} is {rel}")
+                                     synset=synset_wnid(chosen[i]),
+                                     reason=out[i].reason + note + f"; node {self.wnids[n]} is {rel}")
         self.match_text(out, taken)
         self.note_hypernym_classes(out, chosen)
         return out
+
+    def node_options(self, i: int, s, siblings: bool = True):
+        """``(priority key, node indices best first)`` that can serve class ``i`` as sense ``s`` -- the synset's own
+        node, else its hyponym nodes by similarity, else (``siblings``) near relatives at or above the threshold
+        -- or None."""
+        p = self.nodes.place(s)
+        if p.exact >= 0:
+            return (0, -1.0), [p.exact]
+        if p.below:
+            below = np.asarray(p.below)
+            ns = self.node_sim(i, below)
+            return (1, -float(ns.max())), [int(n) for n in below[np.argsort(-ns, kind="stable")]]
+        sib = self.siblings(s) if (siblings and self.siblings_on) else []
+        if sib:
+            ns = self.node_sim(i, sib)
+            keep = ns >= self.threshold
+            if keep.any():
+                sib, ns = np.asarray(sib)[keep], ns[keep]
+                return (2, -float(ns.max())), [int(n) for n in sib[np.argsort(-ns, kind="stable")]]
+        return None
 
     def siblings(self, s) -> list[int]:
         """Candidate nodes below the parents of ``s`` (``SIBLING_LEVELS`` up) that are not its hypernyms."""
@@ -296,12 +321,11 @@ class _WordNetMatcher:
         pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
         assigned: dict[int, int] = {}
         used = set()
-        for s, r, n in pairs:
+        for s_, r, n in pairs:
             if r in assigned or n in used:
                 continue
             i = todo[r]
-            refused = self.text_guard(i, n, heads[i])
-            if refused is not None:
+            if self.text_guard(i, n, heads[i]) is not None:
                 continue
             assigned[r] = n
             used.add(n)
