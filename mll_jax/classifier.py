@@ -80,7 +80,7 @@ def head_summary(expert: dict) -> str:
     if heads and heads[0].get("share") is not None:
         parts = ", ".join(f"{h.get('name') or h['head']} {100 * h['share']:.0f}% (w {h['weight']:.2f})" for h in heads)
         n90 = expert.get("heads_90")
-        return f"heads by contribution: {parts}" + (f"; {n90} head{'s' if n90 != 1 else ''} carry 90%"
+        return f"heads by contribution: {parts}" + ((f"; {n90} heads carry 90%" if n90 != 1 else "; 1 head carries 90%")
                                                     if n90 is not None else "")
     return "heads: " + ", ".join(f"{h.get('name') or h['head']} {h['weight']:.2f}" for h in heads)
 
@@ -245,6 +245,8 @@ class Classifier:
                 continue
             node = f"{r['node']} (similarity {r['similarity']:.2f})" if r["node"] else "no node"
             lines.append(f"{r['class']!r} -> {node}")
+            if r.get("match") and r["match"].get("reason") and not r["uncovered"]:
+                lines.append(f"    match: {r['match']['reason']}")
             for e in r["experts"]:
                 if e["family"] == "experts":
                     lines.append(f"    {prefix}{e['model']}: loss {e['loss']:.3f}; {head_summary(e)}")

@@ -71,7 +71,7 @@ class MLLConfig:
     Matching: ``match_threshold`` (similarity floor; a class below it is uncovered), ``node_text``,
     ``match_wordnet`` (resolve class names that are WordNet lemmas through their senses, ranked by sense frequency,
     text similarity and the task's domain, and refuse a node that is a hypernym of the class: see
-    :mod:`mll_jax.text.match`; off by default).
+    :mod:`mll_jax.text.match`; on by default, ``False``: the embedding matcher alone).
     Selection: ``scorer`` (``"chco"`` or a baseline: random, heu, logme, leep), ``k`` (experts per class),
     ``beta`` (loss threshold for CHCO and HEU, whose losses share a scale; ``None``: no threshold; Random,
     LogME and LEEP rank without one), ``columns`` (how scorers without predictor columns get them:
@@ -96,7 +96,7 @@ class MLLConfig:
     beta: float | None = DEFAULT_BETA
     match_threshold: float = DEFAULT_MATCH_THRESHOLD
     node_text: str = DEFAULT_NODE_TEXT
-    match_wordnet: bool = False
+    match_wordnet: bool = True
     scorer: str = "chco"
     columns: str = "chco"
     node_images: int = 50

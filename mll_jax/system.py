@@ -487,7 +487,7 @@ class MLL:
 
     def classifier(self, class_names: Sequence[str], patch=None, scorer: str | None = None, *,
                    models: str = "experts", method: str | None = None,
-                   vlm_options: Mapping[str, Any] | None = None, **overrides) -> Classifier:
+                   vlm_options: Mapping[str, Any] | None = None, specs=None, **overrides) -> Classifier:
         """A zero-shot :class:`Classifier` for ``class_names``: match, select and reuse.
 
         ``models``: ``"experts"`` (default), ``"vlms"`` (VLM selection + VLM ensemble) or ``"both"`` (experts for
@@ -502,23 +502,29 @@ class MLL:
         ``patch``: a zero-shot model for uncovered classes (``logits(images, class_names)``, e.g.
         :class:`mll_jax.clip_patch.ClipZeroShot`; experts only).  ``overrides``: :class:`MLLConfig` fields for
         this call (``k=2, beta=0.6, vlm_k=2, vlm_alpha=0.5, ...``).  ``vlm_options`` (deprecated): the VLM options
-        by short name (``{"k": 2, "method": "chco"}``), mapped onto the ``vlm_*`` fields."""
+        by short name (``{"k": 2, "method": "chco"}``), mapped onto the ``vlm_*`` fields.  ``specs``: one
+        :class:`mll_jax.text.ClassSpec` per class (user-given synsets or descriptions, e.g. from
+        :func:`mll_jax.text.parse_class_specs`): the experts are matched with them (:meth:`match`)."""
         if models not in MODELS:
             raise MLLError(f"models must be 'experts', 'vlms' or 'both', got {models!r}")
+        if specs is not None and models == "vlms":
+            raise MLLError("specs= (user-given synsets) serve the experts' matching; VLMs match class names by text "
+                           "(descriptions: the vlm_descriptions setting)")
         method = self._method(method, scorer)
         if models == "experts" and vlm_options is not None:
             raise MLLError("vlm_options applies to models='vlms' or 'both'")
         changes = self._vlm_changes(overrides, vlm_options, method, models)
         sysm = self if not changes else self.with_config(**changes)
+        matches = None if specs is None else sysm.match(class_names, specs=specs)
         if models == "experts":
-            return sysm.families["experts"].classifier(class_names, method=method, patch=patch)
+            return sysm.families["experts"].classifier(class_names, method=method, patch=patch, matches=matches)
         if patch is not None:
             raise MLLError(f"models={models!r} serves uncovered classes with the hub's VLMs; patch= applies to "
                            "models='experts' only")
         vlms = sysm.families["vlms"]
         if models == "vlms":
             return vlms.classifier(class_names)
-        return vlms.both_classifier(sysm.families["experts"], class_names, method=method)
+        return vlms.both_classifier(sysm.families["experts"], class_names, method=method, matches=matches)
 
     def with_config(self, **changes) -> "MLL":
         """The same system with some config fields changed (shares hub, labels, SDAG, encoder)."""

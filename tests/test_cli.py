@@ -73,13 +73,12 @@ def test_cli_whole_job(tmp_path):
     root = tmp_path / "mll"
     assert "node images: 20 images on 19 nodes" in out and (root / "sdag" / "sdag.json").is_file()
     assert run("hub", "add", "--root=mll", "cifar10-cnn").stdout.startswith("cifar10-cnn: added")
-    assert run("hub", "add", "--root=mll", "efficientnet-lite0", "--resolution=64").stdout.startswith(
-        "efficientnet-lite0-r64: added")
+    assert run("hub", "add", "--root=mll", "efficientnet-lite0").stdout.startswith("efficientnet-lite0: added")
     listed = json.loads(run("hub", "list", "--root=mll", "--json").stdout)
     assert [(r["id"], r["heads"], r["status"]) for r in listed] == [
-        ("cifar10-cnn", 10, "unlabelled"), ("efficientnet-lite0-r64", 1000, "unlabelled")]
+        ("cifar10-cnn", 10, "unlabelled"), ("efficientnet-lite0", 1000, "unlabelled")]
     out = run("label", "--root=mll", "--noprogress").stdout
-    assert "cifar10-cnn: labelled" in out and "efficientnet-lite0-r64: labelled" in out
+    assert "cifar10-cnn: labelled" in out and "efficientnet-lite0: labelled" in out
     listed = json.loads(run("hub", "list", "--root=mll", "--json").stdout)
     assert [r["status"] for r in listed] == ["labelled", "labelled"]
 
@@ -114,6 +113,29 @@ def test_cli_whole_job(tmp_path):
     lines = [ln.split("\t") for ln in p.stdout.splitlines() if "\t" in ln]
     assert lines == [[str(f), n] for f, n in zip(files, want_names)]
     assert any(ln.startswith("    cifar10-cnn: loss") for ln in p.stdout.splitlines())
+    # "dog" lands on WordNet's dog (dog.n.01), the synset itself, explained by the lemma path
+    assert got["explain"][0]["node"] == "n02084071" and "node n02084071 is the synset itself" in p.stdout
+
+    # "frog" has no labelled node at or below it: refused on its hypernym, reported (stdout, stderr), never predicted
+    p = run("classify", "--root=mll", "--classes=dog,car,bird,frog", "--explain", "--image_size=0", "--noprogress",
+            *cifar)
+    assert ("uncovered: lemma 'frog': frog.n.01" in p.stdout
+            and "'frog' matched 'vertebrate', a hypernym: no labelled node at or below 'frog' (frog.n.01)" in p.stdout)
+    assert "no labelled node at or below 'frog'" in p.stderr
+    preds4 = [ln.split("\t")[1] for ln in p.stdout.splitlines() if "\t" in ln]
+    assert len(preds4) == 6 and "frog" not in preds4 and sum(a == b for a, b in zip(preds4, truth)) >= 5
+
+    # User-given synsets (a class file): the same nodes as "dog" and "car", so the same predictions and scores
+    (tmp_path / "task.json").write_text(json.dumps([{"name": "pooch", "wnid": "dog.n.01"},
+                                                    {"name": "auto", "wnid": "n02958343"}]))
+    run("classify", "--root=mll", "--classes_file=task.json", "--output=pred2.json", "--explain", "--image_size=0",
+        "--noprogress", *cifar)
+    got2 = json.loads((tmp_path / "pred2.json").read_text())
+    assert got2["classes"] == ["pooch", "auto"] and [r["node"] for r in got2["explain"]] == ["n02084071", "n02958343"]
+    assert got2["explain"][0]["match"]["method"] == "wnid"
+    assert [r["index"] for r in got2["predictions"]] == want_pred.tolist()
+    np.testing.assert_allclose(np.array([r["scores"] for r in got2["predictions"]], np.float64), want_scores,
+                               rtol=1e-5, atol=1e-6)
 
     # A saved classifier predicts the same without re-selection; CSV output.
     run("classify", "--root=mll", "--classifier=clf.npz", "--output=pred.csv", "--image_size=0", "--noprogress",
@@ -158,6 +180,13 @@ def test_cli_errors_and_help(tmp_path):
         "empty classes": (["classify", "--root=sys", "--classes=", img], ["class name 0 is empty"]),
         "empty class name": (["classify", "--root=sys", "--classes=cat,,dog", img], ["class name 1 is empty"]),
         "duplicate classes": (["classify", "--root=sys", "--classes=cat, Cat ,dog", img], ["duplicate class names"]),
+        "unknown class wnid": (["classify", "--root=sys", "--classes=dog,kitty=n99999999", img],
+                               ["class 'kitty'", "n99999999"]),
+        "unknown synset name": (["classify", "--root=sys", "--classes=dog.n.99,cat", img], ["dog.n.99"]),
+        "classes twice": (["classify", "--root=sys", "--classes=a,b", "--classes_file=c.json", img],
+                          ["--classes or --classes_file"]),
+        "missing classes file": (["classify", "--root=sys", "--classes_file=c.json", img],
+                                 ["--classes_file=c.json does not exist"]),
         "missing root": (["label", "--root=nowhere"], ["--root=", "nowhere", "does not exist", "sdag build"]),
         "root not given": (["hub", "list"], ["--root"]),
         "bad flag value": (["classify", "--root=sys", "--classes=a,b", "--k=0", img], ["--k"]),

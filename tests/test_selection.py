@@ -122,6 +122,17 @@ def test_selection_save_load_roundtrip(tmp_path):
     for m in sel.columns:
         np.testing.assert_array_equal(back.columns[m], sel.columns[m])
     assert [p.name for p in path.parent.iterdir()] == ["sel.npz"]  # no temp file left behind
+    assert back.matching is None and back.explain()[1]["match"] is None
+
+    # how each class was matched travels with the selection; a refused class's reason is its uncovered reason
+    notes = tuple({"method": "lemma", "synset": f"n{c}", "candidates": [[f"n{c}", 0.5]], "reason": f"why {c}",
+                   "refused": None} for c in range(4))
+    notes = notes[:1] + ({**notes[1], "reason": "'b' matched 'x', a hypernym: no labelled node at or below 'b'",
+                          "refused": "n9"},) + notes[2:]
+    replace(sel, experts=sel.experts[:1] + ((),) + sel.experts[2:], matching=notes).save(path)  # 'b' uncovered
+    back = Selection.load(path)
+    assert back.matching == notes and back.explain()[0]["match"]["reason"] == "why 0"
+    assert back.uncovered_reason(1) == "'b' matched 'x', a hypernym: no labelled node at or below 'b'"
 
 
 def test_model_scores_validation():

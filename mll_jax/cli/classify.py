@@ -16,6 +16,7 @@ import numpy as np
 from mll_jax.errors import SKIPPED_EXIT, UsageError
 from mll_jax.images import load_images
 from mll_jax.names import check_class_names
+from mll_jax.text import parse_class_specs, read_class_file
 from mll_jax.utils import atomic_write_text
 
 from .common import open_system, parse_beta, status
@@ -24,13 +25,33 @@ from .flags import FLAGS
 #: How messages of :func:`mll_jax.images.load_images` name its arguments here: by the flags.
 FLAG_NAMES = {"size": "--image_size", "on_error": "--on_error", "max_pixels": "--max_pixels"}
 
-__all__ = ["FLAG_NAMES", "cmd_classify", "class_names_flag", "prediction_rows", "json_ready", "write_output"]
+__all__ = ["FLAG_NAMES", "cmd_classify", "class_names_flag", "class_specs_flags", "prediction_rows", "json_ready",
+           "write_output"]
 
 
 def class_names_flag(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return check_class_names(value.split(","))
+
+
+def class_specs_flags(classes: str | None, classes_file: str | None):
+    """``(names, specs)`` from ``--classes`` or ``--classes_file`` (``(None, None)`` when neither is given);
+    ``specs`` is None when no class names a synset or carries a description (the names are matched as they are)."""
+    if classes is not None and classes_file is not None:
+        raise UsageError("give the task's classes once: --classes or --classes_file, not both")
+    if classes_file is not None:
+        if not Path(classes_file).is_file():
+            raise UsageError(f"--classes_file={classes_file} does not exist")
+        specs = read_class_file(classes_file)
+    elif classes is not None:
+        if not classes.lstrip().startswith(("[", "{")):
+            check_class_names(classes.split(","))  # empty or duplicate entries, named by position
+        specs = parse_class_specs(classes)
+    else:
+        return None, None
+    names = [s.name for s in specs]
+    return names, (specs if any(s.wnid or s.description for s in specs) else None)
 
 
 def prediction_rows(clf, images, files) -> tuple[list[dict], list[str]]:
@@ -89,9 +110,13 @@ def cmd_classify(argv) -> int:
     paths = list(argv[1:])
     if not paths:
         raise UsageError("classify needs image files or folders: mll-jax classify --root=DIR --classes=... PATH...")
-    names = class_names_flag(FLAGS.classes)
+    names, specs = class_specs_flags(FLAGS.classes, FLAGS.classes_file)
     if names is None and not FLAGS.classifier:
-        raise UsageError('give the task\'s classes: --classes="tabby cat,golden retriever" (or --classifier=FILE)')
+        raise UsageError('give the task\'s classes: --classes="tabby cat,golden retriever" (or --classes_file=FILE, '
+                         '--classifier=FILE)')
+    if specs is not None and FLAGS.models == "vlms":
+        raise UsageError("classes with synsets or descriptions serve the experts' matching; --models=vlms matches "
+                         "class names by text: give plain names")
     beta = parse_beta(FLAGS.beta) if FLAGS.beta is not None else "config"
     if FLAGS.classifier:
         given = [n for n in ("k", "beta", "scorer") if FLAGS[n].present]
@@ -133,7 +158,7 @@ def cmd_classify(argv) -> int:
         if FLAGS.models == "vlms":  # --scorer selects experts; --vlm_method selects the VLMs
             clf = mll.classifier(names, models="vlms", method=FLAGS.vlm_method, **overrides)
         else:  # models=both: the VLM part is the MLL-VLM selection (--vlm_method=mll, the default)
-            clf = mll.classifier(names, scorer=FLAGS.scorer, models=FLAGS.models, **overrides)
+            clf = mll.classifier(names, scorer=FLAGS.scorer, models=FLAGS.models, specs=specs, **overrides)
         status(repr(clf))
     if FLAGS.save_classifier:
         clf.save(FLAGS.save_classifier)

@@ -92,7 +92,12 @@ def define_label_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = N
 def define_classify_flags(fv: flags.FlagValues = FLAGS, module_name: str | None = None) -> None:
     d = definer(fv, module_name or __name__)
     define_root(d)
-    d("string", "classes", None, 'the task: comma-separated class names, e.g. "tabby cat,golden retriever"')
+    d("string", "classes", None, 'the task: comma-separated class names, e.g. "tabby cat,golden retriever"; a class '
+      'may name its WordNet synset ("kitty=n02121620", "kitty=cat.n.01", or a bare "n02084071" / "dog.n.01") or '
+      'carry a description ("jaguar: the big cat")')
+    d("string", "classes_file", None, "the task from a file instead of --classes: JSON (a list of names or of "
+      '{"name", "wnid", "description"} objects), CSV with a header (name[,wnid][,description]) or text (one class '
+      "per line, as in --classes)")
     d("string", "output", None, "also write the predictions to this file: .csv or .json")
     d("bool", "explain", False, "print which experts (models, heads, weights) serve each class")
     d("string", "save_classifier", None, "save the classifier here (.npz) to predict later without re-selection")

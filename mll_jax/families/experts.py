@@ -7,6 +7,7 @@ computed from); a model is stale when it has no labels or any of these changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -215,17 +216,20 @@ class ExpertFamily:
             chco_opts["method"] = cfg.chco_method
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # uncovered classes are explained in the Selection
-            return select_models(
+            sel = select_models(
                 sysm.labels, wnids, scorer=method or cfg.scorer, k=cfg.k if k is None else int(k),
                 beta=cfg.beta if beta == "config" else beta, model_ids=ids, class_names=names,
                 similarities=[m.similarity for m in matches], match_threshold=cfg.match_threshold,
                 node_data=self.node_data, columns=cfg.columns, progress=False, tol=cfg.chco_tol, seed=cfg.seed,
                 **chco_opts)
+        return dataclasses.replace(sel, matching=tuple(m.record() for m in matches))
 
-    def classifier(self, class_names: Sequence[str], *, method: str | None = None, patch=None) -> Classifier:
-        """Select experts (scorer ``method``) and reuse them, ``patch`` serving the uncovered classes."""
+    def classifier(self, class_names: Sequence[str], *, method: str | None = None, patch=None,
+                   matches=None) -> Classifier:
+        """Select experts (scorer ``method``; ``matches``: precomputed, e.g. from user-given synsets) and reuse
+        them, ``patch`` serving the uncovered classes."""
         sysm = self.system
-        sel = self.select(class_names, method=method, stacklevel=4)
+        sel = self.select(class_names, method=method, matches=matches, stacklevel=4)
         if patch is None and not sel.covered.any():
             reasons = "; ".join(f"{n!r}: {sel.uncovered_reason(c)}" for c, n in enumerate(sel.class_names))
             raise UncoveredTaskError(f"no class can be served by the hub ({reasons}) and there is no patch: "

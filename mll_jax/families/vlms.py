@@ -317,7 +317,7 @@ class VLMFamily:
                                    match_threshold=cfg.match_threshold, tol=cfg.chco_tol, **chco_opts)
 
     def select_both(self, experts, class_names: Sequence[str], *, method: str | None = None,
-                    stacklevel: int = 4) -> Selection:
+                    matches=None, stacklevel: int = 4) -> Selection:
         """``models="both"``: the expert selection (``experts``: the expert family, scorer ``method``) with the
         MLL-VLM selection of every class serving the classes the experts do not cover."""
         if self.system.config.vlm_method == "chco":
@@ -326,7 +326,8 @@ class VLMFamily:
             raise MLLError("models='both' needs labelled experts in the hub (MLL.add_model, MLL.label); with VLMs "
                            "only use models='vlms'")
         vsel = self.select_mll(class_names, stacklevel=stacklevel + 1)
-        return experts.select(class_names, method=method, stacklevel=stacklevel + 1).with_vlm(vsel)
+        return experts.select(class_names, method=method, matches=matches,
+                              stacklevel=stacklevel + 1).with_vlm(vsel)
 
     # ------------------------------------------------------------------ reuse
     def classifier(self, class_names: Sequence[str], *, method: str | None = None) -> Classifier:
@@ -336,11 +337,12 @@ class VLMFamily:
         sel = sysm.family("vlms").select(class_names, stacklevel=5)
         return Classifier(sel, sysm, None, sysm.config)
 
-    def both_classifier(self, experts, class_names: Sequence[str], *, method: str | None = None) -> Classifier:
+    def both_classifier(self, experts, class_names: Sequence[str], *, method: str | None = None,
+                        matches=None) -> Classifier:
         """``models="both"``: :meth:`select_both` reused by the one :class:`~mll_jax.classifier.Classifier` (the
         experts for the classes they cover, the VLM ensemble for the others)."""
         sysm = self.system
-        sel = self.select_both(experts, class_names, method=method, stacklevel=5)
+        sel = self.select_both(experts, class_names, method=method, matches=matches, stacklevel=5)
         return Classifier(sel, sysm, None, sysm.config,
                           label_fingerprint=label_fingerprint(sysm.labels, sel.model_ids, sel.wnids),
                           model_fingerprints={m: model_fingerprint(sysm.hub, m) for m in sel.used_model_ids})

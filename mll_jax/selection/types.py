@@ -87,6 +87,10 @@ class Selection:
       vlm: the MLL-VLM selection record (:class:`mll_jax.vlm.select.VLMSelection`: matched nodes with weights and
         similarities, F1, scores, alpha, chosen VLMs) of ``family="vlms"`` with ``method="mll"`` and of
         ``family="both"``; ``None`` otherwise.
+      matching: per class, how its name was matched (``None``: not recorded): ``{"method"`` ("wnid", "lemma",
+        "text"), ``"synset"`` (the class's own synset, or None), ``"candidates"`` (``[[wnid, score], ...]``, best
+        first), ``"reason"`` (why the winner won, or why the class is uncovered), ``"refused"`` (the node the
+        hierarchy guard refused, or None)``}``.
     """
 
     method: str
@@ -104,6 +108,7 @@ class Selection:
     family: str = "experts"
     vlm: VLMSelection | None = None
     head_mass: Mapping[str, np.ndarray] = field(default_factory=dict)
+    matching: tuple[Mapping[str, Any], ...] | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -138,6 +143,9 @@ class Selection:
         if self.experts[c]:
             return None
         sim = None if self.similarities is None else self.similarities[c]
+        note = self.matching[c] if self.matching is not None else None
+        if self.wnids is not None and self.wnids[c] is None and note and note.get("reason"):
+            return note["reason"]
         if self.wnids is not None and self.wnids[c] is None:
             thr = "" if self.match_threshold is None else f" < threshold {self.match_threshold:.2f}"
             best = "" if sim is None or not np.isfinite(sim) else f" (best similarity {sim:.2f}{thr})"
@@ -166,7 +174,9 @@ class Selection:
           (``heads``: up to 5 heads of its predictor column, see :meth:`head_contributions`; ``heads_90``: how many
           heads carry 90% of the contribution; MLL-VLM entries add ``"f1"`` and ``"score"``);
         * ``uncovered``: why no expert covers the class (``None`` when covered; always ``None`` for the MLL-VLM
-          selection, which serves every class).
+          selection, which serves every class);
+        * ``match``: how the class name was matched (:attr:`matching`: method, own synset, candidate nodes with
+          scores, the reason the winner won or why none did), or ``None``.
         """
         vex = self.vlm.explain() if self.vlm is not None else None
         model_family = "vlms" if self.family == "vlms" else "experts"
@@ -181,6 +191,7 @@ class Selection:
                 "nodes": None,
                 "experts": [],
                 "uncovered": self.uncovered_reason(c),
+                "match": None if self.matching is None else dict(self.matching[c]),
             }
             if vex is not None and (self.family == "vlms" or not self.experts[c]):
                 row["family"], row["nodes"] = "vlms", list(vex[name]["nodes"])
@@ -292,6 +303,7 @@ class Selection:
             "match_threshold": self.match_threshold,
             "family": self.family,
             "vlm": None if self.vlm is None else self.vlm.to_dict(),
+            "matching": None if self.matching is None else [dict(m) for m in self.matching],
             "extra": dict(extra or {}),
         }
         arrays = {"loss": self.loss, "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
@@ -339,6 +351,7 @@ class Selection:
             family=meta.get("family", "experts"),
             vlm=None if meta.get("vlm") is None else VLMSelection.from_dict(meta["vlm"]),
             head_mass=meta.get("head_mass", {}),
+            matching=None if meta.get("matching") is None else tuple(meta["matching"]),
         )
 
 

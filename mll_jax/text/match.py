@@ -88,6 +88,13 @@ class Match(NamedTuple):
         """A copy with some fields changed (``Match.updated(wnid=None)``)."""
         return Match(*(changes.get(f, v) for f, v in zip(MATCH_FIELDS, self)))
 
+    def record(self) -> dict:
+        """How the class was matched, JSON-able (kept in a :class:`mll_jax.selection.Selection` as ``matching``):
+        ``method``, ``synset``, ``candidates`` (``[[wnid, score], ...]``), ``reason``, ``refused``."""
+        return {"method": self.method, "synset": self.synset,
+                "candidates": [[str(w), float(s)] for w, s in self.candidates],
+                "reason": self.reason, "refused": self.refused}
+
 
 #: The field names of :class:`Match`, in order.
 MATCH_FIELDS = ("class_name", "wnid", "similarity", "synset", "method", "candidates", "reason", "refused")
