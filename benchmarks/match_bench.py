@@ -14,7 +14,8 @@ Unrelated concepts are matched against the ImageNet realistic SDAG (1,860 nodes)
 accepting one (any node) is an error.  Methods: ``text`` (cosine + mutual best + threshold, ``wn=None``) and
 ``wordnet`` (lemma path, sense ranking, hierarchy guard: ``wn=wn``), plus ablations of the sense-ranking terms and
 of the head-noun rule.  Node texts are the SDAG texts (first lemma + definition; the all-nouns embeddings come from
-the shared cache ``$MLL_JAX_HOME/text_cache``, about 10 min to build on 2 idle cores when absent).
+the shared cache ``$MLL_JAX_HOME/text_cache``, about 10 min to build on 2 idle cores when absent); on the realistic
+SDAGs, ``wordnet+lemma_text`` also measures node texts naming every lemma of the synset.
 
     PYTHONPATH=. python benchmarks/match_bench.py            # writes results/match_bench.{json,md}
     PYTHONPATH=. python benchmarks/match_bench.py --quick    # realistic SDAGs only, no all-nouns cache
@@ -50,6 +51,9 @@ VARIANTS = {
     "head_noun_guard": {"head_nouns": True},
     "no_text_floor": {"text_threshold": None},
 }
+#: Node-text forms measured on the realistic SDAGs with the default rules (the all-nouns node set is embedded in the
+#: default form only: re-embedding 82,115 texts costs about 10 min per form).
+NODE_TEXTS = {"wordnet+lemma_text": "every lemma of the synset as the name (MLLConfig.node_text='lemmas')"}
 
 
 class MemoEncoder:
@@ -155,6 +159,9 @@ def main() -> None:
     t0 = time.perf_counter()
     for k in texts:
         T.encode_cached(enc, texts[k], cache, progress=True)
+    lemma_texts = {k: [T.lemma_node_text(w, wn) for w in v] for k, v in node_sets.items() if k != "all"}
+    for k in lemma_texts:
+        T.encode_cached(enc, lemma_texts[k], cache, progress=True)
     node_seconds = round(time.perf_counter() - t0, 1)
     methods = ["text"] + [v for v in args.variants.split(",") if v]
     results, errors = {}, {}
@@ -174,6 +181,14 @@ def main() -> None:
                     errors[f"{lname}/{kind}/{method}"] = [
                         {"name": m.class_name, "got": m.wnid, "true": ts, "reason": m.reason}
                         for m, ts in zip(matches, lst["truths"]) if m.wnid not in ts]
+            if kind == "realistic":
+                for method in NODE_TEXTS:
+                    r, _ = run_one(lst["names"], lst["truths"], node_sets[sname], lemma_texts[sname], enc, wn, cache,
+                                   "wordnet")
+                    r["nodes"] = len(node_sets[sname])
+                    results[f"{lname}/{kind}/{method}"] = r
+                    print(f"{lname:9s} {kind:9s} {method:14s} top1={r['top1']:.3f} top5={r['top5']:.3f} "
+                          f"covered={r['covered']:.3f}", flush=True)
     unrelated = json.loads((DATA / "unrelated.json").read_text())
     for part in ("a", "b"):
         for sname in ("imagenet", "coco80"):
@@ -189,7 +204,7 @@ def main() -> None:
     rows = []
     for lname in lists:
         for kind in ("realistic", "all"):
-            for method in methods:
+            for method in methods + list(NODE_TEXTS):
                 r = results.get(f"{lname}/{kind}/{method}")
                 if r is not None:
                     rows.append([lname, kind, r["nodes"], method, f"{100 * r['top1']:.1f}", f"{100 * r['top5']:.1f}",
