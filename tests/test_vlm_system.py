@@ -141,7 +141,7 @@ def test_classifier_both_experts_where_covered_vlm_patch_elsewhere(system, plain
     sel_e = mll.select(names)
     # the toy expert covers jersey and trousers (their nodes have their own heads); no node matches "violin"
     assert sel_e.covered.tolist() == [True, True, False] and list(sel_e.wnids[:2]) == WNIDS[:2]
-    assert sel_e.uncovered_reason(2).startswith("no SDAG node matched")
+    assert sel_e.uncovered_reason(2).endswith("no labelled node at or below it")  # the lemma path: why
     clf = mll.classifier(names, models="both")
     assert isinstance(clf, BothClassifier) and isinstance(clf, Classifier)
     np.testing.assert_array_equal(clf.selection.covered, sel_e.covered)
