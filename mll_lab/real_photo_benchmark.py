@@ -47,11 +47,9 @@ from mll_jax.utils import home as cache_home
 from mll_lab.fashion_mnist import load_tasks_file
 from mll_lab.logit_cache import CachedExpert, LogitCache, images_key
 from mll_lab.real_photos import PhotoSet, ancestor_wnids, disjoint_split, load_photo_set, wilson_interval
-from mll_lab.results import markdown_table
 
 __all__ = ["TASKS_FILE", "DEFAULT_MODELS", "METHODS", "RealPhotoConfig", "PhotoTask", "read_tasks", "task_members",
-           "group_folds", "image_hash", "TableExpert", "sparse_columns", "heads_combined", "RealPhotoBenchmark",
-           "results_tables"]
+           "group_folds", "image_hash", "TableExpert", "sparse_columns", "heads_combined", "RealPhotoBenchmark"]
 
 _REPO = Path(__file__).resolve().parent.parent
 #: the benchmark's tasks (``--tasks_file`` format)
@@ -75,9 +73,11 @@ class RealPhotoConfig:
     beta: float | None = MLLConfig.beta
     delta: float = MLLConfig.delta
     seed: int = 0
+    match_wordnet: bool = True  # class names resolved through WordNet senses first (MLLConfig.match_wordnet)
     sparse_share: float = 0.9  # chco-sparse: keep the heads carrying this share of a column's node contribution
+    oracle: bool = True  # the best single expert on the test photos
     hub_sizes: bool = True  # accuracy against hub size (every subset of the hub, CHCO and HEU at k = max(ks))
-    max_subsets: int = 12  # per hub size
+    max_subsets: int = 6  # per hub size
     home: str | None = None  # cache root (logits); default $MLL_JAX_HOME or ~/.cache/mll_jax
     max_photos: int | None = None  # only the first N mapped photos (smoke runs)
 
@@ -222,6 +222,7 @@ class _Record:
     experts: list = dataclasses.field(default_factory=list)  # per fold: per class [model ids]
     nodes: list = dataclasses.field(default_factory=list)  # per fold: matched node names
     loss: list = dataclasses.field(default_factory=list)  # per fold: per class, loss of its best expert
+    errors: list = dataclasses.field(default_factory=list)  # wrong photos: the heads behind the predicted class
 
     def summary(self) -> dict:
         y, p = np.array(self.y, int), np.array(self.pred, int)
@@ -233,6 +234,7 @@ class _Record:
                 "coverage": float(np.mean(self.covered)) if n else float("nan"),
                 "heads_median": [float(v) for v in med[:, 0]], "heads90_median": [float(v) for v in med[:, 1]],
                 "experts": self.experts, "nodes": self.nodes, "loss": self.loss, "heads": self.heads,
+                "errors": self.errors,
                 "predictions": p.tolist(), "labels": y.tolist()}
 
 
@@ -240,13 +242,15 @@ class RealPhotoBenchmark:
     """See the module docstring.  ``run()`` returns a JSON-able dict (tables included)."""
 
     def __init__(self, config: RealPhotoConfig | None = None, *, root: str | Path | None = None,
-                 photos: PhotoSet | None = None, **overrides):
+                 photos: PhotoSet | None = None, encoder=None, **overrides):
         config = config or RealPhotoConfig()
         if overrides:
             config = dataclasses.replace(config, **overrides)
         self.config = config
         self.root = Path(root) if root is not None else None
         self._photos = photos
+        #: the text encoder of the class-name matching, loaded once and shared by every fold's system
+        self.encoder = encoder
         self.cache = LogitCache(cache_home(config.home) / "real_photo_bench" / "logits")
         self.timings: dict[str, float] = {}
 
@@ -265,7 +269,8 @@ class RealPhotoBenchmark:
         return read_tasks(self.config.tasks_file, self.config.tasks)
 
     def mll_config(self) -> MLLConfig:
-        return MLLConfig(beta=self.config.beta, delta=self.config.delta, seed=self.config.seed, progress=False)
+        return MLLConfig(beta=self.config.beta, delta=self.config.delta, seed=self.config.seed,
+                         match_wordnet=self.config.match_wordnet, progress=False)
 
     def expert_tables(self, hub: ModelHub) -> dict[str, TableExpert]:
         """Every hub expert's outputs on every photo (one forward pass, cached on disk)."""
@@ -297,7 +302,7 @@ class RealPhotoBenchmark:
             by_node.setdefault(e.wnid, []).append(i)
         for w, ii in sorted(by_node.items()):
             sdag.set_images(w, node.images[ii])
-        mll = MLL.open(root / f"fold{f}", sdag=sdag, config=self.mll_config(),
+        mll = MLL.open(root / f"fold{f}", sdag=sdag, config=self.mll_config(), encoder=self.encoder,
                        expert_wrapper=lambda m, _load: tables[m])
         for m in self.config.models:
             mll.add_model(m)
@@ -318,7 +323,7 @@ class RealPhotoBenchmark:
         if "chco" in cfg.methods:
             variants += [("chco-sparse90", k) for k in cfg.ks]
         recs = {(t.name, m, k): _Record() for t in tasks for m, k in variants}
-        oracle = {(t.name, m): _Record() for t in tasks for m in cfg.models}
+        oracle = {(t.name, m): _Record() for t in tasks for m in (cfg.models if cfg.oracle else ())}
         subsets = self._hub_subsets()
         size_recs = {(t.name, s, i, m): _Record() for t in tasks for s, ss in subsets.items()
                      for i in range(len(ss)) for m in ("chco", "heu")}
@@ -331,6 +336,8 @@ class RealPhotoBenchmark:
             t_folds = time.perf_counter()
             for f in range(cfg.folds):
                 mll, node = self._fold_system(root, f, fold_of, tasks, tables)
+                if self.encoder is None:
+                    self.encoder = mll.encoder
                 node_hashes = set(node.hashes)
                 for t in tasks:
                     idx, y, _ = members[t.name]
@@ -343,12 +350,14 @@ class RealPhotoBenchmark:
                     logits = {m: tables[m].table[ii] for m in cfg.models}
                     matches = mll.match(list(t.class_names), list(cfg.models))
                     names = [mll.sdag.name(m.wnid) if m.wnid else None for m in matches]
+                    head_names = {m: tables[m].head_names for m in cfg.models}
                     for m, k in variants:
                         base = "chco" if m == "chco-sparse90" else m
                         sel = self._select(mll, t, base, k, matches)
-                        self._record(recs[(t.name, m, k)], sel, logits, yy, names,
+                        self._record(recs[(t.name, m, k)], sel, logits, yy, names, heads=head_names,
+                                     photos=[photos.entries[i].file for i in ii],
                                      sparse=cfg.sparse_share if m == "chco-sparse90" else None)
-                    for m in cfg.models:
+                    for m in (cfg.models if cfg.oracle else ()):
                         sel = self._select(mll, t, "chco", 1, matches, [m])
                         self._record(oracle[(t.name, m)], sel, logits, yy, names)
                     for s, ss in subsets.items():
@@ -384,7 +393,7 @@ class RealPhotoBenchmark:
 
     @staticmethod
     def _record(rec: _Record, sel, logits: dict, y: np.ndarray, names, *, sparse: float | None = None,
-                light: bool = False) -> None:
+                light: bool = False, heads: dict | None = None, photos: Sequence[str] | None = None) -> None:
         C = len(names)
         rec.y.extend(int(v) for v in y)
         if sel is None:  # no class covered: every photo counts as an error
@@ -409,14 +418,20 @@ class RealPhotoBenchmark:
         rec.experts.append([list(sel.expert_ids(c)) for c in range(C)])
         rec.nodes.append(names)
         rec.loss.append([float(sel.loss[sel.experts[c][0], c]) if sel.experts[c] else None for c in range(C)])
+        if heads is not None:
+            for j in np.flatnonzero(pred != y):
+                rec.errors.append({"photo": photos[j], "true": int(y[j]), "predicted": int(pred[j]),
+                                   "heads": _top_heads(sel, logits, j, int(pred[j]), heads)})
+
 
     # ------------------------------------------------------------------ report
     def _report(self, tasks, members, fold_of, variants, recs, oracle, subsets, size_recs, misses, seconds) -> dict:
         cfg = self.config
         photos = self.photos
         out = {"models": list(cfg.models), "folds": cfg.folds, "ks": list(cfg.ks), "beta": cfg.beta,
-               "delta": cfg.delta, "photos": len(photos), "fold_sizes": np.bincount(fold_of, minlength=cfg.folds)
-               .tolist(), "table_misses": misses, "tasks": {}, "seconds": round(seconds, 1),
+               "delta": cfg.delta, "match_wordnet": cfg.match_wordnet, "photos": len(photos),
+               "fold_sizes": np.bincount(fold_of, minlength=cfg.folds).tolist(), "table_misses": misses,
+               "tasks": {}, "seconds": round(seconds, 1),
                "timings": {k: round(v, 1) for k, v in self.timings.items()}}
         for t in tasks:
             idx, y, amb = members[t.name]
@@ -426,7 +441,7 @@ class RealPhotoBenchmark:
                  "methods": {}, "oracle": {}}
             for m, k in variants:
                 d["methods"][f"{m}@k={k}"] = recs[(t.name, m, k)].summary()
-            for m in cfg.models:
+            for m in (cfg.models if cfg.oracle else ()):
                 d["oracle"][m] = {k: v for k, v in oracle[(t.name, m)].summary().items()
                                   if k in ("n", "correct", "accuracy", "wilson95", "coverage")}
             out["tasks"][t.name] = d
@@ -445,57 +460,18 @@ class RealPhotoBenchmark:
         return out
 
 
-def _pct(x) -> str:
-    return "-" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
-
-
-def results_tables(data: dict) -> str:
-    """The Markdown tables of a run: per task and method at each k, the oracle, and the mean over tasks."""
-    ks = data["ks"]
-    rows = []
-    header = ["task", "n", "method"] + [f"k={k} acc % [95% Wilson]" for k in ks] + \
-        [f"coverage % (k={ks[-1]})", f"heads per class (k={ks[-1]}, median; 90%)", f"experts (k={ks[-1]})"]
-    for name, d in data["tasks"].items():
-        methods = sorted({key.split("@")[0] for key in d["methods"]},
-                         key=lambda m: (METHODS + ("chco-sparse90",)).index(m))
-        for m in methods:
-            cells = []
-            for k in ks:
-                s = d["methods"][f"{m}@k={k}"]
-                lo, hi = s["wilson95"]
-                cells.append(f"{_pct(s['accuracy'])} [{_pct(lo)}, {_pct(hi)}]")
-            s = d["methods"][f"{m}@k={ks[-1]}"]
-            heads = " / ".join(f"{int(a)}; {int(b)}" for a, b in zip(s["heads_median"], s["heads90_median"]))
-            experts = _common_experts(s["experts"], d["classes"])
-            rows.append([name, d["n"], m, *cells, _pct(s["coverage"]), heads, experts])
-        best = max(d["oracle"], key=lambda m: (d["oracle"][m]["accuracy"], m))
-        o = d["oracle"][best]
-        lo, hi = o["wilson95"]
-        rows.append([name, d["n"], f"oracle ({best})", *([f"{_pct(o['accuracy'])} [{_pct(lo)}, {_pct(hi)}]"] +
-                                                          [""] * (len(ks) - 1)), _pct(o["coverage"]), "", best])
-    lines = [markdown_table(header, rows)]
-    mean_rows = []
-    names = list(data["tasks"])
-    first = data["tasks"][names[0]]["methods"]
-    for m in sorted({key.split("@")[0] for key in first}, key=lambda m: (METHODS + ("chco-sparse90",)).index(m)):
-        cells = [_pct(np.mean([data["tasks"][t]["methods"][f"{m}@k={k}"]["accuracy"] for t in names])) for k in ks]
-        mean_rows.append([m, *cells])
-    orc = np.mean([max(v["accuracy"] for v in data["tasks"][t]["oracle"].values()) for t in names])
-    mean_rows.append(["oracle (best single expert per task)", _pct(orc)] + [""] * (len(ks) - 1))
-    lines.append("Mean accuracy over the tasks (%):\n\n" + markdown_table(["method"] + [f"k={k}" for k in ks], mean_rows))
-    return "\n\n".join(lines)
-
-
-def _common_experts(per_fold: list, classes: list) -> str:
-    """Per class, the experts selected in most folds."""
+def _top_heads(sel, logits: dict, j: int, c: int, heads: dict, top: int = 3) -> list:
+    """The heads that contribute most to class ``c``'s score on image ``j``: ``softmax(z)[h] * X[h, c]`` per expert
+    of the class (``model:head (contribution)``)."""
+    if c < 0:
+        return []
     out = []
-    for c, name in enumerate(classes):
-        counts: dict[tuple, int] = {}
-        for fold in per_fold:
-            key = tuple(fold[c])
-            counts[key] = counts.get(key, 0) + 1
-        best = max(counts, key=counts.get) if counts else ()
-        out.append(f"{name}: {'+'.join(best) if best else 'none'}")
-    return "; ".join(out)
-
-
+    for mi in sel.experts[c]:
+        mid = sel.model_ids[mi]
+        z = np.asarray(logits[mid][j], np.float64)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        contrib = p * np.asarray(sel.columns[mid], np.float64)[:, c]
+        names = heads.get(mid) or [str(h) for h in range(len(p))]
+        out += [(float(contrib[h]), f"{mid}:{names[h]}") for h in np.argsort(-contrib)[:top]]
+    return [f"{n} ({v:.2f})" for v, n in sorted(out, reverse=True)[:top]]
