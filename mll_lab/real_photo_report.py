@@ -39,7 +39,7 @@ def results_tables(data: dict) -> str:
     ks = data["ks"]
     rows = []
     header = ["task", "n", "method"] + [f"k={k} acc % [95% Wilson]" for k in ks] + \
-        [f"coverage % (k={ks[-1]})", f"heads per class (k={ks[-1]}, median; 90%)", f"experts (k={ks[-1]})"]
+        [f"coverage % / Acc(c) % (k={ks[-1]})", f"heads per class (k={ks[-1]}, median; 90%)", f"experts (k={ks[-1]})"]
     for name, d in data["tasks"].items():
         methods = sorted({key.split("@")[0] for key in d["methods"]},
                          key=_ORDER.index)
@@ -52,7 +52,8 @@ def results_tables(data: dict) -> str:
             s = d["methods"][f"{m}@k={ks[-1]}"]
             heads = " / ".join(f"{int(a)}; {int(b)}" for a, b in zip(s["heads_median"], s["heads90_median"]))
             experts = _common_experts(s["experts"], d["classes"])
-            rows.append([name, d["n"], m, *cells, _pct(s["coverage"]), heads, experts])
+            rows.append([name, d["n"], m, *cells, f"{_pct(s['coverage'])} / {_pct(s.get('acc_covered'))}", heads,
+                         experts])
         if not d["oracle"]:
             continue
         best = max(d["oracle"], key=lambda m: (d["oracle"][m]["accuracy"], m))
@@ -150,7 +151,8 @@ def describe(data: dict) -> str:
             "photo of the task (a photo of an uncovered class is an error).  Heads per class: heads with weight "
             "> 1e-3 in the class's predictor columns, summed over its experts, median over folds; after the "
             "semicolon, the heads carrying 90% of its contribution on the matched node.  chco-sparse90: the CHCO "
-            "selection with each column cut to those heads.  Oracle: the best single expert on the test photos.")
+            "selection with each column cut to those heads.  Oracle: the best single expert on the test photos (its "
+            "CHCO columns, no loss threshold).  Acc(c): accuracy on the photos whose class is covered.")
 
 
 def run_report(cfg: RealPhotoConfig | None = None, *, write: bool = True, with_ablations: bool = True,

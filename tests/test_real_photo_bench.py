@@ -66,7 +66,7 @@ def test_sparse_columns_keep_the_heads_carrying_the_share():
     sel = Selection("chco", ("m",), np.zeros((1, 2)), ((0,), (0,)), {"m": X}, 1, None, head_mass={"m": P})
     cut = rb.sparse_columns(sel, 0.9)["m"]
     np.testing.assert_array_equal(cut, [[1, 0], [0, 1], [1, 0], [0, 1]])  # 0.7 + 0.29 and 0.5 + 0.49 are needed
-    cut = rb.sparse_columns(sel, 0.6)["m"]
+    cut = rb.sparse_columns(sel, 0.5)["m"]  # 0.7 / 0.99 and 0.5 / 0.99 suffice
     np.testing.assert_array_equal(cut, [[1, 0], [0, 1], [0, 0], [0, 0]])
     assert rb.heads_combined(sel) == [(2, 2), (2, 2)]
     no_mass = dataclasses.replace(sel, head_mass={})
@@ -78,7 +78,7 @@ def test_end_to_end_small_run(photos, tmp_path):
     experts, the default selection (CHCO) against HEU and the oracle, three folds, hub sizes 1..2."""
     anc = [rp.ancestor_wnids(w) for w in photos.wnids]
     want = {"n02084071", "n02121620", "n01503061", "n02512053"}
-    keep = [i for i, a in enumerate(anc) if a & want][::2] + [i for i, a in enumerate(anc) if a & {"n02084071"}]
+    keep = [i for i, a in enumerate(anc) if a & want][::3] + [i for i, a in enumerate(anc) if a & {"n02084071"}]
     keep = sorted(set(keep) | {i for i, a in enumerate(anc) if "n02121620" in a})
     sub = photos.subset(keep)
     tasks = tmp_path / "tasks.json"
