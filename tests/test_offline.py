@@ -410,7 +410,7 @@ def test_main_command_small(tmp_path):
     cmd = [sys.executable, "-m", "mll_jax.run", f"--home={tmp_path}", "--experts=fm-shoes,fm-dress-coat",
            "--train_steps=5", "--imagenet_experts=", "--nocifar10_expert", "--tasks=shoes,dress-coat-shirt",
            "--test_per_class=20", "--per_class_sdag=10", "--methods=chco,heu", "--k=2", "--beta=none",
-           "--progress=false", f"--output_json={out}", "--novlm"]
+           "--progress=false", f"--output_json={out}", "--novlm", "--noreal_photos"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
                MLL_RESULTS_DIR=str(tmp_path / "results"))
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)

