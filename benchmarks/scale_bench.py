@@ -46,6 +46,8 @@ flags.DEFINE_bool("full_size", True, "measure each HF architecture's full-size f
 flags.DEFINE_string("work_dir", "/tmp/mll_scale_bench", "scratch directory (replaced)")
 flags.DEFINE_string("name", "scale_bench", "results name: results/<name>.json, .md, .png")
 flags.DEFINE_string("device", "auto", "'auto', 'cpu' or 'gpu': the JAX platform (gpu: fails without one)")
+flags.DEFINE_float("logit_std", 3.0, "HF models: classifier scaled to this logit spread over the heads (0: HF's "
+                   "initialisation, nearly uniform head probabilities)")
 flags.DEFINE_integer("seed", 0, "random seed")
 
 
@@ -65,7 +67,7 @@ def main(argv):
         images_per_node=FLAGS.images_per_node, image_size=FLAGS.image_size,
         classes=[int(c) for c in FLAGS.classes], shipped=tuple(FLAGS.shipped), lite_resolution=FLAGS.lite_resolution,
         batch_size=FLAGS.batch_size, test_per_class=FLAGS.test_per_class, unit_nodes=FLAGS.unit_nodes,
-        kill_test=FLAGS.kill_test, seed=FLAGS.seed)
+        kill_test=FLAGS.kill_test, seed=FLAGS.seed, logit_std=FLAGS.logit_std or None)
     if FLAGS.full_size:
         result["full_size"] = full_size_costs(os.path.join(FLAGS.work_dir, "full_size"))
     result["total_seconds"] = time.perf_counter() - t0

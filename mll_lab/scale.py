@@ -223,9 +223,26 @@ def _hf_config(arch: str, variant: int, size: int):
     raise ValueError(f"unknown architecture {arch!r}; known: {ARCHITECTURES}")
 
 
-def build_hf_models(directory: str | os.PathLike, count: int, size: int, seed: int = 0) -> list[tuple[str, Path]]:
+def _scale_tree_at(params: dict, factor: float) -> dict:
+    """``params`` with the kernel(s) under every ``classifier`` key multiplied by ``factor``."""
+    def scale(tree, inside):
+        if not isinstance(tree, dict):
+            return tree
+        return {k: (v * factor if inside and k == "kernel" else scale(v, inside or k == "classifier"))
+                for k, v in tree.items()}
+    return scale(dict(params), False)
+
+
+def build_hf_models(directory: str | os.PathLike, count: int, size: int, seed: int = 0,
+                    logit_std: float | None = 3.0) -> list[tuple[str, Path]]:
     """Save ``count`` randomly initialised HF Flax image classifiers (1,000 heads, ``size`` px input) with their
-    image processors under ``directory``, cycling through :data:`ARCHITECTURES`; returns (model id, dir)."""
+    image processors under ``directory``, cycling through :data:`ARCHITECTURES`; returns (model id, dir).
+
+    ``logit_std``: the classifier kernel is scaled so the logits of a few probe images spread over the heads with
+    this standard deviation, as a trained classifier's do (HF's initialisation, std 0.02, gives nearly equal
+    logits, hence nearly uniform head probabilities: a degenerate CHCO problem that no trained model poses);
+    ``None`` keeps the initialisation."""
+    import jax
     import transformers as tf
 
     classes = {"vit": tf.FlaxViTForImageClassification, "beit": tf.FlaxBeitForImageClassification,
@@ -239,6 +256,11 @@ def build_hf_models(directory: str | os.PathLike, count: int, size: int, seed: i
         if not (d / "config.json").is_file():
             config = _hf_config(arch, i // len(ARCHITECTURES), size)
             model = classes[arch](config, input_shape=(1, size, size, 3), seed=seed + i)
+            if logit_std is not None:
+                x = perturbed(base_photos(size), seed + i, 8).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+                x = (x - 0.45) / 0.225
+                std = float(np.asarray(model(x, params=model.params).logits).std(axis=1).mean())
+                model.params = jax.tree_util.tree_map(np.asarray, _scale_tree_at(model.params, logit_std / std))
             model.save_pretrained(d)
             tf.ViTImageProcessor(size={"height": size, "width": size}, do_resize=True, do_normalize=True,
                                  image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(d)
@@ -301,7 +323,7 @@ def run_scale_point(work: str | os.PathLike, *, nodes: int, models: int, images_
                     shipped: Sequence[str] = SHIPPED, lite_resolution: int = 64, batch_size: int = 32,
                     test_per_class: int = 1, unit_nodes: int = 64, kill_test: bool = False,
                     model_counts: Sequence[int] = (), bare_seconds: float = 0.3, seed: int = 0,
-                    hf_dir: str | os.PathLike | None = None, log=print) -> dict[str, Any]:
+                    hf_dir: str | os.PathLike | None = None, logit_std: float | None = 3.0, log=print) -> dict[str, Any]:
     """Build, label and query one system of ``nodes`` WordNet nodes and ``models`` experts under ``work``;
     returns the measurements (see the module docstring).  ``model_counts``: also select every task over the first
     k hub experts for each k (growth in models).  ``hf_dir``: where the HF models are saved (default under
@@ -338,7 +360,7 @@ def run_scale_point(work: str | os.PathLike, *, nodes: int, models: int, images_
 
     n_hf = max(0, models - len(shipped))
     with Meter() as m:
-        hf = build_hf_models(work / "hf_models" if hf_dir is None else hf_dir, n_hf, image_size, seed)
+        hf = build_hf_models(work / "hf_models" if hf_dir is None else hf_dir, n_hf, image_size, seed, logit_std)
     stage("hf_models_create", m)
     with Meter() as m:
         ids = []
@@ -408,6 +430,10 @@ def run_scale_point(work: str | os.PathLike, *, nodes: int, models: int, images_
         with Meter() as m:
             sel = mll.select(names, matches=matches)
         t["select"] = m.result
+        it, conv = np.asarray(sel.info.get("iterations", [])), np.asarray(sel.info.get("converged", []))
+        if it.size:
+            t["chco"] = {"iterations_mean": float(it.mean()), "iterations_max": int(it.max()),
+                         "not_converged": int((~conv.astype(bool)).sum())}
         with Meter() as m:  # again: the first call includes XLA's compilation for this task's shapes
             sel = mll.select(names, matches=matches)
         t["select_warm"] = m.result
@@ -444,7 +470,7 @@ def run_scale_point(work: str | os.PathLike, *, nodes: int, models: int, images_
         out["tasks"][str(c)] = t
         log(f"  task C={c:3d}: match {t['match']['wall_s']:.2f} s, reads {t['label_reads']['wall_s']:.3f} s, "
             f"select {t['select']['wall_s']:.2f} s, warm {t['select_warm']['wall_s']:.2f} s (rss peak {t['select']['rss_peak_mb']:.0f} MB, "
-            f"{t['covered']}/{c} covered, {t['models_used']} models), classify {t['test_images']} images "
+            f"{t['covered']}/{c} covered, {t['models_used']} models, CHCO {t.get('chco')}), classify {t['test_images']} images "
             f"{t['classify']['wall_s']:.2f} s")
     return out
 

@@ -34,7 +34,8 @@ def run_scale_bench(work: str | os.PathLike, *, node_counts: Sequence[int], mode
     the largest); returns {"points": [...], "summary": ...}."""
     work = Path(work)
     counts = sorted(set(int(n) for n in node_counts))
-    hf_dir = work / "hf_models"
+    std = point_options.get("logit_std", 3.0)
+    hf_dir = work / ("hf_models" if std is None else f"hf_models_std{std:g}")
     points = []
     for i, n in enumerate(counts):
         last = i == len(counts) - 1
@@ -120,6 +121,10 @@ def markdown_report(result: dict[str, Any], *, device: str = "cpu") -> str:
                          _fmt(summ["model_growth"].get(f"select (warm) C={c}", {}).get("exponent")) if s == "select_warm"
                          else "-"])
         rows.append([c, "covered / models used", f"{t['covered']}/{c}", f"{t['models_used']}", "", "", ""])
+        if t.get("chco"):
+            ch = t["chco"]
+            rows.append([c, "CHCO iterations mean / max, not converged", f"{ch['iterations_mean']:.0f} / "
+                         f"{ch['iterations_max']}", f"{ch['not_converged']}", "", "", ""])
     lines += ["**Tasks** (matching against every labelled node, label reads of every model at the matched nodes, "
               "CHCO selection over every expert -- `select` is the first call, with XLA's compilation for the "
               "task's shapes, `select_warm` the same call again -- and classification of a test folder; "
