@@ -33,6 +33,8 @@ flags.DEFINE_integer("nodes", 11000, "WordNet synsets of the largest SDAG (befor
 flags.DEFINE_list("node_fractions", ["0.125", "0.25", "0.5", "1"], "growth points, fractions of --nodes")
 flags.DEFINE_integer("models", 48, "hub experts: the shipped ones first, then small HF Flax models")
 flags.DEFINE_list("model_counts", ["6", "12", "24", "48"], "growth in models: selection over the first k experts")
+flags.DEFINE_list("growth_classes", ["20"], "tasks (class counts) whose selection is also timed over the first k "
+                  "experts (empty: every task)")
 flags.DEFINE_list("shipped", list(SHIPPED), "shipped experts in the hub (EfficientNet-Lite at --lite_resolution)")
 flags.DEFINE_integer("images_per_node", 1, "images written and stored per node (the paper: up to 50)")
 flags.DEFINE_integer("image_size", 32, "side of the generated node and test images, and of the HF models' input")
@@ -67,7 +69,8 @@ def main(argv):
         images_per_node=FLAGS.images_per_node, image_size=FLAGS.image_size,
         classes=[int(c) for c in FLAGS.classes], shipped=tuple(FLAGS.shipped), lite_resolution=FLAGS.lite_resolution,
         batch_size=FLAGS.batch_size, test_per_class=FLAGS.test_per_class, unit_nodes=FLAGS.unit_nodes,
-        kill_test=FLAGS.kill_test, seed=FLAGS.seed, logit_std=FLAGS.logit_std or None)
+        kill_test=FLAGS.kill_test, seed=FLAGS.seed,
+        growth_classes=[int(c) for c in FLAGS.growth_classes] or None, logit_std=FLAGS.logit_std or None)
     if FLAGS.full_size:
         result["full_size"] = full_size_costs(os.path.join(FLAGS.work_dir, "full_size"))
     result["total_seconds"] = time.perf_counter() - t0

@@ -323,10 +323,11 @@ def run_scale_point(work: str | os.PathLike, *, nodes: int, models: int, images_
                     shipped: Sequence[str] = SHIPPED, lite_resolution: int = 64, batch_size: int = 32,
                     test_per_class: int = 1, unit_nodes: int = 64, kill_test: bool = False,
                     model_counts: Sequence[int] = (), bare_seconds: float = 0.3, seed: int = 0,
-                    hf_dir: str | os.PathLike | None = None, logit_std: float | None = 3.0, log=print) -> dict[str, Any]:
+                    hf_dir: str | os.PathLike | None = None, logit_std: float | None = 3.0,
+                    growth_classes: Sequence[int] | None = None, log=print) -> dict[str, Any]:
     """Build, label and query one system of ``nodes`` WordNet nodes and ``models`` experts under ``work``;
     returns the measurements (see the module docstring).  ``model_counts``: also select every task over the first
-    k hub experts for each k (growth in models).  ``hf_dir``: where the HF models are saved (default under
+    k hub experts for each k (growth in models), for the tasks of ``growth_classes`` classes (default: all).  ``hf_dir``: where the HF models are saved (default under
     ``work``; models already there are reused)."""
     work = Path(work)
     if work.exists():
@@ -460,7 +461,7 @@ def run_scale_point(work: str | os.PathLike, *, nodes: int, models: int, images_
         t["test_images"] = len(tests)
         t["classify_images_per_s"] = len(tests) / m.result["wall_s"]
         t["predicted"] = int(np.sum(np.asarray(pred) >= 0))
-        for k in model_counts:
+        for k in model_counts if growth_classes is None or c in growth_classes else ():
             if k >= len(ids) or k < 1:
                 continue
             mll.select(names, matches=matches, model_ids=ids[:k])  # compiles this subset's shapes

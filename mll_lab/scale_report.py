@@ -74,6 +74,8 @@ def summarise(points: list[dict], model_counts: Sequence[int]) -> dict[str, Any]
     lab = [sum(full["models"][m]["wall_s"] for m in ids[:k]) for k in ks]
     out["model_growth"]["labelling"] = {"models": ks, "seconds": lab, "exponent": growth_exponent(ks, lab)}
     for c, t in full["tasks"].items():
+        if not all(f"select_{k}_models" in t for k in ks if k < len(ids)):
+            continue
         sel = [t[f"select_{k}_models"]["wall_s"] if k < len(ids) else t["select_warm"]["wall_s"] for k in ks]
         out["model_growth"][f"select (warm) C={c}"] = {"models": ks, "seconds": sel, "exponent": growth_exponent(ks, sel)}
     ratios = {m: r["ratio_to_bare"] for m, r in full["models"].items() if r.get("ratio_to_bare")}
