@@ -55,9 +55,10 @@ flags.DEFINE_integer("seed", 0, "random seed")
 
 def main(argv):
     del argv
-    if FLAGS.device != "auto":
-        os.environ["JAX_PLATFORMS"] = {"gpu": "cuda", "cpu": "cpu"}.get(FLAGS.device, FLAGS.device)
     import jax
+
+    if FLAGS.device != "auto":  # before the first use of a backend (importing the package does not start one)
+        jax.config.update("jax_platforms", {"gpu": "cuda", "cpu": "cpu"}.get(FLAGS.device, FLAGS.device))
 
     device = f"{jax.devices()[0].platform}:{getattr(jax.devices()[0], 'device_kind', '')}"
     load = os.getloadavg()
