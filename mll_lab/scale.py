@@ -324,10 +324,11 @@ def run_scale_point(work: str | os.PathLike, *, nodes: int, models: int, images_
                     test_per_class: int = 1, unit_nodes: int = 64, kill_test: bool = False,
                     model_counts: Sequence[int] = (), bare_seconds: float = 0.3, seed: int = 0,
                     hf_dir: str | os.PathLike | None = None, logit_std: float | None = 3.0,
-                    growth_classes: Sequence[int] | None = None, log=print) -> dict[str, Any]:
+                    growth_classes: Sequence[int] | None = None, kill_after: float = 0.5, log=print) -> dict[str, Any]:
     """Build, label and query one system of ``nodes`` WordNet nodes and ``models`` experts under ``work``;
     returns the measurements (see the module docstring).  ``model_counts``: also select every task over the first
-    k hub experts for each k (growth in models), for the tasks of ``growth_classes`` classes (default: all).  ``hf_dir``: where the HF models are saved (default under
+    k hub experts for each k (growth in models), for the tasks of ``growth_classes`` classes (default: all).
+    ``kill_after``: the kill test's SIGKILL comes once this fraction of the nodes was reported done.  ``hf_dir``: where the HF models are saved (default under
     ``work``; models already there are reused)."""
     work = Path(work)
     if work.exists():
@@ -376,8 +377,9 @@ def run_scale_point(work: str | os.PathLike, *, nodes: int, models: int, images_
     if kill_test:
         victim = ids[-1]
         n_img = out["nodes_with_images"]
-        log(f"  kill test: mll-jax label --models={victim} killed after {n_img // 2} of {n_img} nodes")
-        out["kill"] = kill_and_resume(work / "mll", victim, unit_nodes, after_nodes=max(unit_nodes, n_img // 2))
+        after = max(unit_nodes, int(kill_after * n_img))
+        log(f"  kill test: mll-jax label --models={victim} killed after {after} of {n_img} nodes")
+        out["kill"] = kill_and_resume(work / "mll", victim, unit_nodes, after_nodes=after)
 
     # labelling, one model at a time (the system's own loop does the same), each against its bare forward
     probe = perturbed(base_photos(image_size), seed + 7, 4)
