@@ -320,10 +320,23 @@ class MLL:
             self.save_sdag()
             return added
 
-    def add_images(self, node: str, images) -> None:
-        """Set a node's images (uint8 batch); the next :meth:`label` runs the experts on them only."""
+    def add_images(self, node: str | Mapping[str, Any], images=None) -> None:
+        """Set a node's images (uint8 batch), or many nodes' at once with ``add_images({node: images, ...})``; the
+        next :meth:`label` runs the experts on them only.
+
+        Every call saves the SDAG's index (one entry per node), so filling N nodes one call at a time costs O(N^2);
+        the mapping form (or :meth:`add_images_from_folder`) saves once."""
+        if isinstance(node, Mapping):
+            if images is not None:
+                raise MLLError("add_images takes a node and its images, or one {node: images} mapping")
+            batches = {w: as_image_batch(x, f"images of node {w!r}") for w, x in node.items()}
+        else:
+            if images is None:
+                raise MLLError(f"add_images({node!r}): the images are missing")
+            batches = {node: as_image_batch(images, f"images of node {node!r}")}
         with self.writing("add images"):
-            self.sdag.set_images(node, as_image_batch(images, f"images of node {node!r}"))
+            for w, x in batches.items():
+                self.sdag.set_images(w, x)
             self.save_sdag()
 
     def add_images_from_folder(self, folder: str | os.PathLike, **kwargs) -> Any:

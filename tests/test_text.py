@@ -431,3 +431,24 @@ def test_imagenet_against_all_wordnet_nouns(encoder, wn, persistent_text_cache):
     assert r["top1"] >= ALL_TOP1_FLOOR and r["top5"] >= ALL_TOP5_FLOOR and r["mutual_top1"] >= ALL_MUTUAL_FLOOR
     # Harder than the hard set, which holds a subset of these nodes.
     assert r["top1"] < HARD_TOP1_FLOOR
+
+
+def test_encode_cached_encodes_only_new_texts(encoder, tmp_path):
+    """A list that extends a cached one (a node added to the SDAG) encodes only the new texts; the shared rows
+    are those of the cached file, and the result matches encoding everything."""
+    texts = [f"Name: thing {i}\nDescription: the {i}th thing" for i in range(12)]
+    enc = _CountingEncoder(encoder)
+    first = T.encode_cached(enc, texts, tmp_path)
+    assert enc.calls == [texts]
+    enc.calls.clear()
+    grown = texts[:5] + ["Name: new thing\nDescription: added later"] + texts[5:]
+    got = T.encode_cached(enc, grown, tmp_path)
+    assert enc.calls == [["Name: new thing\nDescription: added later"]]
+    np.testing.assert_array_equal(got[:5], first[:5])
+    np.testing.assert_array_equal(got[6:], first[5:])
+    np.testing.assert_allclose(got, encoder.encode(grown), atol=2e-5)
+    # the grown list is now cached itself; a subset reuses rows without encoding anything
+    enc.calls.clear()
+    np.testing.assert_array_equal(T.encode_cached(enc, grown, tmp_path), got)
+    np.testing.assert_array_equal(T.encode_cached(enc, grown[::2], tmp_path), got[::2])
+    assert enc.calls == []
