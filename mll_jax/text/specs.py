@@ -80,10 +80,12 @@ def parse_class_spec(text: str, wn=None) -> ClassSpec:
 
 
 def _split_list(text: str) -> list[str]:
+    """One spec per non-blank line (``#`` comments), or per entry of a comma-separated list, where an empty entry
+    (``"cat,,dog"``) is an error named by its position."""
     if "\n" in text.strip():
         lines = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
         return [ln for ln in lines if ln]
-    return [p.strip() for p in text.split(",") if p.strip()]
+    return [p.strip() for p in check_class_names(text.split(","))]
 
 
 def parse_class_specs(text: str, wn=None) -> list[ClassSpec]:
