@@ -44,6 +44,7 @@ from mll_jax.errors import UncoveredTaskError
 from mll_jax.families.experts import register_shipped
 from mll_jax.hub import ModelHub
 from mll_jax.reuse import ensemble_scores
+from mll_jax.selection import heads_carrying
 from mll_jax.utils import home as cache_home
 from mll_lab.fashion_mnist import load_tasks_file
 from mll_lab.logit_cache import CachedExpert, LogitCache, images_key
@@ -178,14 +179,11 @@ def sparse_columns(sel, share: float = 0.9) -> dict:
             continue
         contrib = x * np.asarray(p, np.float64)
         for c in range(x.shape[1]):
-            tot = contrib[:, c].sum()
-            if tot <= 0:
-                continue
-            order = np.argsort(-contrib[:, c], kind="stable")
-            n = int(np.searchsorted(np.cumsum(contrib[order, c]) / tot, share) + 1)
-            keep = np.zeros(len(x), bool)
-            keep[order[:n]] = True
-            x[~keep, c] = 0.0
+            keep = heads_carrying(contrib[:, c], share)
+            if len(keep):
+                cut = np.ones(len(x), bool)
+                cut[keep] = False
+                x[cut, c] = 0.0
         out[m] = x.astype(np.float32)
     return out
 
@@ -205,10 +203,7 @@ def heads_combined(sel, columns=None) -> list[tuple[int, int]]:
             n += int((np.asarray(x)[:, c] > 1e-3).sum())
             p = sel.head_mass.get(mid)
             if p is not None:
-                contrib = np.asarray(x, np.float64)[:, c] * np.asarray(p, np.float64)[:, c]
-                tot = contrib.sum()
-                if tot > 0:
-                    n90 += int(np.searchsorted(np.cumsum(np.sort(contrib)[::-1]) / tot, 0.9) + 1)
+                n90 += len(heads_carrying(np.asarray(x, np.float64)[:, c] * np.asarray(p, np.float64)[:, c]))
         out.append((n, n90))
     return out
 

@@ -58,7 +58,7 @@ from mll_jax.selection.labels import DictLabels, as_label_reader, label_submatri
 from mll_jax.selection.registry import get_scorer, register_scorer, scorers
 from mll_jax.selection.rule import expand_classes, select, select_top_k
 from mll_jax.selection.transferability import LEEPResult, LogMEResult, leep, logme
-from mll_jax.selection.types import ModelScores, Scorer, ScoringTask, Selection
+from mll_jax.selection.types import ModelScores, Scorer, ScoringTask, Selection, heads_carrying
 
 __all__ = [
     # labels
@@ -70,6 +70,7 @@ __all__ = [
     "Selection",
     "ScoringTask",
     "Scorer",
+    "heads_carrying",
     # rule
     "select_top_k",
     "expand_classes",

@@ -20,10 +20,22 @@ import numpy as np
 from mll_jax.utils import atomic_write
 from mll_jax.vlm.select import VLMSelection
 
-__all__ = ["FAMILIES", "ModelScores", "Selection", "ScoringTask", "Scorer"]
+__all__ = ["FAMILIES", "ModelScores", "Selection", "ScoringTask", "Scorer", "heads_carrying"]
 
 #: Values of :attr:`Selection.family`: who serves the task's classes.
 FAMILIES = ("experts", "vlms", "both")
+
+
+def heads_carrying(contribution, share: float = 0.9) -> np.ndarray:
+    """The fewest heads whose ``contribution`` (one predictor column's ``X[h, c] * P[h, c]``) sums to at least
+    ``share`` of its total, largest first (empty when the total is not positive)."""
+    contrib = np.asarray(contribution, np.float64)
+    total = float(contrib.sum())
+    if total <= 0:
+        return np.zeros(0, np.int64)
+    order = np.argsort(-contrib, kind="stable")
+    n = int(np.searchsorted(np.cumsum(contrib[order]), share * total) + 1)
+    return order[:min(n, int((contrib > 0).sum()))]
 
 
 @dataclass(frozen=True)
@@ -229,14 +241,10 @@ class Selection:
         contrib = col * p
         total = float(contrib.sum())
         order = np.argsort(-contrib, kind="stable")
-        if total > 0:
-            n90 = int(np.searchsorted(np.cumsum(contrib[order]), 0.9 * total) + 1)
-        else:
-            n90 = 0
         rows = [{"head": int(h), "weight": float(col[h]), "mass": float(p[h]), "contribution": float(contrib[h]),
                  "share": float(contrib[h] / total) if total > 0 else 0.0}
                 for h in order[:top] if col[h] > 1e-3 and contrib[h] > 0]
-        return rows, min(n90, int((contrib > 0).sum()))
+        return rows, len(heads_carrying(contrib))
 
     @property
     def covered(self) -> np.ndarray:
