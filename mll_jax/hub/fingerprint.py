@@ -8,8 +8,10 @@ import os
 from typing import Sequence
 
 from mll_jax import utils
+from mll_jax.models.ccexam import ccexam_weight_files
 from mll_jax.models.cifar_cnn import find_cifar10_weights
 from mll_jax.models.efficientnet_lite import find_pretrained_weights
+from mll_jax.models.keras_h5_experts import keras_h5_weight_files
 from mll_jax.models.keras_mobilenet import package_weight_files
 
 __all__ = ["files_under", "weight_files", "stat_signature", "fingerprint"]
@@ -36,6 +38,10 @@ def weight_files(hub, entry: dict) -> list[str]:
         return [find_cifar10_weights()]
     if kind == "keras_mobilenet_v2":
         return package_weight_files(opts.get("variant", "dogcat"))
+    if kind == "keras_h5":
+        return keras_h5_weight_files(opts.get("variant", "catsordogs"))
+    if kind == "ccexam":
+        return ccexam_weight_files(opts.get("variant", "mnist"))
     src = entry.get("source")
     if kind == "hf_flax" and src and os.path.exists(src):
         if os.path.isfile(src):

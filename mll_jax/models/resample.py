@@ -24,7 +24,10 @@ as its own cached jitted executable (the intermediate materialised in between). 
 double): a few float32 ulp of the pixel values (tested against PIL on photos: ``tests/test_resample.py``).
 
 Filters (``bicubic`` a = -0.5, ``bilinear``, ``lanczos`` (3 lobes), ``hamming``, ``box``) as in Pillow.  PIL's
-``nearest`` is a different code path (no weights) and is not provided here.
+``nearest`` is a different code path (no weights) and is not provided here.  One more filter is not PIL's:
+``linear`` is the triangle filter *without* antialiasing (``filterscale`` fixed at 1, so two taps per output pixel
+whatever the scale): ``cv2.resize(..., INTER_LINEAR)`` and ``tf.image.resize(..., "bilinear")`` (half-pixel centres,
+edge pixels repeated), which some packages feed their models; :func:`resize_numpy` is its host version.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import functools
 import numpy as np
 from mll_jax.errors import ResampleError  # noqa: F401  (re-exported)
 
-__all__ = ["DEVICE_FILTERS", "ResampleError", "resample_coeffs", "resize_on_device", "resize_on_device_2pass"]
+__all__ = ["DEVICE_FILTERS", "NO_ANTIALIAS", "ResampleError", "resample_coeffs", "resize_numpy", "resize_on_device",
+           "resize_on_device_2pass"]
 
 
 def _bicubic(x):
@@ -79,7 +83,12 @@ DEVICE_FILTERS = {
     "lanczos": (3.0, _lanczos),
     "hamming": (1.0, _hamming),
     "box": (0.5, _box),
+    "linear": (1.0, _bilinear),
 }
+
+#: Filters applied without antialiasing (the filter keeps its support when shrinking): OpenCV's / TensorFlow's
+#: bilinear resize.
+NO_ANTIALIAS = frozenset({"linear"})
 
 
 def _check_method(method: str) -> None:
@@ -92,7 +101,7 @@ def _check_method(method: str) -> None:
 def _coeffs(in_size: int, out_size: int, method: str) -> tuple[np.ndarray, np.ndarray]:
     support0, filt = DEVICE_FILTERS[method]
     scale = in_size / out_size
-    filterscale = max(scale, 1.0)
+    filterscale = 1.0 if method in NO_ANTIALIAS else max(scale, 1.0)
     support = support0 * filterscale
     centers = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
     # C's (int) truncates toward zero; the lower bound is clipped at 0 right after, so floor == trunc here
@@ -123,6 +132,22 @@ def resample_coeffs(in_size: int, out_size: int, method: str = "bicubic") -> tup
             raise ResampleError(f"device resize: {name} must be a positive int, got {v!r}")
     idx, w = _coeffs(int(in_size), int(out_size), method)
     return idx, w
+
+
+def resize_numpy(x: np.ndarray, size: tuple[int, int], method: str = "linear") -> np.ndarray:
+    """The function of :func:`resize_on_device` in NumPy on the host: ``(..., h, w, C)`` -> float32
+    ``(..., H, W, C)`` (the host path of the filters PIL does not have, ``linear``)."""
+    H, W = _check_args(x, size, method)
+    x = np.asarray(x, np.float32)
+    for axis, out_size in ((x.ndim - 2, W), (x.ndim - 3, H)):
+        if x.shape[axis] == out_size:
+            continue
+        idx, w = resample_coeffs(x.shape[axis], out_size, method)
+        shape = [1] * x.ndim
+        shape[axis] = out_size
+        x = sum(np.take(x, idx[:, k], axis=axis) * w[:, k].astype(np.float32).reshape(shape)
+                for k in range(idx.shape[1])).astype(np.float32)
+    return x
 
 
 def _resize_axis(x, axis: int, out_size: int, method: str):
