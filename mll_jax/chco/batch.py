@@ -19,6 +19,12 @@ from .problem import DEFAULT_METHOD, METHODS, check_tolerances, default_atol, wo
 __all__ = ["BatchResult", "validate_batch", "solve_batch"]
 
 _IN_FLIGHT = 4  # calls dispatched ahead of the one being collected in solve_batch
+# Compiled calls per worker thread and head group, where there are models enough (each call at least one chunk).
+# Models are dealt to the calls round-robin: iteration counts differ by 100x between models (and come in runs,
+# e.g. one architecture's experts), so few calls of consecutive models leave one thread with most of the work.
+# Measured, 48 real experts, C = 101, 2 threads: 28.6 s with one call per worker of consecutive models, 23.9 s
+# with four per worker dealt round-robin (same results); synthetic C = 10 / 50 instances 0.95-0.98x.
+_CALLS_PER_WORKER = 4
 
 
 @dataclasses.dataclass
@@ -246,11 +252,13 @@ def solve_batch(
                 # Models per compiled call: up to SUBCHUNKS sub-chunks of cs models, run one after the
                 # other inside the call (lax.map), so Python dispatches few calls; a few calls stay in
                 # flight at once, launched by the worker threads (concurrent calls keep the cores busy).
-                # At least one call per worker where there are enough models for it.
-                K = cs * min(SUBCHUNKS, next_pow2(-(-len(idx) // (cs * workers))))
+                # About _CALLS_PER_WORKER calls per worker where there are enough models for it, the models
+                # dealt to them round-robin (balance: see _CALLS_PER_WORKER).
+                K = cs * min(SUBCHUNKS, next_pow2(-(-len(idx) // (cs * workers * _CALLS_PER_WORKER))))
                 has_x0 = any(X_cur[i] is not None for i in idx)
-                for start in range(0, len(idx), K):
-                    part = idx[start : start + K]
+                n_calls = -(-len(idx) // K)
+                for j in range(n_calls):
+                    part = idx[j::n_calls]
                     n = len(part)
                     S = np.empty((K, Hp, C), dtype)
                     mask = np.zeros((K, Hp), bool)
