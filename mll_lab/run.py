@@ -295,7 +295,9 @@ def main(argv) -> int:
         print("\nReal experts on real photos (--noreal_photos skips it)", flush=True)
         t3 = time.perf_counter()
         try:
-            _, md = run_real_photos(RealPhotoConfig(home=config.home, seed=config.seed))
+            # the Fashion-MNIST experts trained above join the real ones (every expert of the hub)
+            _, md = run_real_photos(RealPhotoConfig(home=config.home, seed=config.seed,
+                                                    trained_hub=str(bench.hub.root)))
         except FileNotFoundError as e:  # photos or experts not fetched (scripts/fetch_real_assets.sh)
             print(f"real-photo benchmark skipped: {e}")
         else:

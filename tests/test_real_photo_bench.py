@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
+from mll_jax.hub import ModelHub, PreprocessSpec
 from mll_jax.selection import Selection
 from mll_lab import real_photo_benchmark as rb
 from mll_lab import real_photos as rp
@@ -102,3 +105,42 @@ def test_end_to_end_small_run(photos, tmp_path):
     assert set(data["hub_size"]["chco"]) == {1, 2}
     md = results_tables(data)
     assert "| dog-cat |" in md and "oracle (" in md and "Mean accuracy" in md
+
+
+class TinyExpert(nn.Module):
+    """A three-head linear expert on 8 x 8 images: a stand-in for a trained expert of another hub."""
+
+    heads: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.heads)(x.reshape(x.shape[0], -1))
+
+
+def test_trained_hub_experts_join_the_shipped_ones(photos, tmp_path):
+    """A flax_module expert of another hub (the main command passes its Fashion-MNIST experts) is copied into every
+    fold's hub and served from the one forward pass; its outputs there equal its own forward on the photos."""
+    module = TinyExpert()
+    variables = module.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3), np.float32))
+    src = ModelHub(tmp_path / "trained")
+    src.add_flax_module("tiny", module, variables, PreprocessSpec((8, 8), scale=1 / 255), head_names=["a", "b", "c"])
+    anc = [rp.ancestor_wnids(w) for w in photos.wnids]
+    keep = [i for i, a in enumerate(anc) if a & {"n02084071", "n02121620"}][::2]
+    keep += [i for i, a in enumerate(anc) if "n02121620" in a]
+    sub = photos.subset(sorted(set(keep)))
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text('[{"name": "dog-cat", "classes": [{"name": "dog", "folders": ["n02084071"]}, '
+                     '{"name": "cat", "folders": ["n02121620"]}]}]')
+    cfg = rb.RealPhotoConfig(models=("cifar10-cnn",), methods=("chco",), ks=(1,), folds=2, tasks_file=tasks,
+                             home=str(tmp_path / "cache"), oracle=False, hub_sizes=False,
+                             trained_hub=str(tmp_path / "trained"))
+    bench = rb.RealPhotoBenchmark(cfg, root=tmp_path / "run", photos=sub)
+    assert bench.config.models == ("cifar10-cnn", "tiny")
+    data = bench.run()
+    assert data["models"] == ["cifar10-cnn", "tiny"]
+    assert set(data["table_misses"].values()) == {0}
+    tables = bench.expert_tables(ModelHub(tmp_path / "run" / "hub"))
+    want = np.asarray(src.load("tiny").logits(sub.images[:4]))
+    np.testing.assert_allclose(tables["tiny"].table[:4], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(KeyError, match="not in the hub"):
+        rb.RealPhotoBenchmark(dataclasses.replace(cfg, trained_models=("nope",)))
