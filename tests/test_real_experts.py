@@ -27,6 +27,7 @@ from mll_jax.families.experts import SHIPPED_EXPERTS
 from mll_jax.models import ccexam as cc
 from mll_jax.models import keras_h5_experts as kx
 from mll_jax.models.torch_pickle import load_state_dict
+from np_resize import half_pixel_bilinear  # noqa: E402  (tests/: the shared NumPy reference)
 
 h5py = pytest.importorskip("h5py")
 
@@ -88,21 +89,6 @@ def _relu(x):
     return np.maximum(x, 0)
 
 
-def _tf_bilinear(x, size):
-    """``tf.image.resize(x, size, "bilinear")`` / ``cv2.resize(INTER_LINEAR)``: half-pixel centres, clamped."""
-    def axis(n_in, n_out):
-        c = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-        lo = np.floor(c)
-        frac = np.where(lo < 0, 0.0, c - lo)
-        lo = lo.astype(int)
-        return np.maximum(lo, 0), np.minimum(lo + 1, n_in - 1), frac
-
-    (ly, hy, fy), (lx, hx, fx) = axis(x.shape[1], size[0]), axis(x.shape[2], size[1])
-    x = x.astype(np.float64)
-    rows = x[:, ly] * (1 - fy)[None, :, None, None] + x[:, hy] * fy[None, :, None, None]
-    return rows[:, :, lx] * (1 - fx)[None, None, :, None] + rows[:, :, hx] * fx[None, None, :, None]
-
-
 # ----------------------------------------------------------------------------- catsordogs
 
 
@@ -139,7 +125,7 @@ def test_catsordogs_port_equals_numpy_forward():
     np.testing.assert_allclose(soft, np.stack([1 - sig, sig], 1), atol=1e-5)
     # other sizes: TF's bilinear resize (not antialiased) to 256x256 before the network
     y = rng.integers(0, 256, (2, 100, 300, 3), dtype=np.uint8)
-    zy = _catsordogs_reference(_tf_bilinear(_tf_gray(y[..., ::-1])[..., None], (256, 256)), path)
+    zy = _catsordogs_reference(half_pixel_bilinear(_tf_gray(y[..., ::-1])[..., None], (256, 256)), path)
     np.testing.assert_allclose(expert.logits(y)[:, 1], zy, rtol=1e-4, atol=1e-4)
     rgb = kx.load_keras_h5_expert("catsordogs", path, bgr=False, batch_size=2)
     np.testing.assert_allclose(rgb.logits(x)[:, 1], _catsordogs_reference(_tf_gray(x)[..., None], path),
@@ -156,7 +142,7 @@ def test_catsordogs_on_its_test_photos():
     # what the package computes: BGR -> TF grayscale, cast to uint8 (x * 255.5, truncated), resize, / 255
     for im, got in zip(photos, logits):
         g = np.floor(np.clip(_tf_gray(im[..., ::-1]) * 255.5, 0, 255))
-        z = _catsordogs_reference(_tf_bilinear(g[None, ..., None], (256, 256)) / 255.0,
+        z = _catsordogs_reference(half_pixel_bilinear(g[None, ..., None], (256, 256)) / 255.0,
                                   os.path.join(d, "model.h5"))[0]
         print(f"catsordogs z: port {got[1]:.4f}, package pipeline {z:.4f}")
         assert abs(got[1] - z) < 0.05 and (got[1] > 0) == (z > 0)  # measured 0.004 (test1), 0.011 (test2)
@@ -206,7 +192,7 @@ def test_fer_port_equals_numpy_forward():
     np.testing.assert_allclose(expert.logits(x), ref, rtol=1e-4, atol=1e-4)
     # other sizes: cv2.resize (bilinear, not antialiased) to 64x64
     y = rng.integers(0, 256, (2, 90, 70, 3), dtype=np.uint8)
-    gy = _tf_bilinear((y.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))[..., None], (64, 64))
+    gy = half_pixel_bilinear((y.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))[..., None], (64, 64))
     np.testing.assert_allclose(expert.logits(y), _fer_reference((gy / 255.0 - 0.5) * 2.0, path),
                                rtol=1e-4, atol=1e-4)
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp  # noqa: E402
 from mll_jax.models import resize_images  # noqa: E402
 from mll_jax.models.resample import resize_numpy, resize_on_device_2pass  # noqa: E402
 from test_models import foolbox_samples  # noqa: E402
+from np_resize import half_pixel_bilinear  # noqa: E402  (tests/: the shared NumPy reference)
 
 
 @pytest.fixture(scope="module")
@@ -144,28 +145,12 @@ def test_device_preprocess_refuses_non_rgb_batches():
     assert dp.device(dp.host(np.zeros((2, 9, 9, 3), np.uint8))).shape == (2, 4, 4, 3)
 
 
-def _half_pixel_bilinear(x, size):
-    """OpenCV's ``INTER_LINEAR`` / TensorFlow's bilinear resize written out: source coordinate
-    ``(i + 0.5) * in / out - 0.5``, two neighbours, edges clamped, no antialiasing."""
-    def axis(n_in, n_out):
-        c = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-        lo = np.floor(c)
-        frac = np.where(lo < 0, 0.0, c - lo)
-        lo = lo.astype(int)
-        return np.maximum(lo, 0), np.minimum(lo + 1, n_in - 1), frac
-
-    (ly, hy, fy), (lx, hx, fx) = axis(x.shape[1], size[0]), axis(x.shape[2], size[1])
-    x = x.astype(np.float64)
-    rows = x[:, ly] * (1 - fy)[None, :, None, None] + x[:, hy] * fy[None, :, None, None]
-    return rows[:, :, lx] * (1 - fx)[None, None, :, None] + rows[:, :, hx] * fx[None, None, :, None]
-
-
 @pytest.mark.parametrize("shapes", CASES)
 def test_linear_is_opencv_bilinear(photos, shapes):
     """``linear`` (not a PIL filter): two taps whatever the scale, on the device and on the host."""
     (h, w), size = shapes
     x = np.ascontiguousarray(np.resize(photos, (2, h, w, 3)))
-    ref = _half_pixel_bilinear(x, size)
+    ref = half_pixel_bilinear(x, size)
     np.testing.assert_allclose(resize_numpy(x, size, "linear"), ref, atol=1e-3, rtol=0)
     np.testing.assert_allclose(resize_images(x, size, "linear"), ref, atol=1e-3, rtol=0)
     np.testing.assert_allclose(np.asarray(resize_on_device_2pass(x, size, "linear")), ref, atol=1e-3, rtol=0)
