@@ -100,33 +100,19 @@ def family(entry: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- expert loaders
 
 
-def _load_efficientnet_lite(hub, entry: dict):
-    opts = dict(entry.get("options") or {})
-    return load_efficientnet_lite(opts.pop("variant", "lite0"), opts.pop("weights_path", None),
-                                  model_id=entry["model_id"], **opts)
+def _variant_loader(load: Callable[..., Any], default_variant: str) -> Callable[[Any, dict], Any]:
+    """The loader of a kind whose experts are ``load(variant, weights_path, model_id=..., **other options)``."""
+    def loader(hub, entry: dict):
+        opts = dict(entry.get("options") or {})
+        return load(opts.pop("variant", default_variant), opts.pop("weights_path", None),
+                    model_id=entry["model_id"], **opts)
+
+    return loader
 
 
 def _load_keras_cifar10(hub, entry: dict):
     opts = dict(entry.get("options") or {})
     return load_cifar10_cnn(opts.pop("weights_path", None), model_id=entry["model_id"], **opts)
-
-
-def _load_keras_mobilenet_v2(hub, entry: dict):
-    opts = dict(entry.get("options") or {})
-    return load_keras_mobilenet(opts.pop("variant", "dogcat"), opts.pop("weights_path", None),
-                                model_id=entry["model_id"], **opts)
-
-
-def _load_keras_h5(hub, entry: dict):
-    opts = dict(entry.get("options") or {})
-    return load_keras_h5_expert(opts.pop("variant", "catsordogs"), opts.pop("weights_path", None),
-                                model_id=entry["model_id"], **opts)
-
-
-def _load_ccexam(hub, entry: dict):
-    opts = dict(entry.get("options") or {})
-    return load_ccexam(opts.pop("variant", "mnist"), opts.pop("weights_path", None), model_id=entry["model_id"],
-                       **opts)
 
 
 def _load_hf_flax(hub, entry: dict):
@@ -206,11 +192,11 @@ def load_vlm(hub, model_id: str):
     return hub.load(model_id)
 
 
-register_kind("efficientnet_lite", _load_efficientnet_lite)
+register_kind("efficientnet_lite", _variant_loader(load_efficientnet_lite, "lite0"))
 register_kind("keras_cifar10", _load_keras_cifar10)
-register_kind("keras_mobilenet_v2", _load_keras_mobilenet_v2)
-register_kind("keras_h5", _load_keras_h5)
-register_kind("ccexam", _load_ccexam)
+register_kind("keras_mobilenet_v2", _variant_loader(load_keras_mobilenet, "dogcat"))
+register_kind("keras_h5", _variant_loader(load_keras_h5_expert, "catsordogs"))
+register_kind("ccexam", _variant_loader(load_ccexam, "mnist"))
 register_kind("hf_flax", _load_hf_flax)
 register_kind("flax_module", load_flax_module)
 register_kind("clip_vlm", _load_clip_vlm, "vlms")
