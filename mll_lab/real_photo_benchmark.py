@@ -44,18 +44,18 @@ import numpy as np
 
 from mll_jax import MLL, SDAG
 from mll_jax.config import MLLConfig
-from mll_jax.errors import UncoveredTaskError
 from mll_jax.families.experts import SHIPPED_EXPERTS, register_shipped
 from mll_jax.hub import ModelHub
 from mll_jax.reuse import ensemble_scores
-from mll_jax.selection import heads_carrying
+from mll_jax.selection import ModelScores, get_scorer, heads_carrying, select
 from mll_jax.utils import home as cache_home
 from mll_lab.fashion_mnist import load_tasks_file
 from mll_lab.logit_cache import CachedExpert, LogitCache, images_key
 from mll_lab.real_photos import PhotoSet, ancestor_wnids, disjoint_split, load_photo_set, wilson_interval
 
 __all__ = ["TASKS_FILE", "DEFAULT_MODELS", "METHODS", "RealPhotoConfig", "PhotoTask", "read_tasks", "task_members",
-           "group_folds", "image_hash", "TableExpert", "sparse_columns", "heads_combined", "RealPhotoBenchmark"]
+           "group_folds", "image_hash", "TableExpert", "restrict", "sparse_columns", "heads_combined",
+           "RealPhotoBenchmark"]
 
 _REPO = Path(__file__).resolve().parent.parent
 #: the benchmark's tasks (``--tasks_file`` format)
@@ -174,6 +174,22 @@ class TableExpert:
         if self._expert is None:
             self._expert = self._load()
         return np.asarray(self._expert.logits(images), np.float32)
+
+
+def restrict(full, model_ids: Sequence[str], k: int, beta: float | None):
+    """The selection the system makes over ``model_ids`` with budget ``k`` and threshold ``beta``, read from
+    ``full``: a selection of the same task and scorer over a superset of candidates, made with ``k`` = its number of
+    candidates and no threshold, so that every model with a finite score has its columns and head mass.  Exact for
+    scorers whose per-model scores do not depend on the other candidates (CHCO, HEU, LogME, LEEP); for Random the
+    drawn order of the superset is kept."""
+    rows = [full.model_ids.index(m) for m in model_ids]
+    scores = ModelScores(full.method, tuple(model_ids), np.asarray(full.loss)[rows], info=full.info)
+    sel = select(scores, k=k, beta=beta, class_names=full.class_names, wnids=full.wnids,
+                 similarities=full.similarities, match_threshold=full.match_threshold)
+    used = sel.used_model_ids
+    return dataclasses.replace(sel, columns={m: full.columns[m] for m in used},
+                               head_mass={m: full.head_mass[m] for m in used if m in full.head_mass},
+                               matching=full.matching)
 
 
 def sparse_columns(sel, share: float = 0.9) -> dict:
@@ -361,6 +377,7 @@ class RealPhotoBenchmark:
         if "chco" in cfg.methods:
             variants += [("chco-sparse90", k) for k in cfg.ks]
         recs = {(t.name, m, k): _Record() for t in tasks for m, k in variants}
+        losses: dict[str, list] = {t.name: [] for t in tasks}
         oracle = {(t.name, m): _Record() for t in tasks for m in (cfg.models if cfg.oracle else ())}
         subsets = self._hub_subsets()
         size_recs = {(t.name, s, i, m): _Record() for t in tasks for s, ss in subsets.items()
@@ -389,23 +406,29 @@ class RealPhotoBenchmark:
                     matches = mll.match(list(t.class_names), list(cfg.models))
                     names = [mll.sdag.name(m.wnid) if m.wnid else None for m in matches]
                     head_names = {m: tables[m].head_names for m in cfg.models}
+                    # every model scored once per method (a model's loss and columns do not depend on the other
+                    # candidates); each k, hub subset and the oracle apply the selection rule to these scores
+                    full = {m: self._select(mll, t, m, len(cfg.models), matches, beta=None)
+                            for m in dict.fromkeys([v[0] for v in variants if v[0] != "chco-sparse90"]
+                                                   + (["chco"] if cfg.oracle else []) + (["chco", "heu"] if subsets else []))}
+                    if "chco" in full:
+                        self._record_losses(losses[t.name], full["chco"])
                     for m, k in variants:
                         base = "chco" if m == "chco-sparse90" else m
-                        sel = self._select(mll, t, base, k, matches)
+                        sel = restrict(full[base], cfg.models, k, self._beta(base))
                         self._record(recs[(t.name, m, k)], sel, logits, yy, names, heads=head_names,
                                      photos=[photos.entries[i].file for i in ii],
                                      sparse=cfg.sparse_share if m == "chco-sparse90" else None)
                     for m in (cfg.models if cfg.oracle else ()):
-                        sel = self._select(mll, t, "chco", 1, matches, [m], beta=None)
-                        self._record(oracle[(t.name, m)], sel, logits, yy, names)
+                        self._record(oracle[(t.name, m)], restrict(full["chco"], [m], 1, None), logits, yy, names)
                     for s, ss in subsets.items():
                         for i, ids in enumerate(ss):
                             for m in ("chco", "heu"):
-                                sel = self._select(mll, t, m, kmax, matches, list(ids))
+                                sel = restrict(full[m], ids, kmax, self._beta(m))
                                 self._record(size_recs[(t.name, s, i, m)], sel, logits, yy, names, light=True)
             self.timings["folds"] = time.perf_counter() - t_folds
             misses = {m: tables[m].misses for m in cfg.models}
-        return self._report(tasks, members, fold_of, variants, recs, oracle, subsets, size_recs, misses,
+        return self._report(tasks, members, fold_of, variants, recs, oracle, subsets, size_recs, misses, losses,
                             time.perf_counter() - t_all)
 
     def _hub_subsets(self) -> dict[int, list[tuple[str, ...]]]:
@@ -423,11 +446,16 @@ class RealPhotoBenchmark:
         return out
 
     def _select(self, mll: MLL, task: PhotoTask, method: str, k: int, matches, model_ids=None, beta="config"):
-        try:
-            return mll.select(list(task.class_names), scorer=method, k=k, matches=matches, beta=beta,
-                              model_ids=list(model_ids or self.config.models))
-        except UncoveredTaskError:
-            return None
+        return mll.select(list(task.class_names), scorer=method, k=k, matches=matches, beta=beta,
+                          model_ids=list(model_ids or self.config.models))
+
+    def _beta(self, method: str) -> float | None:
+        """The loss threshold of ``method`` (``None`` for scorers whose losses do not have CHCO's scale)."""
+        return self.config.beta if get_scorer(method).uses_beta else None
+
+    def _record_losses(self, out: list, sel) -> None:
+        """Every model's CHCO loss per class of one fold (``None``: not finite)."""
+        out.append({m: [float(v) if np.isfinite(v) else None for v in sel.loss[i]] for i, m in enumerate(sel.model_ids)})
 
     @staticmethod
     def _record(rec: _Record, sel, logits: dict, y: np.ndarray, names, *, sparse: float | None = None,
@@ -463,7 +491,8 @@ class RealPhotoBenchmark:
 
 
     # ------------------------------------------------------------------ report
-    def _report(self, tasks, members, fold_of, variants, recs, oracle, subsets, size_recs, misses, seconds) -> dict:
+    def _report(self, tasks, members, fold_of, variants, recs, oracle, subsets, size_recs, misses, losses,
+                seconds) -> dict:
         cfg = self.config
         photos = self.photos
         out = {"models": list(cfg.models), "folds": cfg.folds, "ks": list(cfg.ks), "beta": cfg.beta,
@@ -476,7 +505,7 @@ class RealPhotoBenchmark:
             d = {"classes": list(t.class_names), "folders": [list(f) for f in t.folders], "n": int(len(idx)),
                  "per_class": np.bincount(y, minlength=len(t.class_names)).tolist(), "ambiguous_left_out": amb,
                  "photos": [photos.entries[i].source + ":" + photos.entries[i].file for i in idx],
-                 "methods": {}, "oracle": {}}
+                 "methods": {}, "oracle": {}, "chco_loss": _median_losses(losses[t.name])}
             for m, k in variants:
                 d["methods"][f"{m}@k={k}"] = recs[(t.name, m, k)].summary()
             for m in (cfg.models if cfg.oracle else ()):
@@ -496,6 +525,17 @@ class RealPhotoBenchmark:
                                                  "accuracy": accs}
             out["hub_size"] = size
         return out
+
+
+def _median_losses(folds: list) -> dict:
+    """Per model, per class: the median over the folds of its CHCO loss (``None`` where no fold has a finite one)."""
+    out = {}
+    for m in (folds[0] if folds else {}):
+        rows = np.array([[np.nan if v is None else v for v in f[m]] for f in folds], float)
+        ok = np.isfinite(rows).any(axis=0)
+        med = np.nanmedian(np.where(ok, rows, 0.0), axis=0) if len(rows) else []
+        out[m] = [round(float(v), 4) if o else None for v, o in zip(med, ok)]
+    return out
 
 
 def _top_heads(sel, logits: dict, j: int, c: int, heads: dict, top: int = 3) -> list:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mll_jax.hub import ModelHub, PreprocessSpec
-from mll_jax.selection import Selection
+from mll_jax.selection import DictLabels, Selection, select_models
 from mll_lab import real_photo_benchmark as rb
 from mll_lab import real_photos as rp
 from mll_lab.real_photo_report import results_tables
@@ -74,6 +74,28 @@ def test_sparse_columns_keep_the_heads_carrying_the_share():
     assert rb.heads_combined(sel) == [(2, 2), (2, 2)]
     no_mass = dataclasses.replace(sel, head_mass={})
     np.testing.assert_array_equal(rb.sparse_columns(no_mass)["m"], X)
+
+
+@pytest.mark.parametrize("scorer", ["chco", "heu"])
+def test_restrict_equals_a_selection_over_the_subset(scorer):
+    """A selection read from the full hub's scores (every k, hub subset and the oracle of the benchmark) equals the
+    selection the system makes over the subset directly: same experts, losses, columns and head mass."""
+    rng = np.random.default_rng(3)
+    nodes = ["n1", "n2", "n3"]
+    labels = DictLabels({f"m{i}": rng.normal(0, 2, (3, h)) for i, h in enumerate((4, 6, 3, 5, 7))}, nodes)
+    models = [f"m{i}" for i in range(5)]
+    full = select_models(labels, nodes, scorer=scorer, k=5, beta=None, model_ids=models)
+    beta = 1.3
+    for ids, k in ((["m3", "m0", "m4"], 2), (["m1"], 1), (models, 3)):
+        got = rb.restrict(full, ids, k, beta)
+        want = select_models(labels, nodes, scorer=scorer, k=k, beta=beta, model_ids=ids)
+        assert got.experts == want.experts and got.model_ids == want.model_ids
+        np.testing.assert_allclose(got.loss, want.loss, rtol=1e-6)
+        assert set(got.columns) == set(want.columns) == set(want.used_model_ids)
+        for m in want.columns:
+            np.testing.assert_allclose(got.columns[m], want.columns[m], atol=1e-5)
+            np.testing.assert_allclose(got.head_mass[m], want.head_mass[m], atol=1e-6)
+    assert any(len(e) == 2 for e in rb.restrict(full, models, 2, beta).experts)
 
 
 def test_end_to_end_small_run(photos, tmp_path):
