@@ -19,7 +19,9 @@
   checked disjoint by content hash in every fold (:func:`mll_lab.real_photos.disjoint_split`).
 * **Methods**: CHCO (MLL), HEU (the single best head per class), Random, LogME, LEEP at k = 1..3; CHCO's predictor
   with each column cut to the heads that carry 90% of its contribution on the matched node (``chco-sparse90``, the
-  same selection); and the oracle: the best single expert on the test photos (its CHCO columns, no loss
+  same selection); CHCO on labels made of each node's mean softmax output, smoothed as Eq. 2, instead of the softmax
+  of its mean logits (``chco-meanprob``, :func:`mean_probability_labels`: an experiment on the label statistic, not
+  the paper's method); and the oracle: the best single expert on the test photos (its CHCO columns, no loss
   threshold, so every class is covered).
 * **Reported** per task, method and k: n, accuracy with a 95% Wilson interval, coverage (share of photos whose
   class has an expert), the experts per class and the number of heads each class's predictor combines (weight >
@@ -47,14 +49,16 @@ from mll_jax.config import MLLConfig
 from mll_jax.families.experts import SHIPPED_EXPERTS, register_shipped
 from mll_jax.hub import ModelHub
 from mll_jax.reuse import ensemble_scores
-from mll_jax.selection import ModelScores, get_scorer, heads_carrying, select
+from mll_jax.labelling import dag_index, smooth_labels
+from mll_jax.selection import DictLabels, ModelScores, get_scorer, heads_carrying, select, select_models
 from mll_jax.utils import home as cache_home
 from mll_lab.fashion_mnist import load_tasks_file
 from mll_lab.logit_cache import CachedExpert, LogitCache, images_key
 from mll_lab.real_photos import PhotoSet, ancestor_wnids, disjoint_split, load_photo_set, wilson_interval
 
 __all__ = ["TASKS_FILE", "DEFAULT_MODELS", "METHODS", "RealPhotoConfig", "PhotoTask", "read_tasks", "task_members",
-           "group_folds", "image_hash", "TableExpert", "restrict", "sparse_columns", "heads_combined",
+           "group_folds", "image_hash", "TableExpert", "restrict", "mean_probability_labels", "sparse_columns",
+           "heads_combined",
            "RealPhotoBenchmark"]
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +86,9 @@ class RealPhotoConfig:
     seed: int = 0
     match_wordnet: bool = True  # class names resolved through WordNet senses first (MLLConfig.match_wordnet)
     sparse_share: float = 0.9  # chco-sparse: keep the heads carrying this share of a column's node contribution
+    # chco-meanprob: CHCO on labels made of each node's mean softmax output (smoothed as Eq. 2) instead of the
+    # softmax of its mean logits (Eq. 1): an experiment on the label statistic, not the paper's method
+    mean_probability: bool = True
     oracle: bool = True  # the best single expert on the test photos
     hub_sizes: bool = True  # accuracy against hub size (every subset of the hub, CHCO and HEU at k = max(ks))
     max_subsets: int = 6  # per hub size
@@ -190,6 +197,33 @@ def restrict(full, model_ids: Sequence[str], k: int, beta: float | None):
     return dataclasses.replace(sel, columns={m: full.columns[m] for m in used},
                                head_mass={m: full.head_mass[m] for m in used if m in full.head_mass},
                                matching=full.matching)
+
+
+def mean_probability_labels(sdag, rows: dict, tables: dict, models: Sequence[str], delta: float) -> DictLabels:
+    """Labels whose rows are ``log`` of each node's mean softmax output over its images (``rows``: node wnid -> the
+    rows of its images in every expert's ``table``), smoothed over the hierarchy as Eq. 2 (same delta), so that
+    CHCO's ``softmax(S)`` is the node's mean head probability; the system's labels are the node's mean logits
+    (Eq. 1), whose softmax an expert can make peaked on a node where its per-image predictions disagree.  Rows of
+    nodes without images or labelled hyponyms are 0."""
+    nodes = list(sdag.nodes)
+    pos = {w: i for i, w in enumerate(nodes)}
+    index = dag_index(sdag)
+    out = {}
+    for m in models:
+        t = tables[m]
+        z = np.asarray(t.table, np.float64)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        own = np.zeros((len(nodes), p.shape[1]), np.float32)
+        has = np.zeros(len(nodes), bool)
+        for w, ii in rows.items():
+            own[pos[w]] = p[list(ii)].mean(axis=0)
+            has[pos[w]] = True
+        smooth, labelled = smooth_labels(own, has, index.edge_parent, index.edge_child, float(delta),
+                                         max(index.height, 1))
+        logp = np.log(np.maximum(np.asarray(smooth, np.float64), 1e-30))
+        out[m] = np.where(np.asarray(labelled)[:, None], logp, 0.0).astype(np.float32)
+    return DictLabels(out, nodes)
 
 
 def sparse_columns(sel, share: float = 0.9) -> dict:
@@ -376,6 +410,8 @@ class RealPhotoBenchmark:
         variants = [(m, k) for m in cfg.methods for k in cfg.ks]
         if "chco" in cfg.methods:
             variants += [("chco-sparse90", k) for k in cfg.ks]
+            if cfg.mean_probability:
+                variants += [("chco-meanprob", k) for k in cfg.ks]
         recs = {(t.name, m, k): _Record() for t in tasks for m, k in variants}
         losses: dict[str, list] = {t.name: [] for t in tasks}
         oracle = {(t.name, m): _Record() for t in tasks for m in (cfg.models if cfg.oracle else ())}
@@ -394,6 +430,12 @@ class RealPhotoBenchmark:
                 if self.encoder is None:
                     self.encoder = mll.encoder
                 node_hashes = set(node.hashes)
+                mean_labels = None
+                if cfg.mean_probability and "chco" in cfg.methods:
+                    node_rows: dict[str, list[int]] = {}
+                    for i in np.flatnonzero(fold_of != f):  # the fold's node photos (rows of every table)
+                        node_rows.setdefault(photos.entries[i].wnid, []).append(int(i))
+                    mean_labels = mean_probability_labels(mll.sdag, node_rows, tables, cfg.models, cfg.delta)
                 for t in tasks:
                     idx, y, _ = members[t.name]
                     sel_mask = fold_of[idx] == f
@@ -408,14 +450,17 @@ class RealPhotoBenchmark:
                     head_names = {m: tables[m].head_names for m in cfg.models}
                     # every model scored once per method (a model's loss and columns do not depend on the other
                     # candidates); each k, hub subset and the oracle apply the selection rule to these scores
+                    derived = ("chco-sparse90", "chco-meanprob")
                     full = {m: self._select(mll, t, m, len(cfg.models), matches, beta=None)
-                            for m in dict.fromkeys([v[0] for v in variants if v[0] != "chco-sparse90"]
+                            for m in dict.fromkeys([v[0] for v in variants if v[0] not in derived]
                                                    + (["chco"] if cfg.oracle else []) + (["chco", "heu"] if subsets else []))}
+                    if any(v[0] == "chco-meanprob" for v in variants):
+                        full["chco-meanprob"] = self._select_mean_probability(mll, mean_labels, t, matches)
                     if "chco" in full:
                         self._record_losses(losses[t.name], full["chco"])
                     for m, k in variants:
                         base = "chco" if m == "chco-sparse90" else m
-                        sel = restrict(full[base], cfg.models, k, self._beta(base))
+                        sel = restrict(full[base], cfg.models, k, self._beta("chco" if m.startswith("chco") else m))
                         self._record(recs[(t.name, m, k)], sel, logits, yy, names, heads=head_names,
                                      photos=[photos.entries[i].file for i in ii],
                                      sparse=cfg.sparse_share if m == "chco-sparse90" else None)
@@ -448,6 +493,19 @@ class RealPhotoBenchmark:
     def _select(self, mll: MLL, task: PhotoTask, method: str, k: int, matches, model_ids=None, beta="config"):
         return mll.select(list(task.class_names), scorer=method, k=k, matches=matches, beta=beta,
                           model_ids=list(model_ids or self.config.models))
+
+    def _select_mean_probability(self, mll: MLL, labels, task: PhotoTask, matches):
+        """CHCO over every model on mean-probability labels (k = all models, no threshold, as for ``restrict``),
+        with the system's solver settings."""
+        c = mll.config
+        opts = dict(c.chco_options)
+        if c.chco_method is not None:
+            opts["method"] = c.chco_method
+        sel = select_models(labels, [m.wnid for m in matches], scorer="chco", k=len(self.config.models), beta=None,
+                            model_ids=list(self.config.models), class_names=list(task.class_names),
+                            similarities=[m.similarity for m in matches], match_threshold=c.match_threshold,
+                            columns=c.columns, tol=c.chco_tol, seed=c.seed, **opts)
+        return dataclasses.replace(sel, method="chco-meanprob")
 
     def _beta(self, method: str) -> float | None:
         """The loss threshold of ``method`` (``None`` for scorers whose losses do not have CHCO's scale)."""

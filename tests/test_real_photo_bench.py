@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from mll_jax import SDAG
 from mll_jax.hub import ModelHub, PreprocessSpec
 from mll_jax.selection import DictLabels, Selection, select_models
 from mll_lab import real_photo_benchmark as rb
@@ -98,6 +99,35 @@ def test_restrict_equals_a_selection_over_the_subset(scorer):
     assert any(len(e) == 2 for e in rb.restrict(full, models, 2, beta).experts)
 
 
+def test_mean_probability_labels_are_smoothed_mean_softmax(photos):
+    """softmax of a mean-probability label row is the node's mean softmax output, smoothed over the hierarchy by
+    Eq. 2 (a sequential NumPy recursion, hyponyms first, as the reference)."""
+    anc = [rp.ancestor_wnids(w) for w in photos.wnids]
+    keep = [i for i, a in enumerate(anc) if a & {"n02084071", "n02121620"}][:12]
+    sub = photos.subset(keep)
+    sdag = SDAG.from_wnids(sorted(set(sub.wnids)), close_hypernyms=True)
+    z = np.random.default_rng(0).normal(0, 3, (len(sub), 5))
+    table = rb.TableExpert("m", z, sub.hashes, load=None)
+    delta = 0.3
+    rows: dict = {}
+    for i, e in enumerate(sub.entries):
+        rows.setdefault(e.wnid, []).append(i)
+    labels = rb.mean_probability_labels(sdag, rows, {"m": table}, ["m"], delta)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    own = {w: p[[i for i, e in enumerate(sub.entries) if e.wnid == w]].mean(axis=0) for w in set(sub.wnids)}
+    want: dict = {}
+    for w in reversed(sdag.nodes):
+        kids = [want[c] for c in sdag.children(w) if c in want]
+        if w in own:
+            want[w] = own[w] if not kids else delta * own[w] + (1 - delta) * np.mean(kids, axis=0)
+        elif kids:
+            want[w] = np.mean(kids, axis=0)
+    assert len(want) > len(own)  # some rows are smoothed from hyponyms only
+    rows = labels.read("m", list(want))
+    got = np.exp(rows) / np.exp(rows).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, np.array(list(want.values())), atol=1e-5)
+
+
 def test_end_to_end_small_run(photos, tmp_path):
     """Dogs vs cats and birds vs fish on the dog, cat, bird and fish photos (plus a few others as node data), two real
     experts, the default selection (CHCO) against HEU and the oracle, three folds, hub sizes 1..2."""
@@ -117,7 +147,7 @@ def test_end_to_end_small_run(photos, tmp_path):
     dvc = data["tasks"]["dog-cat"]
     n_dog = sum("n02084071" in rp.ancestor_wnids(w) for w in sub.wnids)
     assert dvc["n"] == n_dog + 4 and dvc["per_class"] == [n_dog, 4]
-    for key in ("chco@k=1", "chco@k=2", "heu@k=2", "chco-sparse90@k=2"):
+    for key in ("chco@k=1", "chco@k=2", "heu@k=2", "chco-sparse90@k=2", "chco-meanprob@k=2"):
         s = dvc["methods"][key]
         assert s["n"] == dvc["n"] and 0 <= s["correct"] <= s["n"]
         assert s["wilson95"][0] <= s["accuracy"] <= s["wilson95"][1]
