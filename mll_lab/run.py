@@ -46,12 +46,14 @@ from mll_jax.utils import atomic_write_json, home
 from mll_lab.benchmark import BenchmarkConfig, FolderBenchmark, OfflineBenchmark, format_results, summarize
 from mll_lab.real_photo_benchmark import RealPhotoConfig
 from mll_lab.real_photo_report import run_report as run_real_photos
+from mll_lab.results import markdown_table, write_results
 from mll_lab.tables import write_table1
 from mll_lab.train_experts import HUB_SPECS
 from mll_lab.vlm_benchmark import VLMBenchConfig, run as run_vlm
 
 __all__ = ["FLAGS", "METHODS", "define_flags", "parse_beta", "parse_methods", "parse_resolution",
-           "config_from_flags", "make_benchmark", "select_tasks", "quiet_logging", "main", "entry_point"]
+           "config_from_flags", "make_benchmark", "select_tasks", "quiet_logging", "main", "write_run_time",
+           "entry_point"]
 
 FLAGS = flags.FLAGS
 
@@ -257,6 +259,9 @@ def main(argv) -> int:
     t0 = time.perf_counter()
     quiet_logging()
     config = config_from_flags()
+    cache = home(config.home)
+    cache_at_start = sorted(p.name for p in cache.iterdir()) if cache.is_dir() else []
+    stages: dict[str, float] = {}
     methods = parse_methods(FLAGS.methods)
     bench = make_benchmark(config)
     tasks = select_tasks(bench, FLAGS.tasks)
@@ -269,6 +274,7 @@ def main(argv) -> int:
     results = bench.run(tasks, methods)
     timings["tasks"] = time.perf_counter() - t1
     total = time.perf_counter() - t0
+    stages["fashion_mnist"] = total
     print()
     print(format_results(results))
     print()
@@ -289,8 +295,8 @@ def main(argv) -> int:
         vdir = home(config.home) / "vlm_offline" / "results"
         run_vlm(VLMBenchConfig(home=config.home, out_dir=str(vdir), test_per_class=config.test_per_class,
                                rebuild=config.rebuild))
-        print(f"VLM benchmark: {time.perf_counter() - t2:.1f}s, results in {vdir}; total "
-              f"{time.perf_counter() - t0:.1f}s")
+        stages["vlm"] = time.perf_counter() - t2
+        print(f"VLM benchmark: {stages['vlm']:.1f}s, results in {vdir}; total {time.perf_counter() - t0:.1f}s")
     if FLAGS.real_photos and isinstance(bench, OfflineBenchmark):
         print("\nReal experts on real photos (--noreal_photos skips it)", flush=True)
         t3 = time.perf_counter()
@@ -301,9 +307,25 @@ def main(argv) -> int:
         except FileNotFoundError as e:  # photos or experts not fetched (scripts/fetch_real_assets.sh)
             print(f"real-photo benchmark skipped: {e}")
         else:
+            stages["real_photos"] = time.perf_counter() - t3
             print(md)
-            print(f"real-photo benchmark: {time.perf_counter() - t3:.1f}s; total {time.perf_counter() - t0:.1f}s")
+            print(f"real-photo benchmark: {stages['real_photos']:.1f}s; total {time.perf_counter() - t0:.1f}s")
+    if isinstance(bench, OfflineBenchmark):
+        write_run_time(stages, time.perf_counter() - t0, timings, cache, cache_at_start, load_at_start)
     return 0
+
+
+def write_run_time(stages: dict, total: float, build: dict, cache: Path, cache_at_start: list, load_at_start) -> None:
+    """``results/bench_run.{json,md}``: the main command's wall time per benchmark, and what the cache held when it
+    started (an empty list: everything was built, the one-off WordNet text embeddings included)."""
+    rows = [[k.replace("_", " "), f"{v:.0f}"] for k, v in stages.items()] + [["total", f"{total:.0f}"]]
+    state = "empty" if not cache_at_start else "holding " + ", ".join(cache_at_start)
+    md = (f"`mll-jax bench` with the cache `{cache}` {state} at the start (Fashion-MNIST: building the hub, SDAG, "
+          "labels and text embeddings that are missing, then the tasks; then the VLM and real-photo benchmarks):\n\n"
+          + markdown_table(["stage", "wall s"], rows))
+    write_results("bench_run", {"stages": stages, "total_seconds": total, "fashion_mnist_build": build,
+                                "cache": str(cache), "cache_at_start": cache_at_start}, md,
+                  title="The main command's run time", load_at_start=load_at_start)
 
 
 def entry_point(prog: str = "python -m mll_lab.run") -> None:

@@ -421,6 +421,11 @@ def test_main_command_small(tmp_path):
     assert table["methods"] == ["chco", "heu"] and set(table["summary"]) == {"chco", "heu"}
     assert len(table["results"]) == 4 and table["provenance"]["command"]
     assert "| MLL (CHCO) |" in (tmp_path / "results" / "table1.md").read_text()
+    # the run time per benchmark, and what the cache held at the start (an empty directory here)
+    run = json.loads((tmp_path / "results" / "bench_run.json").read_text())
+    assert run["cache_at_start"] == [] and set(run["stages"]) == {"fashion_mnist"}
+    assert 0 < run["stages"]["fashion_mnist"] <= run["total_seconds"]
+    assert "cache" in (tmp_path / "results" / "bench_run.md").read_text()
     res = json.loads(out.read_text())
     assert res["config"]["k"] == 2 and res["config"]["beta"] is None
     assert [(r["task"], r["method"]) for r in res["results"]] == [
