@@ -10,6 +10,7 @@ checked disjoint by content hash (protocol: :mod:`mll_lab.real_photo_benchmark`)
 The main command (``mll-jax bench``) runs it too.
 
     PYTHONPATH=. python benchmarks/real_photo_bench.py [--tasks dog-cat,...] [--folds 5] [--no-write]
+    PYTHONPATH=. python benchmarks/real_photo_bench.py --trained_hub=none --name=real_photo_bench_shipped
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ablations", action="store_true", help="skip the runs with one setting changed")
     ap.add_argument("--root", default=None, help="keep the fold systems here (default: a temporary directory)")
     ap.add_argument("--no-write", action="store_true", help="print the tables, write no results/ files")
+    ap.add_argument("--name", default="real_photo_bench", help="write results/<name>.{json,md}")
     args = ap.parse_args(argv)
     trained = args.trained_hub
     if trained == "auto":
@@ -48,7 +50,8 @@ def main(argv=None) -> int:
                           tasks=tuple(args.tasks.split(",")) if args.tasks else None,
                           match_wordnet=not args.text_matching, hub_sizes=not args.no_hub_sizes,
                           trained_hub=trained)
-    _, md = run_report(cfg, write=not args.no_write, with_ablations=not args.no_ablations, root=args.root)
+    _, md = run_report(cfg, write=not args.no_write, with_ablations=not args.no_ablations, root=args.root,
+                       name=args.name)
     print(md)
     return 0
 

@@ -158,8 +158,9 @@ def describe(data: dict) -> str:
 
 
 def run_report(cfg: RealPhotoConfig | None = None, *, write: bool = True, with_ablations: bool = True,
-               root=None) -> tuple[dict, str]:
-    """Run the benchmark (and the ablations), print nothing; write ``results/`` unless ``write`` is False.
+               root=None, name: str = NAME) -> tuple[dict, str]:
+    """Run the benchmark (and the ablations), print nothing; write ``results/<name>.*`` (the hub-size figure:
+    ``results/<name>_hub_size.png``, :data:`FIGURE` for the default name) unless ``write`` is False.
     Returns the data and the Markdown.  Compiled programs are kept in ``<home>/real_photo_bench/jax_cache`` (JAX's
     persistent compilation cache), so the ablations and later runs skip most compilation."""
     cfg = cfg or RealPhotoConfig()
@@ -173,10 +174,11 @@ def run_report(cfg: RealPhotoConfig | None = None, *, write: bool = True, with_a
         data["ablations"] = ablations(cfg, photos=bench.photos, encoder=bench.encoder)
     md = results_tables(data) + "\n\n" + ablation_table(data) + "\n\n" + describe(data)
     if write:
+        figure = FIGURE if name == NAME else f"{name}_hub_size.png"
         if "hub_size" in data:
-            md += f"\n\n![accuracy against hub size]({FIGURE})"
-        write_results(NAME, data, md, title="Real photos: real experts, CHCO against the baselines",
+            md += f"\n\n![accuracy against hub size]({figure})"
+        write_results(name, data, md, title="Real photos: real experts, CHCO against the baselines",
                       load_at_start=load)
         if "hub_size" in data:  # after the provenance, which records whether the tree was clean
-            hub_size_figure(data, results_dir() / FIGURE)
+            hub_size_figure(data, results_dir() / figure)
     return data, md
