@@ -20,7 +20,7 @@
 * **Methods**: CHCO (MLL), HEU (the single best head per class), Random, LogME, LEEP at k = 1..3; CHCO's predictor
   with each column cut to the heads that carry 90% of its contribution on the matched node (``chco-sparse90``, the
   same selection); CHCO on labels made of each node's mean softmax output, smoothed as Eq. 2, instead of the softmax
-  of its mean logits (``chco-meanprob``, :func:`mean_probability_labels`: an experiment on the label statistic, not
+  of its mean logits (``chco-meanprob``, :func:`mll_lab.real_photo_scores.mean_probability_labels`: an experiment on the label statistic, not
   the paper's method); and the oracle: the best single expert on the test photos (its CHCO columns, no loss
   threshold, so every class is covered).
 * **Reported** per task, method and k: n, accuracy with a 95% Wilson interval, coverage (share of photos whose
@@ -49,17 +49,16 @@ from mll_jax.config import MLLConfig
 from mll_jax.families.experts import SHIPPED_EXPERTS, register_shipped
 from mll_jax.hub import ModelHub
 from mll_jax.reuse import ensemble_scores
-from mll_jax.labelling import dag_index, smooth_labels
-from mll_jax.selection import DictLabels, ModelScores, get_scorer, heads_carrying, select, select_models
+from mll_jax.selection import get_scorer, select_models
 from mll_jax.utils import home as cache_home
 from mll_lab.fashion_mnist import load_tasks_file
-from mll_lab.logit_cache import CachedExpert, LogitCache, images_key
+from mll_lab.logit_cache import CachedExpert, LogitCache
+from mll_lab.real_photo_scores import (heads_combined, mean_probability_labels, median_losses, output_scale,
+                                       restrict, sparse_columns)
 from mll_lab.real_photos import PhotoSet, ancestor_wnids, disjoint_split, load_photo_set, wilson_interval
 
 __all__ = ["TASKS_FILE", "DEFAULT_MODELS", "METHODS", "RealPhotoConfig", "PhotoTask", "read_tasks", "task_members",
-           "group_folds", "image_hash", "TableExpert", "restrict", "mean_probability_labels", "sparse_columns",
-           "heads_combined",
-           "RealPhotoBenchmark"]
+           "group_folds", "image_hash", "TableExpert", "RealPhotoBenchmark"]
 
 _REPO = Path(__file__).resolve().parent.parent
 #: the benchmark's tasks (``--tasks_file`` format)
@@ -183,90 +182,6 @@ class TableExpert:
         return np.asarray(self._expert.logits(images), np.float32)
 
 
-def restrict(full, model_ids: Sequence[str], k: int, beta: float | None):
-    """The selection the system makes over ``model_ids`` with budget ``k`` and threshold ``beta``, read from
-    ``full``: a selection of the same task and scorer over a superset of candidates, made with ``k`` = its number of
-    candidates and no threshold, so that every model with a finite score has its columns and head mass.  Exact for
-    scorers whose per-model scores do not depend on the other candidates (CHCO, HEU, LogME, LEEP); for Random the
-    drawn order of the superset is kept."""
-    rows = [full.model_ids.index(m) for m in model_ids]
-    scores = ModelScores(full.method, tuple(model_ids), np.asarray(full.loss)[rows], info=full.info)
-    sel = select(scores, k=k, beta=beta, class_names=full.class_names, wnids=full.wnids,
-                 similarities=full.similarities, match_threshold=full.match_threshold)
-    used = sel.used_model_ids
-    return dataclasses.replace(sel, columns={m: full.columns[m] for m in used},
-                               head_mass={m: full.head_mass[m] for m in used if m in full.head_mass},
-                               matching=full.matching)
-
-
-def mean_probability_labels(sdag, rows: dict, tables: dict, models: Sequence[str], delta: float) -> DictLabels:
-    """Labels whose rows are ``log`` of each node's mean softmax output over its images (``rows``: node wnid -> the
-    rows of its images in every expert's ``table``), smoothed over the hierarchy as Eq. 2 (same delta), so that
-    CHCO's ``softmax(S)`` is the node's mean head probability; the system's labels are the node's mean logits
-    (Eq. 1), whose softmax an expert can make peaked on a node where its per-image predictions disagree.  Rows of
-    nodes without images or labelled hyponyms are 0."""
-    nodes = list(sdag.nodes)
-    pos = {w: i for i, w in enumerate(nodes)}
-    index = dag_index(sdag)
-    out = {}
-    for m in models:
-        t = tables[m]
-        z = np.asarray(t.table, np.float64)
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        own = np.zeros((len(nodes), p.shape[1]), np.float32)
-        has = np.zeros(len(nodes), bool)
-        for w, ii in rows.items():
-            own[pos[w]] = p[list(ii)].mean(axis=0)
-            has[pos[w]] = True
-        smooth, labelled = smooth_labels(own, has, index.edge_parent, index.edge_child, float(delta),
-                                         max(index.height, 1))
-        logp = np.log(np.maximum(np.asarray(smooth, np.float64), 1e-30))
-        out[m] = np.where(np.asarray(labelled)[:, None], logp, 0.0).astype(np.float32)
-    return DictLabels(out, nodes)
-
-
-def sparse_columns(sel, share: float = 0.9) -> dict:
-    """The selection's columns with each class column cut to the heads that carry ``share`` of its contribution
-    ``X[h, c] * P[h, c]`` on the class's matched node (``P``: ``sel.head_mass``); other entries set to 0."""
-    out = {}
-    for m, x in sel.columns.items():
-        x = np.asarray(x, np.float64).copy()
-        p = sel.head_mass.get(m)
-        if p is None:
-            out[m] = x
-            continue
-        contrib = x * np.asarray(p, np.float64)
-        for c in range(x.shape[1]):
-            keep = heads_carrying(contrib[:, c], share)
-            if len(keep):
-                cut = np.ones(len(x), bool)
-                cut[keep] = False
-                x[cut, c] = 0.0
-        out[m] = x.astype(np.float32)
-    return out
-
-
-def heads_combined(sel, columns=None) -> list[tuple[int, int]]:
-    """Per class: ``(heads with weight > 1e-3, heads carrying 90% of the contribution on the node)`` summed over the
-    class's experts (``(0, 0)``: uncovered)."""
-    cols = sel.columns if columns is None else columns
-    out = []
-    for c in range(sel.num_classes):
-        n = n90 = 0
-        for mi in sel.experts[c]:
-            mid = sel.model_ids[mi]
-            x = cols.get(mid)
-            if x is None:
-                continue
-            n += int((np.asarray(x)[:, c] > 1e-3).sum())
-            p = sel.head_mass.get(mid)
-            if p is not None:
-                n90 += len(heads_carrying(np.asarray(x, np.float64)[:, c] * np.asarray(p, np.float64)[:, c]))
-        out.append((n, n90))
-    return out
-
-
 @dataclass
 class _Record:
     """Predictions of one (task, method, k) over the folds."""
@@ -321,6 +236,7 @@ class RealPhotoBenchmark:
         self.encoder = encoder
         self.cache = LogitCache(cache_home(config.home) / "real_photo_bench" / "logits")
         self.timings: dict[str, float] = {}
+        self.output_scale: dict[str, dict] = {}  # per expert, after run(): see output_scale()
 
     # ------------------------------------------------------------------ data
     @property
@@ -473,6 +389,7 @@ class RealPhotoBenchmark:
                                 self._record(size_recs[(t.name, s, i, m)], sel, logits, yy, names, light=True)
             self.timings["folds"] = time.perf_counter() - t_folds
             misses = {m: tables[m].misses for m in cfg.models}
+            self.output_scale = {m: output_scale(tables[m].table) for m in cfg.models}
         return self._report(tasks, members, fold_of, variants, recs, oracle, subsets, size_recs, misses, losses,
                             time.perf_counter() - t_all)
 
@@ -556,6 +473,7 @@ class RealPhotoBenchmark:
         out = {"models": list(cfg.models), "folds": cfg.folds, "ks": list(cfg.ks), "beta": cfg.beta,
                "delta": cfg.delta, "match_wordnet": cfg.match_wordnet, "photos": len(photos),
                "fold_sizes": np.bincount(fold_of, minlength=cfg.folds).tolist(), "table_misses": misses,
+               "output_scale": self.output_scale,
                "tasks": {}, "seconds": round(seconds, 1),
                "timings": {k: round(v, 1) for k, v in self.timings.items()}}
         for t in tasks:
@@ -563,7 +481,7 @@ class RealPhotoBenchmark:
             d = {"classes": list(t.class_names), "folders": [list(f) for f in t.folders], "n": int(len(idx)),
                  "per_class": np.bincount(y, minlength=len(t.class_names)).tolist(), "ambiguous_left_out": amb,
                  "photos": [photos.entries[i].source + ":" + photos.entries[i].file for i in idx],
-                 "methods": {}, "oracle": {}, "chco_loss": _median_losses(losses[t.name]),
+                 "methods": {}, "oracle": {}, "chco_loss": median_losses(losses[t.name]),
                  "chco_loss_folds": losses[t.name]}
             for m, k in variants:
                 d["methods"][f"{m}@k={k}"] = recs[(t.name, m, k)].summary()
@@ -584,17 +502,6 @@ class RealPhotoBenchmark:
                                                  "accuracy": accs}
             out["hub_size"] = size
         return out
-
-
-def _median_losses(folds: list) -> dict:
-    """Per model, per class: the median over the folds of its CHCO loss (``None`` where no fold has a finite one)."""
-    out = {}
-    for m in (folds[0] if folds else {}):
-        rows = np.array([[np.nan if v is None else v for v in f[m]] for f in folds], float)
-        ok = np.isfinite(rows).any(axis=0)
-        med = np.nanmedian(np.where(ok, rows, 0.0), axis=0) if len(rows) else []
-        out[m] = [round(float(v), 4) if o else None for v, o in zip(med, ok)]
-    return out
 
 
 def _top_heads(sel, logits: dict, j: int, c: int, heads: dict, top: int = 3) -> list:

@@ -73,6 +73,10 @@ def results_tables(data: dict) -> str:
         mean_rows.append(["oracle (best single expert per task)", _pct(orc)] + [""] * (len(ks) - 1))
     lines.append("Mean accuracy over the tasks (%):\n\n"
                  + markdown_table(["method"] + [f"k={k}" for k in ks], mean_rows))
+    if data.get("output_scale"):
+        lines.append("How confident each expert is on the photos (means over the photos):\n\n" + markdown_table(
+            ["expert", "std of its logits", "largest softmax probability"],
+            [[m, f"{v['logit_std']:.2f}", f"{v['max_probability']:.2f}"] for m, v in data["output_scale"].items()]))
     return "\n\n".join(lines)
 
 

