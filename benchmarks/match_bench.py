@@ -12,8 +12,8 @@ Each list is one task (its classes are matched together) against two node sets: 
 synsets plus all their hypernyms: an SDAG that covers the task) and ``all`` (all 82,115 WordNet noun synsets).
 Unrelated concepts are matched against the ImageNet realistic SDAG (1,860 nodes) and against the COCO one;
 accepting one (any node) is an error.  Methods: ``text`` (cosine + mutual best + threshold, ``wn=None``) and
-``wordnet`` (lemma path, sense ranking, hierarchy guard: ``wn=wn``), plus ablations of the sense-ranking terms and
-of the head-noun rule.  Node texts are the SDAG texts (first lemma + definition; the all-nouns embeddings come from
+``wordnet`` (lemma path, sense ranking, hierarchy guard, compounds: ``wn=wn``), plus ablations of the sense-ranking
+terms, of the head-noun rule and of the compound rules (``no_compounds``).  Node texts are the SDAG texts (first lemma + definition; the all-nouns embeddings come from
 the shared cache ``$MLL_JAX_HOME/text_cache``, about 10 min to build on 2 idle cores when absent); on the realistic
 SDAGs, ``wordnet+lemma_text`` also measures node texts naming every lemma of the synset.
 
@@ -50,6 +50,7 @@ VARIANTS = {
     "no_siblings": {"siblings": False},
     "head_noun_guard": {"head_nouns": True},
     "no_text_floor": {"text_threshold": None},
+    "no_compounds": {"compounds": False},
 }
 #: Node-text forms measured on the realistic SDAGs with the default rules (the all-nouns node set is embedded in the
 #: default form only: re-embedding 82,115 texts costs about 10 min per form).
@@ -192,7 +193,7 @@ def main() -> None:
     unrelated = json.loads((DATA / "unrelated.json").read_text())
     for part in ("a", "b"):
         for sname in ("imagenet", "coco80"):
-            for method in ("text", "wordnet", "head_noun_guard", "no_text_floor"):
+            for method in ("text", "wordnet", "head_noun_guard", "no_text_floor", "no_compounds"):
                 kw = {} if method == "text" else {"wn": wn, **VARIANTS[method]}
                 t1 = time.perf_counter()
                 ms = T.match_classes(unrelated[part], node_sets[sname], texts[sname], enc, cache_dir=cache, **kw)

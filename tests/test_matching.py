@@ -139,6 +139,34 @@ def test_text_path_for_non_lemmas_and_unrelated_concepts(encoder, wn):
     assert "threshold 0.40" in ms[1].reason
 
 
+def test_compound_names_through_their_modifier_or_head(encoder, wn):
+    cs = lambda n: (lambda r: (r[0], [x.name() for x in r[1]], r[2]))(T.compound_senses(n, wn))
+    assert cs("snoek fish") == ("snoek", ["barracouta.n.01"], "modifier")  # snoek's first sense is a fish
+    assert cs("Alpine ibex") == ("ibex", ["ibex.n.01"], "head")
+    assert cs("stop sign")[2] == "head"  # stop's first sense is no sign (only stop.n.07, a full stop, is)
+    for phrase in ("tights for gymnastics", "cardboard box / carton", "red wolf or maned wolf", "dog"):
+        assert cs(phrase) == (None, [], None)
+    nodes = ids(wn, "barracouta.n.01", "scorpaenoid.n.01", "fish.n.01", "ibex.n.01", "goat.n.01", "dog.n.01",
+                "car.n.01", "match.n.01")
+    on = match(["snoek fish", "Alpine ibex", "football match"], nodes, encoder, wn)
+    off = match(["snoek fish", "Alpine ibex", "football match"], nodes, encoder, wn, compounds=False)
+    assert on[0].wnid == ids(wn, "barracouta.n.01")[0] and on[0].method == "lemma"
+    assert "modifier 'snoek': barracouta.n.01" in on[0].reason and "a kind of its head noun" in on[0].reason
+    # no node reaches the text floor for "Alpine ibex"; its head noun's only sense has a node
+    assert off[1].wnid is None and off[1].similarity < T.match.TEXT_THRESHOLD
+    assert on[1].wnid == ids(wn, "ibex.n.01")[0] and on[1].method == "head"
+    assert "head noun 'ibex': ibex.n.01" in on[1].reason and "no node was similar enough" in on[1].reason
+    # "football match": the contest sense of "match" wins and no node serves it, so the matchstick node is no rescue
+    assert on[2].wnid is None and off[2].wnid is None
+    # a text match to a strict hypernym of the head noun ("footwear" over "shoe") gives way to the head's hyponym
+    nodes = ids(wn, "footwear.n.02", "dog.n.01", "car.n.01", "loafer.n.02")
+    on = match(["slip-on shoe", "dog"], nodes, encoder, wn)
+    off = match(["slip-on shoe", "dog"], nodes, encoder, wn, compounds=False)
+    assert off[0].wnid == ids(wn, "footwear.n.02")[0]
+    assert on[0].wnid == ids(wn, "loafer.n.02")[0] and on[0].method == "head"
+    assert "is a hypernym of its head noun 'shoe'" in on[0].reason
+
+
 # ---------------------------------------------------------------------------------------------
 # User-given synsets and class specs
 # ---------------------------------------------------------------------------------------------

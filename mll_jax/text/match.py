@@ -10,9 +10,15 @@ with the one-to-one mutual-best rule and the coverage threshold (:func:`mll_jax.
 2. *Lemma path*: a name with WordNet noun senses (:func:`mll_jax.text.senses.noun_senses`) is the sense that
    scores best (:func:`mll_jax.text.senses.score_senses`: text similarity, sense frequency, physical entity, the
    task's domain) among the senses some candidate node covers.
-3. *Text path*: other names ("aquarium fish") take the most similar node at or above the threshold; when the
-   name's head noun is a lemma ("fish"), only nodes at or below one of its senses are considered first, and
-   the plain nearest node otherwise.
+   A compound that is no lemma but whose modifier is ("snoek fish", "rickshaw vehicle": the modifier's first
+   sense is a kind of the head noun, :func:`mll_jax.text.senses.compound_senses`) takes this path under the
+   modifier's lemma, when a node serves it.
+3. *Text path*: other names ("aquarium fish") take the most similar node at or above the threshold (with
+   ``head_nouns=True``, only nodes that are kinds or near relatives of a sense of the name's head noun).
+4. *Head path* (``compounds=True``): a compound the text path left uncovered ("Alpine ibex": no node reaches
+   the threshold) or matched to a strict hypernym of its head noun ("slip-on shoe" -> *footwear*) takes a node
+   at or below the head noun's best sense (scored as in 2, without the domain term), most similar hyponym
+   first, if a node serves that sense; "electricity bill" (a bill to pay, no node) stays uncovered.
 
 A class with a synset (1, 2) lands on the synset's own node, else on its most similar hyponym node.  The
 **hierarchy guard** (:mod:`mll_jax.text.guard`) refuses a node that is a strict hypernym of the class (of its
@@ -45,7 +51,7 @@ from mll_jax.text.core import DEFAULT_THRESHOLD, match_embeddings
 from mll_jax.text.encoder import TextEncoder
 from mll_jax.text.guard import NodeIndex, hypernym_reason, uncovered_reason
 from mll_jax.text.nodes import DEFAULT_QUERY_FORMAT, query_texts, synset_lemma_text, wordnet_node_texts
-from mll_jax.text.senses import DEFAULT_SENSE_WEIGHTS, SenseWeights, head_noun, noun_senses, score_senses
+from mll_jax.text.senses import DEFAULT_SENSE_WEIGHTS, SenseWeights, compound_senses, head_noun, noun_senses, score_senses
 from mll_jax.text.specs import ClassSpec, resolve_specs
 from mll_jax.wordnet import ancestors, hypernyms, kin, synset_from_wnid, wnid as synset_wnid
 
@@ -70,7 +76,8 @@ class Match(NamedTuple):
 
     ``similarity`` is the cosine similarity of the assigned node (of the best, or of the refused, node if
     uncovered).  WordNet-aware matching also fills: ``synset`` (the class's own synset as a wnid, when known),
-    ``method`` ("wnid": given by the user, "lemma", "text"), ``candidates`` (the scored senses of a lemma or the
+    ``method`` ("wnid": given by the user, "lemma", "text", "head": a compound placed by its head noun, with
+    ``synset`` None), ``candidates`` (the scored senses of a lemma or the
     nearest nodes of a text match: ``((wnid, score), ...)``, best first), ``reason`` (why the winner won, or why
     the class is uncovered) and ``refused`` (the node the hierarchy guard refused, or None).
     """
@@ -105,7 +112,8 @@ def match_classes(class_names: Sequence[str], wnids: Sequence[str], node_texts: 
                   cache_dir: str | os.PathLike | None = None, *, mutual: bool = True,
                   query_format: str = DEFAULT_QUERY_FORMAT, wn=None, specs: Sequence[ClassSpec] | None = None,
                   sense_weights: SenseWeights = DEFAULT_SENSE_WEIGHTS, head_nouns: bool = False,
-                  siblings: bool = True, text_threshold: float | None = TEXT_THRESHOLD) -> list[Match]:
+                  siblings: bool = True, text_threshold: float | None = TEXT_THRESHOLD,
+                  compounds: bool = True) -> list[Match]:
     """Match task class names to SDAG nodes (see the module docstring for the rules).
 
     ``node_texts``: one text per wnid (``SDAG.text``); None builds them from WordNet.
@@ -113,8 +121,9 @@ def match_classes(class_names: Sequence[str], wnids: Sequence[str], node_texts: 
     ``cache_dir``: where node embeddings are cached (None: not cached).
     ``wn``: a WordNet reader (:func:`mll_jax.wordnet.get_wordnet`) turns on the lemma path and the hierarchy
     guard; ``specs`` (one :class:`ClassSpec` per class name, same names) carries user-given synsets and
-    descriptions.  ``sense_weights``, ``head_nouns`` (a text match must be a kind of the name's head noun) and
-    ``siblings`` (a lemma without a node at or below it may take a near relative) are the measured rules,
+    descriptions.  ``sense_weights``, ``head_nouns`` (a text match must be a kind of the name's head noun),
+    ``siblings`` (a lemma without a node at or below it may take a near relative) and ``compounds`` (modifier
+    lemmas and the head path, steps 2 and 4 of the module docstring) are the measured rules,
     adjustable for experiments; ``text_threshold`` (None: ``threshold``) is the floor of text matches in this
     mode (:data:`TEXT_THRESHOLD`).
     """
@@ -146,8 +155,8 @@ def match_classes(class_names: Sequence[str], wnids: Sequence[str], node_texts: 
     class_emb = encoder.encode(query_texts([s.query() for s in specs], query_format), progress=False)
     return _WordNetMatcher(specs, wnids, node_texts, node_emb, class_emb, encoder, wn, float(threshold),
                            sense_weights, head_nouns, siblings,
-                           max(float(threshold), float(text_threshold if text_threshold is not None else threshold))
-                           ).run()
+                           max(float(threshold), float(text_threshold if text_threshold is not None else threshold)),
+                           compounds).run()
 
 
 def _name(synset) -> str:
@@ -158,8 +167,8 @@ class _WordNetMatcher:
     """One WordNet-aware matching call (state shared by its steps)."""
 
     def __init__(self, specs, wnids, node_texts, node_emb, class_emb, encoder, wn, threshold, weights, head_nouns,
-                 siblings, text_threshold):
-        self.siblings_on, self.text_threshold = siblings, text_threshold
+                 siblings, text_threshold, compounds=True):
+        self.siblings_on, self.text_threshold, self.compounds = siblings, text_threshold, compounds
         self.specs, self.wnids, self.wn = specs, wnids, wn
         self.node_emb, self.class_emb = node_emb, class_emb
         self.nodes = NodeIndex(wnids, wn)
@@ -170,6 +179,8 @@ class _WordNetMatcher:
         self.senses: list[list] = [[] for _ in range(C)]
         self.lemma: list[str | None] = [None] * C
         self.method = ["text"] * C
+        self.compound: list[str | None] = [None] * C  # "modifier": a compound resolved through its modifier
+        self.head: list[tuple] = [(None, [])] * C  # a compound's head noun and its senses
 
     # -- similarities ----------------------------------------------------------------------------------------
     def node_sim(self, i: int, idx) -> np.ndarray:
@@ -191,6 +202,12 @@ class _WordNetMatcher:
                 lemma, ss = noun_senses(sp.name, self.wn)
                 if ss:
                     self.senses[i], self.lemma[i], self.method[i] = ss, lemma, "lemma"
+                elif self.compounds:
+                    lemma, ss, kind = compound_senses(sp.name, self.wn)
+                    if kind == "modifier":
+                        self.senses[i], self.lemma[i], self.method[i], self.compound[i] = ss, lemma, "lemma", kind
+                    if ss:
+                        self.head[i] = head_noun(sp.name, self.wn)
 
     def run(self) -> list[Match]:
         self.resolve()
@@ -198,6 +215,10 @@ class _WordNetMatcher:
         emb = self.sense_embeddings({s for ss in self.senses for s in ss})
         sims = [np.array([float(emb[s] @ self.class_emb[i]) for s in ss]) for i, ss in enumerate(self.senses)]
         servable = [np.array([self.nodes.place(s).servable for s in ss], bool) for ss in self.senses]
+        for i in range(C):  # a compound whose modifier's senses no node serves is matched by its text
+            if self.compound[i] == "modifier" and not servable[i].any():
+                self.senses[i], self.lemma[i], self.method[i], self.compound[i] = [], None, "text", None
+                sims[i], servable[i] = np.zeros(0), np.zeros(0, bool)
         scores = score_senses(sims, self.senses, self.lemma, self.weights, servable=servable)
         out: list[Match | None] = [None] * C
         chosen: list = [None] * C
@@ -255,6 +276,8 @@ class _WordNetMatcher:
                                      synset=synset_wnid(chosen[i]),
                                      reason=out[i].reason + note + f"; node {self.wnids[n]} is {rel}")
         self.match_text(out, taken)
+        if self.compounds:
+            self.match_heads(out)
         self.note_hypernym_classes(out, chosen)
         return out
 
@@ -292,7 +315,10 @@ class _WordNetMatcher:
     def sense_reason(self, i: int, s, ss, sc) -> str:
         if self.method[i] == "wnid":
             return f"given by the user as {s.name()}"
-        head = f"lemma {self.lemma[i]!r}: {s.name()} ({s.definition()})"
+        what = {"head": "head noun", "modifier": "modifier"}.get(self.compound[i], "lemma")
+        head = f"{what} {self.lemma[i]!r}: {s.name()} ({s.definition()})"
+        if self.compound[i] == "modifier":
+            head += ", a kind of its head noun"
         if len(ss) == 1:
             return head + ", its only noun sense"
         runner = [ss[j].name() for j in np.argsort(-sc, kind="stable") if ss[j] != s][:2]
@@ -359,6 +385,45 @@ class _WordNetMatcher:
                        f"its nearest node {self.wnids[best]} went to another class and no other free node reaches "
                        f"the threshold {self.text_threshold:.2f}")
             out[i] = Match(name, None, float(sim[r, best]), None, "text", cands, why, refused)
+
+    def match_heads(self, out: list) -> None:
+        """Compounds the text path left uncovered, or matched to a strict hypernym of their head noun ("slip-on
+        shoe" -> footwear), take a node at or below the head's best sense (the sense ranking without the domain
+        term): its hyponym nodes most similar to the name first, then its own node.  A head whose best sense no
+        node serves ("electricity bill": a bill to pay) leaves the class as the text path left it."""
+        used = {m.wnid for m in out if m.wnid is not None}
+        index = {w: n for n, w in enumerate(self.wnids)}
+        for i, m in enumerate(out):
+            word, hs = self.head[i]
+            if self.method[i] != "text" or not hs:
+                continue
+            emb = self.sense_embeddings(hs)
+            sim = np.array([float(emb[h] @ self.class_emb[i]) for h in hs])
+            sc = score_senses([sim], [hs], [word], self.weights._replace(domain=0.0))[0]
+            best = hs[int(np.argmax(sc))]
+            node = self.nodes.synset(index[m.wnid]) if m.wnid is not None else None
+            if node is not None and node not in ancestors(best):
+                continue
+            p = self.nodes.place(best)
+            below = np.asarray(p.below, np.int64)
+            ns = self.node_sim(i, below) if len(below) else np.zeros(0)
+            order = [int(below[j]) for j in np.argsort(-ns, kind="stable")]
+            near = [n for n in order if self.node_sim(i, [n])[0] >= self.text_threshold]
+            opts = near + ([p.exact] if p.exact >= 0 else []) + [n for n in order if n not in near]
+            free = [n for n in opts if self.wnids[n] not in used]
+            if not free:
+                continue
+            n = free[0]
+            used.add(self.wnids[n])
+            ns_ = self.nodes.synset(n)
+            rel = (f"the synset of its head noun" if n == p.exact else f"a hyponym ({_name(ns_)}) of {_name(best)!r}")
+            why = ("no node was similar enough to its text" if m.wnid is None else
+                   f"its text match {m.wnid} is a hypernym of its head noun {word!r}")
+            cands = tuple((synset_wnid(hs[j]), round(float(sc[j]), 4)) for j in np.argsort(-sc, kind="stable"))
+            out[i] = Match(m.class_name, self.wnids[n], float(self.node_sim(i, [n])[0]), None, "head",
+                           cands[:NUM_REPORTED_CANDIDATES],
+                           f"head noun {word!r}: {best.name()} ({best.definition()}); {why}; node {self.wnids[n]} "
+                           f"is {rel}")
 
     def under_head(self, n: int, hs) -> bool:
         s = self.nodes.synset(n)

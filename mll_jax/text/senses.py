@@ -39,7 +39,7 @@ import numpy as np
 from mll_jax.wordnet import ancestors, depth, is_physical, sense_count
 
 __all__ = ["SenseWeights", "DEFAULT_SENSE_WEIGHTS", "split_qualifier", "lemma_forms", "noun_senses", "head_noun",
-           "sense_prior", "domain_scores", "score_senses"]
+           "compound_senses", "sense_prior", "domain_scores", "score_senses"]
 
 _QUALIFIER = re.compile(r"^(.*?)\s*\(([^()]*)\)\s*$")
 
@@ -95,6 +95,36 @@ def head_noun(name: str, wn) -> tuple[str | None, list]:
     if len(words) < 2:
         return None, []
     return noun_senses(words[-1], wn)
+
+
+#: Words that make a name a phrase rather than a compound ("tights for gymnastics", "red wolf or maned wolf").
+_PHRASE_WORDS = frozenset("a an the of for or and with in on at to by from as having".split())
+
+
+def compound_senses(name: str, wn) -> tuple[str | None, list, str | None]:
+    """A multi-word name that is no lemma, read as a compound (English compounds are head-final: an "X Y" is a
+    kind of Y).  Returns ``(lemma, senses, kind)``:
+
+    * ``kind="modifier"``: the modifier words form a lemma whose first (most frequent) sense is a kind of a sense
+      of the head ("snoek fish" -> snoek, barracouta.n.01, a fish; "rickshaw vehicle" -> jinrikisha.n.01): the
+      modifier's senses that are kinds of the head;
+    * ``kind="head"``: otherwise the head noun's senses ("Alpine ibex" -> ibex.n.01): the class is that sense or
+      one of its hyponyms;
+    * ``(None, [], None)`` for one-word names, phrases (a function word, a comma or a slash: "tights for
+      gymnastics", "cardboard box / carton") and unknown heads.
+    """
+    base = split_qualifier(name)[0]
+    words = base.replace("_", " ").split()
+    if len(words) < 2 or any(c in base for c in ",/;:") or any(w.lower() in _PHRASE_WORDS for w in words):
+        return None, [], None
+    head, hs = noun_senses(words[-1], wn)
+    if not hs:
+        return None, [], None
+    mod, ms = noun_senses(" ".join(words[:-1]), wn)
+    kinds = [m for m in ms if any(h in ancestors(m) for h in hs)]
+    if ms and ms[0] in kinds:
+        return mod, kinds, "modifier"
+    return head, hs, "head"
 
 
 def sense_prior(senses: Sequence, lemma: str | None) -> np.ndarray:
