@@ -42,6 +42,7 @@ __all__ = [
     "texts_hash",
     "file_hash",
     "next_pow2",
+    "compile_cache",
 ]
 
 
@@ -188,6 +189,24 @@ def usable_cores() -> int:
 def next_pow2(n: int) -> int:
     """Smallest power of two >= ``n`` (1 for ``n <= 1``)."""
     return 1 << max(0, int(n - 1).bit_length())
+
+
+def compile_cache(directory: str | os.PathLike | None = None, *, min_compile_secs: float = 0.5) -> Path:
+    """Turn on JAX's persistent compilation cache for this process and return its directory.
+
+    Compiled XLA programs are kept in ``directory`` (default ``<home()>/jax_cache``); a later process that
+    compiles the same program (same shapes: e.g. CHCO for a task of the same size over the same head counts)
+    loads it instead.  Programs compiled in less than ``min_compile_secs`` are not stored.  JAX reads a damaged
+    or half-written entry as a miss and compiles again, so concurrent processes may share the directory, and
+    deleting it any time only costs compile time.  The CLI turns it on (``--compile_cache``); library code never
+    does on its own, since JAX's configuration is process-wide: call this once, before the first compile."""
+    import jax
+
+    path = home() / "jax_cache" if directory is None else Path(directory).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_secs))
+    return path
 
 
 def orbax_checkpointer(handler: Any = None):

@@ -88,6 +88,7 @@ def test_cli_whole_job(tmp_path):
     p = run("classify", "--root=mll", f"--classes={','.join(CLASSES)}", "--explain", "--output=pred.json",
             "--save_classifier=clf.npz", "--image_size=0", "--noprogress", *cifar)
     got = json.loads((tmp_path / "pred.json").read_text())
+    assert any((home / "jax_cache").iterdir())  # --compile_cache=auto: the compiled programs are kept in the home
 
     # The same job through the Python API, in this process.
     mll = MLL.open(root)
@@ -259,3 +260,21 @@ def test_importing_defines_no_flags():
     assert p.returncode == 0, p.stderr
     counts = {ln.rsplit(" ", 1)[0]: int(ln.rsplit(" ", 1)[1]) for ln in p.stdout.splitlines()}
     assert counts["bench"] >= 25 and counts["classify"] >= 12 and counts["sdag build"] >= 10, counts
+
+
+def test_compile_cache_is_reused_by_a_later_process(tmp_path):
+    """``mll_jax.utils.compile_cache``: a program compiled in one process is stored, and a later process that
+    compiles the same program loads it (JAX logs the hit) and computes the same result."""
+    code = ("import logging, sys, jax, jax.numpy as jnp; from mll_jax.utils import compile_cache; "
+            "logging.basicConfig(); logging.getLogger('jax._src.compiler').setLevel(logging.DEBUG); "
+            "compile_cache(sys.argv[1], min_compile_secs=0); "
+            "f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum(axis=1) * 3); print(f(jnp.arange(12.).reshape(4, 3)))")
+    runs = []
+    for _ in range(2):
+        runs.append(subprocess.run([sys.executable, "-c", code, str(tmp_path / "cache")],
+                                   env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=300))
+        assert runs[-1].returncode == 0, runs[-1].stderr[-2000:]
+    hit = "Persistent compilation cache hit"
+    assert hit not in runs[0].stderr and hit in runs[1].stderr
+    assert runs[0].stdout == runs[1].stdout
+    assert any((tmp_path / "cache").iterdir()) and not (tmp_path / "home" / "jax_cache").exists()

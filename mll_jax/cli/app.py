@@ -13,7 +13,7 @@ from mll_jax.errors import FAILURE_EXIT, USAGE_EXIT, MLLError, UsageError, exit_
 
 from .classify import cmd_classify
 from .commands import cmd_bench, cmd_hub_add, cmd_hub_list, cmd_hub_remove, cmd_label, cmd_sdag_build
-from .common import Command
+from .common import Command, use_compile_cache
 from .flags import (FLAGS, define_bench_flags, define_classify_flags, define_hub_add_flags, define_hub_list_flags,
                     define_hub_remove_flags, define_label_flags, define_sdag_build_flags)
 
@@ -153,6 +153,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "mll-jax", command_pr
             if cmd.name != "bench":
                 if not FLAGS["verbosity"].present:
                     logging.set_verbosity(logging.WARNING)
+            if "compile_cache" in FLAGS:
+                use_compile_cache()
             return cmd.run(args) or 0
         except MLLError as e:  # bad input (2), damaged data (3), a missing install or a failed peer (1)
             if e.exit_code == FAILURE_EXIT and "traceback" in FLAGS and FLAGS.traceback:

@@ -13,11 +13,12 @@ from typing import Callable, Sequence
 from mll_jax.errors import UsageError
 from mll_jax.locking import writer_lock
 from mll_jax.system import MLL
+from mll_jax.utils import compile_cache
 from mll_jax.wordnet import synset_from_wnid
 
 from .flags import FLAGS
 
-__all__ = ["Command", "open_system", "no_args", "status", "parse_beta", "check_wnids", "lock_wait", "writing"]
+__all__ = ["Command", "use_compile_cache", "open_system", "no_args", "status", "parse_beta", "check_wnids", "lock_wait", "writing"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,18 @@ class Command:
     args: str  # positional arguments in the usage line
     define: Callable[..., None]
     run: Callable[[Sequence[str]], int]
+
+
+def use_compile_cache() -> None:
+    """Turn on JAX's persistent compilation cache as ``--compile_cache`` says (a directory that cannot be created
+    only turns it off, with a warning)."""
+    value = str(FLAGS.compile_cache or "none").strip()
+    if value.lower() in ("none", "off", ""):
+        return
+    try:
+        compile_cache(None if value.lower() == "auto" else value)
+    except OSError as e:
+        print(f"warning: compile cache off ({e}); pass --compile_cache=none to silence this", file=sys.stderr)
 
 
 def open_system(create_sdag=None):

@@ -33,6 +33,9 @@ def define_root(d) -> None:
     d("string", "root", None, "the system directory (SDAG, hub, labels, config), created by `mll-jax sdag build`")
     d("bool", "progress", True, "show progress bars (on stderr)")
     d("bool", "traceback", False, "on an unexpected failure, print the full Python traceback")
+    d("string", "compile_cache", "auto", "keep compiled XLA programs here for later runs (JAX's persistent "
+      "compilation cache): 'auto' = $MLL_JAX_HOME/jax_cache (default ~/.cache/mll_jax/jax_cache), 'none' = off, or a "
+      "directory")
     d("string", "lock_wait", "forever", "when another process is writing to --root (commands that change it hold "
       "its writer lock): wait 'forever', 'no' (stop at once with an error) or SECONDS")
 
