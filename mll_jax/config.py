@@ -21,6 +21,8 @@ from mll_jax.errors import ConfigError  # noqa: F401  (re-exported)
 
 __all__ = [
     "DEFAULT_DELTA",
+    "LABEL_STATISTICS",
+    "DEFAULT_LABEL_STATISTIC",
     "DEFAULT_K",
     "DEFAULT_BETA",
     "DEFAULT_MATCH_THRESHOLD",
@@ -36,6 +38,11 @@ __all__ = [
 
 #: Label smoothing discount of Eq. 2: a node's own images and its hyponyms weigh equally.
 DEFAULT_DELTA = 0.5
+#: What a label row summarises over a node's images: "mean_logit" (the paper's Eq. 1: the mean logit vector) or
+#: "mean_probability" (the mean softmax output; the row stored is its log, so CHCO's softmax of the row is the
+#: node's mean head probability).  See mll_jax.labelling.statistic.
+LABEL_STATISTICS = ("mean_logit", "mean_probability")
+DEFAULT_LABEL_STATISTIC = "mean_logit"
 #: Reuse budget: experts per class.
 DEFAULT_K = 3
 #: CHCO loss threshold.  L_c = 0 for a perfect one-vs-rest predictor and 2 log 2 ~ 1.386 for an uninformative
@@ -67,7 +74,9 @@ VLM_METHODS = ("mll", "chco")
 class MLLConfig:
     """Every default of the MLL pipeline.
 
-    Labelling: ``delta`` (Eq. 2 discount, in [0, 1]), ``label_batch_size`` (images per forward pass).
+    Labelling: ``delta`` (Eq. 2 discount, in [0, 1]), ``label_statistic`` (``"mean_logit"``: Eq. 1;
+    ``"mean_probability"``: each node's mean softmax output, see :mod:`mll_jax.labelling.statistic`; changing it
+    makes every expert's labels stale), ``label_batch_size`` (images per forward pass).
     Matching: ``match_threshold`` (similarity floor; a class below it is uncovered), ``node_text``,
     ``match_wordnet`` (resolve class names that are WordNet lemmas through their senses, ranked by sense frequency,
     text similarity and the task's domain, and refuse a node that is a hypernym of the class: see
@@ -92,6 +101,7 @@ class MLLConfig:
     """
 
     delta: float = DEFAULT_DELTA
+    label_statistic: str = DEFAULT_LABEL_STATISTIC
     k: int = DEFAULT_K
     beta: float | None = DEFAULT_BETA
     match_threshold: float = DEFAULT_MATCH_THRESHOLD
@@ -139,6 +149,8 @@ class MLLConfig:
                 bad(name, "must be a positive integer")
 
         real("delta", 0.0, 1.0)
+        if self.label_statistic not in LABEL_STATISTICS:
+            bad("label_statistic", f"must be one of {list(LABEL_STATISTICS)}")
         pos_int("k")
         real("beta", allow_none=True)
         real("match_threshold", -1.0, 1.0)

@@ -156,12 +156,12 @@ class MLL:
         root.mkdir(parents=True, exist_ok=True)
         mll = cls(sdag, root / "hub", root / "labels", config, root=root, **kwargs)
         mll.lock_wait = lock_wait
-        saved = None
-        try:
-            saved = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else None
-        except (OSError, ValueError):
+        same = False
+        try:  # a config.json written before a field existed holds the same config if the field is at its default
+            same = cfg_file.is_file() and MLLConfig.from_json(cfg_file.read_text(encoding="utf-8")) == config
+        except (OSError, ValueError, TypeError):
             pass
-        if saved != json.loads(json.dumps(config.to_dict())) or given:  # a reader writes nothing
+        if not same or given:  # a reader writes nothing
             with mll.writing("open the system"):
                 atomic_write_json(cfg_file, config.to_dict(), sort_keys=True)
                 if given:

@@ -65,9 +65,10 @@ def _devices() -> list[str]:
 
 
 def provenance(command: Sequence[str] | None = None, *, load_at_start: Sequence[float] | None = None) -> dict:
-    """Where and how a result was measured: commit (and whether the tree had changes), UTC date, machine, load
+    """Where and how a result was measured: commit (and whether the tree had changes outside ``results/``), UTC date, machine, load
     averages (at the start, if given, and now) and the command line."""
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    # results/ is what benchmarks write (one after another): only changes outside it count as a changed tree
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     load_now = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {
         "commit": _git("rev-parse", "HEAD"),

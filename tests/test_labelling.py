@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import numpy as np
@@ -85,6 +86,39 @@ def test_eq1_eq2_hand_computation(tmp_path, tiny):
         store.read("lin", [PEKINESE])
     info = store.info("lin")
     assert info["delta"] == 0.3 and info["head_names"] == ["a", "b", "c"]
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_mean_probability_labels_hand_computation(tmp_path, tiny):
+    """``statistic="mean_probability"``: each node's mean softmax row, smoothed by Eq. 2 (the same rules), stored as
+    its log; raw rows of one statistic never serve the other, and switching is no model change."""
+    g, x = tiny
+    store = LabelStore(tmp_path / "labels")
+    p = {v: _softmax(v * A + B) for v in (1, 2, 3, 4, 10, 20, 30, 50)}  # per-image softmax rows (mean pixel v)
+    own = {TOY_DOG: (p[10] + p[20]) / 2, CHIHUAHUA: p[4], MALTESE: (p[1] + p[2] + p[3]) / 3, x: (p[30] + p[50]) / 2}
+    toy = 0.3 * own[TOY_DOG] + 0.7 * (own[CHIHUAHUA] + own[MALTESE] + own[x]) / 3
+    want = {CHIHUAHUA: own[CHIHUAHUA], MALTESE: own[MALTESE], x: own[x], TOY_DOG: toy, LAPDOG: own[x],
+            DOG: (toy + own[x]) / 2}
+    order = [DOG, x, MALTESE, LAPDOG, TOY_DOG, CHIHUAHUA]
+    expect = np.log(np.maximum(np.stack([want[w] for w in order]), 1e-30))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "model changed" warning when only the statistic changes
+        logit = label_models(g, [LinearExpert()], store, delta=0.3, progress=False)
+        first = store.read("lin", order)
+        prob = label_models(g, [LinearExpert()], store, delta=0.3, progress=False, statistic="mean_probability")
+        got = store.read("lin", order)
+        again = label_models(g, [LinearExpert()], store, delta=0.3, progress=False)
+    assert logit == prob == again == {"lin": {"labelled": 6, "computed": 4, "cached": 0}}
+    np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-4)
+    assert np.isclose(np.exp(got[2]).sum(), 1.0, atol=1e-5) and got.min() < -60  # the floor: log(1e-30) = -69
+    np.testing.assert_array_equal(store.read("lin", order), first)
+    assert store.info("lin")["statistic"] == "mean_logit"
+    with pytest.raises(ValueError, match="label statistic must be one of"):
+        label_models(g, [LinearExpert()], store, progress=False, statistic="median")
 
 
 def test_smooth_labels_matches_sequential_reference(wn):

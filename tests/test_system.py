@@ -74,6 +74,23 @@ def test_config_vlm_defaults_and_old_files():
     assert MLLConfig.from_json(v.to_json()) == v
 
 
+def test_opening_a_system_leaves_an_older_config_file_as_it_is(tmp_path, wn):
+    """A config.json written before a field existed (here: label_statistic) loads with the field's default and is not
+    rewritten by a process that only opens the system (an older version can still read it); a changed config is."""
+    from mll_jax import MLL
+    from mll_jax.sdag import SDAG
+
+    root = tmp_path / "sys"
+    MLL.open(root, sdag=SDAG.from_wnids(["n02084071", "n02121620"], wn=wn), config=MLLConfig(progress=False))
+    cfg = root / "config.json"
+    old = {k: v for k, v in json.loads(cfg.read_text()).items() if k != "label_statistic"}
+    cfg.write_text(json.dumps(old))
+    before = cfg.read_bytes()
+    assert MLL.open(root).config == MLLConfig(progress=False) and cfg.read_bytes() == before
+    MLL.open(root, config=MLLConfig(progress=False, label_statistic="mean_probability"))
+    assert json.loads(cfg.read_text())["label_statistic"] == "mean_probability"
+
+
 # ------------------------------------------------------------------------------------------------ class names
 
 
@@ -251,6 +268,35 @@ def test_classifier_explain_save_load_and_stale_detection(small_system, tmp_path
         mll.add_images(w, old)
         mll.label()
     np.testing.assert_array_equal(Classifier.load(p, mll).predict(imgs), pred)
+
+
+def test_label_statistic_makes_labels_stale_and_stores_log_mean_probabilities(small_system):
+    """``MLLConfig.label_statistic="mean_probability"``: every expert is stale, relabelling stores the log of each
+    node's mean softmax output (a node with one image and no labelled hyponym: log softmax of its logits), and
+    going back to the default relabels to the same mean-logit labels."""
+    from mll_jax.models import CIFAR10_WNIDS
+
+    mll, imgs, y = small_system
+    leaves = [w for w in CIFAR10_WNIDS if mll.sdag.num_images(w) == 1 and not mll.sdag.children(w)]
+    before = mll.labels.read("cifar10-cnn", leaves)
+    prob = mll.with_config(label_statistic="mean_probability")
+    assert prob.stale_models() == ["cifar10-cnn"] and mll.stale_models() == []
+    try:
+        assert prob.label()["cifar10-cnn"]["computed"] == len(set(y.tolist()))
+        assert prob.stale_models() == [] and mll.stale_models() == ["cifar10-cnn"]
+        got = mll.labels.read("cifar10-cnn", leaves)
+        z = np.asarray(mll.expert("cifar10-cnn").logits(np.stack([mll.sdag.images(w)[0] for w in leaves])),
+                       np.float64)
+        log_softmax = z - z.max(axis=1, keepdims=True)
+        log_softmax -= np.log(np.exp(log_softmax).sum(axis=1, keepdims=True))
+        np.testing.assert_allclose(got, np.maximum(log_softmax, np.log(1e-30)), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(before, z, rtol=1e-4, atol=1e-4)  # the default: the node's logits (Eq. 1)
+    finally:
+        mll.label()
+    assert mll.stale_models() == [] and prob.stale_models() == ["cifar10-cnn"]
+    np.testing.assert_array_equal(mll.labels.read("cifar10-cnn", leaves), before)
+    with pytest.raises(ConfigError, match="label_statistic"):
+        MLLConfig(label_statistic="median")
 
 
 # ------------------------------------------------------------------------------------------------ acceptance

@@ -17,6 +17,7 @@ import numpy as np
 
 from mll_jax import distributed
 from mll_jax.classifier import Classifier
+from mll_jax.config import DEFAULT_LABEL_STATISTIC
 from mll_jax.errors import MissingLabelsError, MLLError, UncoveredTaskError, UnknownModelError
 from mll_jax.families.base import label_fingerprint, model_fingerprint, sdag_fingerprint
 from mll_jax.hub import PreprocessSpec
@@ -148,11 +149,15 @@ class ExpertFamily:
         atomic_write_json(self.state_file(), state, sort_keys=True)
 
     def wanted_state(self, model_id: str, sdag_fp: str) -> dict:
-        return {"delta": float(self.system.config.delta), "sdag": sdag_fp,
-                "model": model_fingerprint(self.system.hub, model_id)}
+        state = {"delta": float(self.system.config.delta), "sdag": sdag_fp,
+                 "model": model_fingerprint(self.system.hub, model_id)}
+        if self.system.config.label_statistic != DEFAULT_LABEL_STATISTIC:  # states written before it stay valid
+            state["statistic"] = self.system.config.label_statistic
+        return state
 
     def stale(self, model_ids: Sequence[str] | None = None) -> list[str]:
-        """Experts whose labels are missing or were computed from another delta, SDAG data or model weights."""
+        """Experts whose labels are missing or were computed from another delta, label statistic, SDAG data or
+        model weights."""
         sysm = self.system
         ids = self.ids() if model_ids is None else list(model_ids)
         for m in ids:
@@ -178,6 +183,7 @@ class ExpertFamily:
         for m in todo:  # one model at a time: a crash keeps the finished models' state
             # label_models recomputes every node itself when the model's fingerprint changed (new weights)
             summary.update(label_models(sysm.sdag, [sysm.expert(m)], sysm.labels, delta=cfg.delta,
+                                        statistic=cfg.label_statistic,
                                         batch_size=cfg.label_batch_size, recompute=recompute,
                                         progress=cfg.progress, processes=procs, flush_every=unit_nodes))
             state[m] = self.wanted_state(m, fp)

@@ -6,6 +6,8 @@ Eq. 1 (raw label).  For expert m with H_m heads and an SDAG node c with represen
 
 computed with the expert's own batched, jitted forward (``expert.logits(images)``; node by node:
 :func:`node_mean_logits`, packed into full device batches: :mod:`mll_jax.labelling.packing`).
+With ``statistic="mean_probability"`` (``MLLConfig.label_statistic``) the raw label is the mean of
+``softmax(f_m(x))`` instead, smoothed the same way and stored as its log (:mod:`mll_jax.labelling.statistic`).
 
 Eq. 2 (smoothing over the hierarchy), in REVERSE topological order (hyponyms first), with discount delta::
 
@@ -68,6 +70,7 @@ the others, so listing and selection over the intact models keep working.
 Modules:
 
 - :mod:`~mll_jax.labelling.smoothing` -- Eq. 2 (:func:`smooth_labels`, :func:`dag_index`), pure JAX;
+- :mod:`~mll_jax.labelling.statistic` -- the label statistic: Eq. 1's mean logits (default) or mean probabilities;
 - :mod:`~mll_jax.labelling.means` -- Eq. 1 node by node (:func:`node_mean_logits`);
 - :mod:`~mll_jax.labelling.packing` -- Eq. 1 packed into full device batches (:func:`iter_node_means`);
 - :mod:`~mll_jax.labelling.layout` -- formats, storage dtypes, file names, checksums, the atomic writer;
@@ -87,10 +90,13 @@ from .means import node_mean_logits
 from .packing import PackingError, iter_node_means, packed_node_means
 from .run import label_models
 from .smoothing import DagIndex, dag_index, smooth_labels
+from .statistic import DEFAULT_LABEL_STATISTIC, LABEL_STATISTICS
 from .store import LabelStore
 
 __all__ = [
     "DEFAULT_DELTA",
+    "DEFAULT_LABEL_STATISTIC",
+    "LABEL_STATISTICS",
     "DagIndex",
     "dag_index",
     "smooth_labels",

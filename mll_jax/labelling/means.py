@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from mll_jax.config import DEFAULT_LABEL_STATISTIC
 from mll_jax.errors import LabellingError, NonFiniteLogitsError
 from mll_jax.images import as_image_batch
 
 from .layout import positive_int
+from .statistic import check_statistic, per_image_rows
 
 __all__ = ["node_mean_logits"]
 
 
-def node_mean_logits(expert, images: np.ndarray, *, batch_size: int = 64, node: str = "?") -> np.ndarray:
-    """Eq. 1: mean logit vector (float32, (H,)) of ``expert`` over ``images``, in batches of ``batch_size``.
+def node_mean_logits(expert, images: np.ndarray, *, batch_size: int = 64, node: str = "?",
+                     statistic: str = DEFAULT_LABEL_STATISTIC) -> np.ndarray:
+    """Eq. 1: mean logit vector (float32, (H,)) of ``expert`` over ``images``, in batches of ``batch_size``
+    (``statistic="mean_probability"``: the mean softmax output, :mod:`mll_jax.labelling.statistic`).
 
     Raises :class:`NonFiniteLogitsError` / :class:`LabellingError` naming the model and node on NaN/inf logits
     or a wrong output shape.
@@ -26,6 +30,7 @@ def node_mean_logits(expert, images: np.ndarray, *, batch_size: int = 64, node: 
     batch_size = positive_int(batch_size, "batch_size")
     images = as_image_batch(images, f"images of node {node!r}")
     h = int(expert.num_heads)
+    check_statistic(statistic)
     n = int(images.shape[0])
     if n == 0:
         raise LabellingError(f"node {node!r} has no images to label model {mid!r} with")
@@ -41,5 +46,6 @@ def node_mean_logits(expert, images: np.ndarray, *, batch_size: int = 64, node: 
             raise NonFiniteLogitsError(f"model {mid!r} produced non-finite logits (NaN/inf) on node {node!r} "
                                        f"({bad} of {batch.shape[0]} images in a batch); nothing was committed "
                                        "for this model")
-        total += out.sum(axis=0, dtype=np.float64)
+        total += (out.sum(axis=0, dtype=np.float64) if statistic == "mean_logit" else
+                  per_image_rows(out, statistic).sum(axis=0))
     return (total / n).astype(np.float32)

@@ -62,9 +62,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from mll_jax.config import DEFAULT_LABEL_STATISTIC
 from mll_jax.errors import LabellingError, NonFiniteLogitsError, PackingError
 from mll_jax.images import as_image_batch
 from mll_jax.models import as_uint8_rgb
+
+from .statistic import check_statistic, per_image_rows
 
 __all__ = ["iter_node_means", "packed_node_means", "PackingError"]
 
@@ -124,8 +127,10 @@ def _local_mesh(devices):
 
 def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_size: int = 64,
                     workers: int = 2, prefetch: int = 4, in_flight: int = 2,
-                    devices: Any = None) -> Iterator[tuple[Any, np.ndarray]]:
-    """Yield ``(node, mean logits float32 (H,))`` for every ``(node, images)`` item, packing nodes into full batches.
+                    devices: Any = None, statistic: str = DEFAULT_LABEL_STATISTIC) -> Iterator[tuple[Any, np.ndarray]]:
+    """Yield ``(node, mean logits float32 (H,))`` for every ``(node, images)`` item, packing nodes into full batches
+    (``statistic="mean_probability"``: the mean of each image's softmax output instead,
+    :mod:`mll_jax.labelling.statistic`).
 
     Args:
         expert: a :class:`mll_jax.models.FlaxModuleExpert` (fast path) or any expert with ``model_id``,
@@ -147,6 +152,7 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
     """
     mid = getattr(expert, "model_id", "?")
     h = int(expert.num_heads)
+    check_statistic(statistic)
     fast = _has_fast_path(expert)
     bs = int(expert.batch_size) if fast else int(logits_batch_size)
     if bs < 1 or workers < 1 or prefetch < 1 or in_flight < 1:
@@ -203,7 +209,10 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
                 bad = int(np.sum(~np.isfinite(rows).all(axis=1)))
                 raise NonFiniteLogitsError(f"model {mid!r} produced non-finite logits (NaN/inf) on node {node!r} "
                                            f"({bad} of {k} images in a batch); nothing was committed for this model")
-            sums[node] += rows.sum(axis=0, dtype=np.float64)
+            if statistic == "mean_logit":
+                sums[node] += rows.sum(axis=0, dtype=np.float64)
+            else:
+                sums[node] += per_image_rows(rows, statistic).sum(axis=0)
             left[node] -= k
 
     def ready() -> Iterator[tuple[Any, np.ndarray]]:

@@ -18,13 +18,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mll_jax import distributed
-from mll_jax.config import DEFAULT_DELTA
+from mll_jax.config import DEFAULT_DELTA, DEFAULT_LABEL_STATISTIC
 from mll_jax.errors import LabellingError, LabelStoreCorruptError, NonFiniteLogitsError
 from mll_jax.expert_fingerprint import expert_fingerprint
 
 from .layout import NO_FINGERPRINT, positive_int
 from .packing import iter_node_means
 from .smoothing import dag_index, smooth_labels
+from .statistic import check_statistic, finish_rows, model_fingerprint, raw_cache_key
 from .store import LabelStore
 
 __all__ = ["label_models", "check_expert", "node_blocks"]
@@ -54,7 +55,7 @@ def node_blocks(nodes: Sequence[str], size: int) -> list[list[str]]:
 def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike", *, delta: float = DEFAULT_DELTA,
                  batch_size: int = 64, flush_every: int = 64, recompute: bool = False,
                  progress: bool = True, workers: int = 2, processes=None, devices=None,
-                 timeout: float | None = None) -> dict[str, dict]:
+                 timeout: float | None = None, statistic: str = DEFAULT_LABEL_STATISTIC) -> dict[str, dict]:
     """Label every expert on the SDAG (Eq. 1-2) and commit the labels to ``store``.
 
     Eq. 1 raw means are computed only for nodes whose images are not already in the store's raw cache for that
@@ -89,12 +90,18 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     ``workers`` host threads ahead of the device; each node's mean is summed in float64 on the host and equals the
     node-by-node :func:`node_mean_logits` up to float32 round-off.
 
+    ``statistic``: what a label row summarises over a node's images, ``"mean_logit"`` (Eq. 1) or
+    ``"mean_probability"`` (:mod:`mll_jax.labelling.statistic`: mean softmax rows, smoothed, stored as their log);
+    recorded in the committed labels' index (``extra["statistic"]``).  Raw rows of one statistic never serve the
+    other.
+
     Returns {model_id: {"labelled": nodes with a label, "computed": nodes run through the expert (by all
     processes), "cached": nodes taken from the raw cache}}, plus ``"fingerprint_changed": True`` for a model whose
     fingerprint changed, and with several processes ``"processes"`` (N) and ``"computed_here"`` (this process).
     """
     if not 0.0 <= float(delta) <= 1.0:
         raise ValueError(f"delta must lie in [0, 1], got {delta}")
+    check_statistic(statistic)
     positive_int(batch_size, "batch_size")
     positive_int(flush_every, "flush_every")
     procs = distributed.current() if processes is None else processes
@@ -132,11 +139,12 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
     for expert in experts:
         mid, h = check_expert(expert)
         fp = fps[mid]
+        key = raw_cache_key(fp, statistic)  # raw chunks of this model version and statistic
         tag = procs.new_tag(f"label/{mid}") if procs.multi else ""
         if recompute and me == 0:
             store.clear_raw(mid)
         procs.barrier(f"{tag}/cleared", f"preparing the labelling of {mid!r}", timeout=timeout)
-        old_fps = store.raw_fingerprints(mid) - {fp or NO_FINGERPRINT}
+        old_fps = {model_fingerprint(k) for k in store.raw_fingerprints(mid)} - {fp or NO_FINGERPRINT}
         if mid in store:
             try:
                 committed = store.fingerprint(mid)
@@ -148,7 +156,7 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
             warnings.warn(f"model {mid!r} changed since it was labelled (fingerprint "
                           f"{sorted(old_fps)[0][:12] or 'none'} -> {(fp or 'none')[:12]}): its labels are recomputed",
                           stacklevel=2)
-        raw = store.load_raw(mid, fp)
+        raw = store.load_raw(mid, key)
         stale = [w for w, (_, m) in raw.items() if m.shape != (h,)]
         for w in stale:
             del raw[w]
@@ -170,13 +178,13 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
             block_of = {w: b for b, ws in mine for w in ws}
             items = ((w, functools.partial(sdag.images, w), b) for b, ws in mine for w in ws)
             for w, mean in iter_node_means(expert, items, logits_batch_size=batch_size, workers=workers,
-                                           devices=devices):
+                                           devices=devices, statistic=statistic):
                 buffer[w] = (keys[w], mean)
                 pbar.update(1)
                 b = block_of[w]
                 left[b] -= 1
                 if left[b] == 0:  # the unit is complete: one atomic chunk
-                    store.append_raw(mid, buffer, fingerprint=fp)
+                    store.append_raw(mid, buffer, fingerprint=key)
                     raw.update(buffer)
                     done_here += 1
                     buffer = {}
@@ -185,7 +193,7 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
             buffer = {}
             error = e
         except BaseException as e:
-            store.append_raw(mid, buffer, fingerprint=fp)  # keep the finished nodes of a crashed / interrupted run
+            store.append_raw(mid, buffer, fingerprint=key)  # keep the finished nodes of a crashed / interrupted run
             error = e
         finally:
             pbar.close()
@@ -197,7 +205,7 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
         if me == 0:
             try:
                 if procs.multi:  # the other processes' units
-                    raw = {w: v for w, v in store.load_raw(mid, fp).items() if v[1].shape == (h,)}
+                    raw = {w: v for w, v in store.load_raw(mid, key).items() if v[1].shape == (h,)}
                 missing = [w for w in with_data if w not in raw or raw[w][0] != keys[w]]
                 if missing:
                     raise LabellingError(f"model {mid!r}: {len(missing)} nodes have no raw label after every unit "
@@ -208,12 +216,13 @@ def label_models(sdag, experts: Iterable, store: "LabelStore | str | os.PathLike
                     own[pos[w]] = raw[w][1]
                     has_own[pos[w]] = True
                 s, has = smooth_labels(own, has_own, idx.edge_parent, idx.edge_child, np.float32(delta), idx.height)
-                s, has = np.asarray(s), np.asarray(has)
+                s, has = finish_rows(np.asarray(s), statistic), np.asarray(has)
                 labelled = [w for w, ok in zip(nodes, has) if ok]
                 store.commit(mid, labelled, s[has], delta=float(delta),  # process 0 alone (orbax: distributed.py)
                              head_names=getattr(expert, "head_names", None),
-                             extra={"num_images": {w: sdag.num_images(w) for w in with_data}}, fingerprint=fp)
-                store.compact_raw(mid, fp)
+                             extra={"num_images": {w: sdag.num_images(w) for w in with_data},
+                                    "statistic": statistic}, fingerprint=fp)
+                store.compact_raw(mid, key)
             except Exception as e:
                 procs.publish(f"{tag}/result", e)
                 raise
