@@ -39,7 +39,6 @@ data and model fingerprint its labels were computed from), ``root/vlm_labels/`` 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import warnings
 from pathlib import Path
@@ -141,12 +140,18 @@ class MLL:
         if root.exists() and not root.is_dir():
             raise MLLError(f"{root} exists and is not a directory")
         cfg_file = root / "config.json"
-        if config is None and cfg_file.is_file():
+        saved = None  # the saved config (a file written before a field existed: that field at its default)
+        if cfg_file.is_file():
             try:
-                config = MLLConfig.from_json(cfg_file.read_text(encoding="utf-8"))
+                saved = MLLConfig.from_json(cfg_file.read_text(encoding="utf-8"))
+            except OSError:
+                if config is None:  # a given config replaces an unreadable file
+                    raise
             except (ValueError, TypeError) as e:
-                raise MLLError(f"{cfg_file}: unreadable configuration ({e}); fix or delete it") from e
-        config = config or MLLConfig()
+                if config is None:
+                    raise MLLError(f"{cfg_file}: unreadable configuration ({e}); fix or delete it") from e
+        if config is None:
+            config = saved or MLLConfig()
         given = sdag is not None
         if sdag is None:
             if not (root / "sdag" / "sdag.json").is_file():
@@ -156,12 +161,7 @@ class MLL:
         root.mkdir(parents=True, exist_ok=True)
         mll = cls(sdag, root / "hub", root / "labels", config, root=root, **kwargs)
         mll.lock_wait = lock_wait
-        same = False
-        try:  # a config.json written before a field existed holds the same config if the field is at its default
-            same = cfg_file.is_file() and MLLConfig.from_json(cfg_file.read_text(encoding="utf-8")) == config
-        except (OSError, ValueError, TypeError):
-            pass
-        if not same or given:  # a reader writes nothing
+        if saved != config or given:  # a reader writes nothing
             with mll.writing("open the system"):
                 atomic_write_json(cfg_file, config.to_dict(), sort_keys=True)
                 if given:

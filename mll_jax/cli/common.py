@@ -18,7 +18,8 @@ from mll_jax.wordnet import synset_from_wnid
 
 from .flags import FLAGS
 
-__all__ = ["Command", "use_compile_cache", "open_system", "no_args", "status", "parse_beta", "check_wnids", "lock_wait", "writing"]
+__all__ = ["Command", "use_compile_cache", "open_system", "no_args", "status", "parse_beta", "check_wnids", "lock_wait",
+           "writing"]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from mll_jax.errors import LabellingError, NonFiniteLogitsError
 from mll_jax.images import as_image_batch
 
 from .layout import positive_int
-from .statistic import check_statistic, per_image_rows
+from .statistic import check_statistic, summed_rows
 
 __all__ = ["node_mean_logits"]
 
@@ -46,6 +46,5 @@ def node_mean_logits(expert, images: np.ndarray, *, batch_size: int = 64, node: 
             raise NonFiniteLogitsError(f"model {mid!r} produced non-finite logits (NaN/inf) on node {node!r} "
                                        f"({bad} of {batch.shape[0]} images in a batch); nothing was committed "
                                        "for this model")
-        total += (out.sum(axis=0, dtype=np.float64) if statistic == "mean_logit" else
-                  per_image_rows(out, statistic).sum(axis=0))
+        total += summed_rows(out, statistic)
     return (total / n).astype(np.float32)

@@ -67,7 +67,7 @@ from mll_jax.errors import LabellingError, NonFiniteLogitsError, PackingError
 from mll_jax.images import as_image_batch
 from mll_jax.models import as_uint8_rgb
 
-from .statistic import check_statistic, per_image_rows
+from .statistic import check_statistic, summed_rows
 
 __all__ = ["iter_node_means", "packed_node_means", "PackingError"]
 
@@ -209,10 +209,7 @@ def iter_node_means(expert, items: Iterable[tuple[Any, Any]], *, logits_batch_si
                 bad = int(np.sum(~np.isfinite(rows).all(axis=1)))
                 raise NonFiniteLogitsError(f"model {mid!r} produced non-finite logits (NaN/inf) on node {node!r} "
                                            f"({bad} of {k} images in a batch); nothing was committed for this model")
-            if statistic == "mean_logit":
-                sums[node] += rows.sum(axis=0, dtype=np.float64)
-            else:
-                sums[node] += per_image_rows(rows, statistic).sum(axis=0)
+            sums[node] += summed_rows(rows, statistic)
             left[node] -= k
 
     def ready() -> Iterator[tuple[Any, np.ndarray]]:

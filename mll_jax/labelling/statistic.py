@@ -21,7 +21,7 @@ import numpy as np
 from mll_jax.config import DEFAULT_LABEL_STATISTIC, LABEL_STATISTICS
 
 __all__ = ["LABEL_STATISTICS", "DEFAULT_LABEL_STATISTIC", "LOG_FLOOR", "check_statistic", "per_image_rows",
-           "finish_rows", "raw_cache_key", "model_fingerprint"]
+           "summed_rows", "finish_rows", "raw_cache_key", "model_fingerprint"]
 
 #: Smallest probability whose log is stored (a head with no mass on a node and its hyponyms): log(1e-30) = -69.
 LOG_FLOOR = 1e-30
@@ -60,6 +60,14 @@ def per_image_rows(logits: np.ndarray, statistic: str = DEFAULT_LABEL_STATISTIC)
     check_statistic(statistic)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def summed_rows(logits: np.ndarray, statistic: str = DEFAULT_LABEL_STATISTIC) -> np.ndarray:
+    """The sum over a batch of images (axis 0) of their :func:`per_image_rows`, in float64 (the float32 logits
+    summed in float64 for ``"mean_logit"``)."""
+    if statistic == "mean_logit":
+        return np.asarray(logits).sum(axis=0, dtype=np.float64)
+    return per_image_rows(logits, statistic).sum(axis=0)
 
 
 def finish_rows(smoothed: np.ndarray, statistic: str = DEFAULT_LABEL_STATISTIC) -> np.ndarray:

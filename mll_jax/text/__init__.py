@@ -25,8 +25,8 @@ from mll_jax.text.guard import NodeIndex, Placement, hypernym_reason, uncovered_
 from mll_jax.text.match import NUM_REPORTED_CANDIDATES, Match, match_classes
 from mll_jax.text.nodes import (DEFAULT_QUERY_FORMAT, lemma_node_text, node_text, query_texts, synset_lemma_text,
                                 wordnet_node_texts)
-from mll_jax.text.senses import (DEFAULT_SENSE_WEIGHTS, SenseWeights, compound_senses, head_noun, lemma_forms,
-                                 noun_senses, score_senses, split_qualifier)
+from mll_jax.text.senses import (DEFAULT_SENSE_WEIGHTS, Compound, SenseWeights, compound_senses, head_noun,
+                                 lemma_forms, noun_senses, score_senses, split_qualifier)
 from mll_jax.text.specs import ClassSpec, parse_class_spec, parse_class_specs, read_class_file, resolve_specs
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "lemma_forms",
     "noun_senses",
     "head_noun",
+    "Compound",
     "compound_senses",
     "score_senses",
     "synset_lemma_text",

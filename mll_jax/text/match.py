@@ -51,7 +51,8 @@ from mll_jax.text.core import DEFAULT_THRESHOLD, match_embeddings
 from mll_jax.text.encoder import TextEncoder
 from mll_jax.text.guard import NodeIndex, hypernym_reason, uncovered_reason
 from mll_jax.text.nodes import DEFAULT_QUERY_FORMAT, query_texts, synset_lemma_text, wordnet_node_texts
-from mll_jax.text.senses import DEFAULT_SENSE_WEIGHTS, SenseWeights, compound_senses, head_noun, noun_senses, score_senses
+from mll_jax.text.senses import (DEFAULT_SENSE_WEIGHTS, SenseWeights, compound_senses, head_noun, noun_senses,
+                                 score_senses)
 from mll_jax.text.specs import ClassSpec, resolve_specs
 from mll_jax.wordnet import ancestors, hypernyms, kin, synset_from_wnid, wnid as synset_wnid
 
@@ -203,11 +204,11 @@ class _WordNetMatcher:
                 if ss:
                     self.senses[i], self.lemma[i], self.method[i] = ss, lemma, "lemma"
                 elif self.compounds:
-                    lemma, ss, kind = compound_senses(sp.name, self.wn)
-                    if kind == "modifier":
-                        self.senses[i], self.lemma[i], self.method[i], self.compound[i] = ss, lemma, "lemma", kind
-                    if ss:
-                        self.head[i] = head_noun(sp.name, self.wn)
+                    c = compound_senses(sp.name, self.wn)
+                    self.head[i] = (c.head, list(c.head_senses))
+                    if c.kind == "modifier":
+                        self.senses[i], self.lemma[i], self.method[i] = c.senses, c.lemma, "lemma"
+                        self.compound[i] = c.kind
 
     def run(self) -> list[Match]:
         self.resolve()
@@ -315,7 +316,7 @@ class _WordNetMatcher:
     def sense_reason(self, i: int, s, ss, sc) -> str:
         if self.method[i] == "wnid":
             return f"given by the user as {s.name()}"
-        what = {"head": "head noun", "modifier": "modifier"}.get(self.compound[i], "lemma")
+        what = "modifier" if self.compound[i] == "modifier" else "lemma"
         head = f"{what} {self.lemma[i]!r}: {s.name()} ({s.definition()})"
         if self.compound[i] == "modifier":
             head += ", a kind of its head noun"
@@ -392,7 +393,6 @@ class _WordNetMatcher:
         term): its hyponym nodes most similar to the name first, then its own node.  A head whose best sense no
         node serves ("electricity bill": a bill to pay) leaves the class as the text path left it."""
         used = {m.wnid for m in out if m.wnid is not None}
-        index = {w: n for n, w in enumerate(self.wnids)}
         for i, m in enumerate(out):
             word, hs = self.head[i]
             if self.method[i] != "text" or not hs:
@@ -401,22 +401,23 @@ class _WordNetMatcher:
             sim = np.array([float(emb[h] @ self.class_emb[i]) for h in hs])
             sc = score_senses([sim], [hs], [word], self.weights._replace(domain=0.0))[0]
             best = hs[int(np.argmax(sc))]
-            node = self.nodes.synset(index[m.wnid]) if m.wnid is not None else None
+            node = self.nodes.synset(self.nodes.index[m.wnid]) if m.wnid is not None else None
             if node is not None and node not in ancestors(best):
                 continue
             p = self.nodes.place(best)
             below = np.asarray(p.below, np.int64)
             ns = self.node_sim(i, below) if len(below) else np.zeros(0)
-            order = [int(below[j]) for j in np.argsort(-ns, kind="stable")]
-            near = [n for n in order if self.node_sim(i, [n])[0] >= self.text_threshold]
-            opts = near + ([p.exact] if p.exact >= 0 else []) + [n for n in order if n not in near]
+            order = np.argsort(-ns, kind="stable")
+            near = [int(below[j]) for j in order if ns[j] >= self.text_threshold]
+            far = [int(below[j]) for j in order if ns[j] < self.text_threshold]
+            opts = near + ([p.exact] if p.exact >= 0 else []) + far
             free = [n for n in opts if self.wnids[n] not in used]
             if not free:
                 continue
             n = free[0]
             used.add(self.wnids[n])
             ns_ = self.nodes.synset(n)
-            rel = (f"the synset of its head noun" if n == p.exact else f"a hyponym ({_name(ns_)}) of {_name(best)!r}")
+            rel = ("the synset of its head noun" if n == p.exact else f"a hyponym ({_name(ns_)}) of {_name(best)!r}")
             why = ("no node was similar enough to its text" if m.wnid is None else
                    f"its text match {m.wnid} is a hypernym of its head noun {word!r}")
             cands = tuple((synset_wnid(hs[j]), round(float(sc[j]), 4)) for j in np.argsort(-sc, kind="stable"))

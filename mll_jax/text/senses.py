@@ -39,7 +39,7 @@ import numpy as np
 from mll_jax.wordnet import ancestors, depth, is_physical, sense_count
 
 __all__ = ["SenseWeights", "DEFAULT_SENSE_WEIGHTS", "split_qualifier", "lemma_forms", "noun_senses", "head_noun",
-           "compound_senses", "sense_prior", "domain_scores", "score_senses"]
+           "Compound", "compound_senses", "sense_prior", "domain_scores", "score_senses"]
 
 _QUALIFIER = re.compile(r"^(.*?)\s*\(([^()]*)\)\s*$")
 
@@ -101,30 +101,41 @@ def head_noun(name: str, wn) -> tuple[str | None, list]:
 _PHRASE_WORDS = frozenset("a an the of for or and with in on at to by from as having".split())
 
 
-def compound_senses(name: str, wn) -> tuple[str | None, list, str | None]:
+class Compound(NamedTuple):
+    """How :func:`compound_senses` reads a multi-word name: ``lemma`` and ``senses`` to resolve it by, ``kind``
+    (``"modifier"``, ``"head"`` or None), and its ``head`` noun with the head's senses."""
+
+    lemma: str | None
+    senses: list
+    kind: str | None
+    head: str | None = None
+    head_senses: Sequence = ()
+
+
+def compound_senses(name: str, wn) -> Compound:
     """A multi-word name that is no lemma, read as a compound (English compounds are head-final: an "X Y" is a
-    kind of Y).  Returns ``(lemma, senses, kind)``:
+    kind of Y).  Returns a :class:`Compound` ``(lemma, senses, kind, head, head_senses)``:
 
     * ``kind="modifier"``: the modifier words form a lemma whose first (most frequent) sense is a kind of a sense
       of the head ("snoek fish" -> snoek, barracouta.n.01, a fish; "rickshaw vehicle" -> jinrikisha.n.01): the
       modifier's senses that are kinds of the head;
     * ``kind="head"``: otherwise the head noun's senses ("Alpine ibex" -> ibex.n.01): the class is that sense or
       one of its hyponyms;
-    * ``(None, [], None)`` for one-word names, phrases (a function word, a comma or a slash: "tights for
+    * ``(None, [], None, None, [])`` for one-word names, phrases (a function word, a comma or a slash: "tights for
       gymnastics", "cardboard box / carton") and unknown heads.
     """
     base = split_qualifier(name)[0]
     words = base.replace("_", " ").split()
     if len(words) < 2 or any(c in base for c in ",/;:") or any(w.lower() in _PHRASE_WORDS for w in words):
-        return None, [], None
+        return Compound(None, [], None)
     head, hs = noun_senses(words[-1], wn)
     if not hs:
-        return None, [], None
+        return Compound(None, [], None)
     mod, ms = noun_senses(" ".join(words[:-1]), wn)
     kinds = [m for m in ms if any(h in ancestors(m) for h in hs)]
     if ms and ms[0] in kinds:
-        return mod, kinds, "modifier"
-    return head, hs, "head"
+        return Compound(mod, kinds, "modifier", head, hs)
+    return Compound(head, hs, "head", head, hs)
 
 
 def sense_prior(senses: Sequence, lemma: str | None) -> np.ndarray:
