@@ -15,7 +15,7 @@ import pytest
 
 from mll_jax import chco
 from mll_jax.chco import single
-from mll_jax.chco.chunks import MAX_WORKERS, as_mesh, default_workers, solve_chunk
+from mll_jax.chco.chunks import MAX_WORKERS, as_mesh, default_workers, group_buckets, solve_chunk
 from mll_jax.chco.doubleword import dw_sum, mm_dw, two_prod, two_sum
 from mll_jax.chco.gap import gap_accurate
 from mll_jax.chco.loss import loss_qr, q_and_r
@@ -319,6 +319,8 @@ def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(mon
     solve_chunk.clear_cache()
     try:
         batch = chco.solve_batch(Ss, progress=False, atol=0.0)
+        # The retry pass ran in the first pass's program (same shapes, its other slots fillers): one compile.
+        n_programs = solve_chunk._cache_size()
         # The first pass of the patched run is the unpatched solve (same loop): which models fail there?
         fails_first = np.array([float(patched(chco.head_softmax(jnp.asarray(S)), jnp.asarray(X)))
                                 > 1e-5 * abs(float(f)) for S, X, f in zip(Ss, ref.X, ref.objective)])
@@ -327,6 +329,7 @@ def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(mon
         solve_chunk.clear_cache()
     assert batch.converged.all(), (batch.gap, batch.objective)
     assert np.all(batch.gap <= 1e-5 * np.abs(batch.objective))
+    assert n_programs == 1
     # Exactly the models that fail the first check were re-run (more iterations); the others are unchanged.
     assert fails_first.any() and not fails_first.all()
     np.testing.assert_array_equal(batch.iterations > ref.iterations, fails_first)
@@ -336,6 +339,37 @@ def test_solve_batch_retries_a_model_whose_accurate_gap_misses_the_threshold(mon
 # ------------------------------------------------------------------------------------------------
 # Validation (issue 11, item 8)
 # ------------------------------------------------------------------------------------------------
+
+
+def test_head_groups_of_few_models_join_the_nearest_larger_group():
+    # Buckets: 5 -> 8, 19 -> 24, 40 -> 40, 1000 -> 1120. At most 1/8 of the larger group's own models may join it.
+    assert group_buckets([40] * 16 + [5, 5]) == [40] * 18
+    assert group_buckets([40] * 16 + [5, 5, 5]) == [40] * 16 + [8] * 3
+    # A chain: 19 joins 1000 (1 <= 9/8); 10 would make 2 merged models, above 9/8, so it keeps its own bucket,
+    # and 2 does not join it (1 > 1/8).
+    assert group_buckets([2, 10, 19] + [1000] * 9) == [8, 16] + [1120] * 10
+    assert group_buckets([7, 7]) == [8, 8]
+
+
+def test_solve_batch_solves_a_mixed_hub_in_one_program_with_each_models_optimum():
+    # 16 models of 40 heads and one of 5: the small one is padded into the large group's program (one compile),
+    # and every model reaches its own certified optimum (checked against solving it alone).
+    rng = np.random.default_rng(3)
+    Ss = [family(rng, "normal", 40, 6) for _ in range(16)] + [family(rng, "peaked", 5, 6)]
+    solve_chunk.clear_cache()
+    try:
+        batch = chco.solve_batch(Ss, progress=False)
+        n_programs = solve_chunk._cache_size()
+    finally:
+        solve_chunk.clear_cache()
+    assert n_programs == 1
+    assert batch.converged.all()
+    assert batch.X[-1].shape == (5, 6)
+    for S, f, X in zip(Ss, batch.objective, batch.X):
+        alone = chco.solve(S)
+        assert bool(alone.converged)
+        np.testing.assert_allclose(f, float(alone.objective), rtol=3e-5)
+        assert X.min() >= 0 and X.sum(axis=1).max() <= 1 + 1e-5  # feasible: no padded head leaks in
 
 
 def test_solve_raises_on_non_finite_concrete_input():

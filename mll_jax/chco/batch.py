@@ -12,7 +12,7 @@ import numpy as np
 from mll_jax.errors import CHCOInputError
 from mll_jax.utils import next_pow2
 
-from .chunks import (SUBCHUNKS, as_mesh, default_round_iter, default_workers, head_bucket, models_per_chunk,
+from .chunks import (SUBCHUNKS, as_mesh, default_round_iter, default_workers, group_buckets, models_per_chunk,
                      padded_heads, sharded_chunk_solver, solve_chunk)
 from .problem import DEFAULT_METHOD, METHODS, check_tolerances, default_atol, working_dtype
 
@@ -104,7 +104,7 @@ def solve_batch(
 ) -> BatchResult:
     """Solve CHCO for many models with different head counts.
 
-    Models are validated (errors name the model), grouped by padded head count (see ``head_bucket``), padded
+    Models are validated (errors name the model), grouped by padded head count (see ``group_buckets``), padded
     with masked heads (which provably do not change the result: their probability is exactly 0 and their
     rows are fixed at 0) and solved in fixed-size chunks: one jit-compiled call runs up to
     ``SUBCHUNKS`` chunks one after the other (``lax.map`` over ``vmap``-ed chunks), ``workers`` host
@@ -175,7 +175,7 @@ def solve_batch(
     per_pass = max_iter if in_loop else round_iter
     restart_every = round_iter if in_loop and round_iter < max_iter else None
     M = len(arrays)
-    X_cur: list = [None] * M  # None: the uniform start 1/C (not shipped to the device)
+    X_cur: list = [None] * M  # None: not started (the uniform start 1/C)
     loss = np.zeros((M, C), dtype)
     obj = np.zeros(M, dtype)
     iters = np.zeros(M, np.int64)
@@ -235,27 +235,35 @@ def solve_batch(
         if bar is not None and fin.any():
             bar.update(int(fin.sum()))
 
+    # Per head bucket, the shapes of its first pass (padded heads, models per chunk, models per call): later
+    # passes (pgd's retry, the rounds of fista and head) reuse them, and every call ships its starting X (1/C
+    # on the first pass), so a whole solve_batch compiles one program per bucket. (A retry of one model with
+    # its own shapes compiled a second program: 2.2 s of a 31-s first selection, 48 experts, C = 101.)
+    shapes: dict[int, tuple[int, int, int]] = {}
+    bucket_of = group_buckets(H_of)  # decided once, so that later passes keep the first pass's programs
     try:
         while pending:
             groups: dict[int, list[int]] = {}
             for i in pending:
-                groups.setdefault(head_bucket(arrays[i].shape[0]), []).append(i)
+                groups.setdefault(bucket_of[i], []).append(i)
             still: list = []
             for bucket in sorted(groups):
                 idx = groups[bucket]
-                # Pad to the group's largest head count (a multiple of 8), not to the bucket's upper
-                # bound: models of equal H (the common case) then carry no padded heads (H = 1000 was
-                # padded to 1120, 12% of every iteration's work).
-                Hp = padded_heads(bucket, int(H_of[idx].max()))
-                cs = models_per_chunk(len(idx), Hp, C, dtype.itemsize, chunk_size, max_chunk_bytes)
-                cs = -(-cs // n_dev) * n_dev  # every device gets the same number of models
-                # Models per compiled call: up to SUBCHUNKS sub-chunks of cs models, run one after the
-                # other inside the call (lax.map), so Python dispatches few calls; a few calls stay in
-                # flight at once, launched by the worker threads (concurrent calls keep the cores busy).
-                # About _CALLS_PER_WORKER calls per worker where there are enough models for it, the models
-                # dealt to them round-robin (balance: see _CALLS_PER_WORKER).
-                K = cs * min(SUBCHUNKS, next_pow2(-(-len(idx) // (cs * workers * _CALLS_PER_WORKER))))
-                has_x0 = any(X_cur[i] is not None for i in idx)
+                if bucket not in shapes:
+                    # Pad to the group's largest head count (a multiple of 8), not to the bucket's upper
+                    # bound: models of equal H (the common case) then carry no padded heads (H = 1000 was
+                    # padded to 1120, 12% of every iteration's work).
+                    Hp = padded_heads(bucket, int(H_of[idx].max()))
+                    cs = models_per_chunk(len(idx), Hp, C, dtype.itemsize, chunk_size, max_chunk_bytes)
+                    cs = -(-cs // n_dev) * n_dev  # every device gets the same number of models
+                    # Models per compiled call: up to SUBCHUNKS sub-chunks of cs models, run one after the
+                    # other inside the call (lax.map), so Python dispatches few calls; a few calls stay in
+                    # flight at once, launched by the worker threads (concurrent calls keep the cores busy).
+                    # About _CALLS_PER_WORKER calls per worker where there are enough models for it, the
+                    # models dealt to them round-robin (balance: see _CALLS_PER_WORKER).
+                    K = cs * min(SUBCHUNKS, next_pow2(-(-len(idx) // (cs * workers * _CALLS_PER_WORKER))))
+                    shapes[bucket] = (Hp, cs, K)
+                Hp, cs, K = shapes[bucket]
                 n_calls = -(-len(idx) // K)
                 for j in range(n_calls):
                     part = idx[j::n_calls]
@@ -278,12 +286,12 @@ def solve_batch(
                     st = np.ones(K, dtype)
                     st[:n] = stop_of[part]
                     at = (at, st)
-                    X0 = None
-                    if has_x0:
-                        X0 = np.zeros((K, Hp, C), dtype)
-                        for j, i in enumerate(part):
-                            X0[j, : H_of[i]] = 1.0 / C if X_cur[i] is None else X_cur[i]
-                        X0[n:] = X0[0]
+                    # The starting X (padded heads are masked to 0 by the solver): 1/C, or where the model
+                    # stopped in an earlier pass.
+                    X0 = np.full((K, Hp, C), 1.0 / C, dtype)
+                    for j, i in enumerate(part):
+                        if X_cur[i] is not None:
+                            X0[j, : H_of[i]] = X_cur[i]
                     sub = cs if cs < K else None
                     if n_dev == 1:
                         dev = mesh.devices.flat[0]
@@ -298,7 +306,7 @@ def solve_batch(
                         put = lambda x: None if x is None else jax.device_put(x, sh)  # noqa: E731
                         sub_d = None if sub is None else max(1, sub // n_dev)
                         run = sharded_chunk_solver(mesh, method, per_pass, precondition, sub_d, restart_every,
-                                                    X0 is not None)
+                                                    True)
                         call = functools.partial(run, put(S), put(mask), put(X0), tol_a, put(at))
                     # Dispatch is asynchronous: keep a few calls in flight so that packing the next
                     # call in Python overlaps the solve of the previous ones (bounded memory).
